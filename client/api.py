@@ -1,0 +1,218 @@
+"""``PladaClient``: the HTTP client. Every httpx failure becomes a ``ClientError`` subclass.
+
+Payloads are verified before they are returned: the bytes hash to the server's ETag, the container's own
+checksum holds, and (when a pool is given) the payload's pool_id is the local pool's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from plada.client.cache import PayloadCache
+from plada.shared.errors import (
+    PipelineError,
+    PoolMismatchError,
+    ServerResponseError,
+    ServerUnavailableError,
+    VerificationError,
+)
+from plada.shared.payload import Payload, decode_payload, payload_sha256
+from plada.shared.pool import Pool
+from plada.shared.schemas import JobInfo, PoolInfo, PublishResponse, TaskInfo, TaskSpec, VersionInfo
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+_RETRY_STATUS = {429, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Download:
+    """A payload download; ``data`` is None when the server answered 304 Not Modified."""
+
+    data: bytes | None
+    sha256: str
+    version: int
+
+
+def check_pool(payload: Payload, pool: Pool) -> None:
+    """Refuse a payload made for another pool (or another ordering of it)."""
+    if payload.pool_id != pool.pool_id or payload.n_pool != len(pool):
+        raise PoolMismatchError(
+            f"payload is for pool {payload.pool_name or '?'} ({payload.pool_id[:16]}…, "
+            f"{payload.n_pool:,} items) but the local pool is {pool.name} "
+            f"({pool.pool_id[:16]}…, {len(pool):,} items)"
+        )
+
+
+class PladaClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"User-Agent": "plada-client"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
+
+    @property
+    def server_key(self) -> str:
+        """A filesystem-safe key for this server, used to keep cache refs apart."""
+        return hashlib.sha256(self.base_url.encode()).hexdigest()[:16]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PladaClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, *, retry: bool = True, **kw: Any) -> httpx.Response:
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                resp = self._http.request(method, url, **kw)
+            except httpx.TransportError as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(min(0.25 * 2**attempt, 4.0))
+                    continue
+                raise ServerUnavailableError(f"cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from exc
+            if resp.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                time.sleep(min(0.25 * 2**attempt, 4.0))
+                continue
+            if resp.status_code >= 400:
+                raise _problem(resp)
+            return resp
+        raise AssertionError("unreachable")
+
+    def _json(self, url: str) -> Any:
+        return self._request("GET", url).json()
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json("/healthz"))
+
+    def pools(self) -> list[PoolInfo]:
+        return [PoolInfo.model_validate(p) for p in self._json("/v1/pools")["data"]]
+
+    def tasks(self) -> list[TaskInfo]:
+        return [TaskInfo.model_validate(t) for t in self._json("/v1/tasks")["data"]]
+
+    def task(self, name: str) -> TaskInfo:
+        return TaskInfo.model_validate(self._json(f"/v1/tasks/{name}"))
+
+    def versions(self, task: str) -> list[VersionInfo]:
+        return [VersionInfo.model_validate(v) for v in self._json(f"/v1/tasks/{task}/versions")["data"]]
+
+    def version(self, task: str, version: int) -> VersionInfo:
+        return VersionInfo.model_validate(self._json(f"/v1/tasks/{task}/versions/{version}"))
+
+    def job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._json(f"/v1/jobs/{job_id}"))
+
+    def publish(
+        self, spec: TaskSpec | dict[str, Any], data: bytes | Path, *, filename: str | None = None
+    ) -> PublishResponse:
+        """POST a task; ``data`` is the labelled target set (.npz or .zip) as bytes or a path."""
+        body_spec = spec.model_dump_json() if isinstance(spec, TaskSpec) else json.dumps(spec)
+        if isinstance(data, Path):
+            filename = filename or data.name
+            data = data.read_bytes()
+        files = {"data": (filename or "data.npz", data, "application/octet-stream")}
+        resp = self._request("POST", "/v1/tasks", retry=False, data={"spec": body_spec}, files=files)
+        return PublishResponse.model_validate(resp.json())
+
+    def wait_job(
+        self,
+        job_id: int,
+        *,
+        timeout: float = 3600.0,
+        poll: float = 0.5,
+        on_progress: Callable[[JobInfo], None] | None = None,
+    ) -> JobInfo:
+        """Poll until the job ends; raises ``PipelineError`` with the server's reason if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if on_progress:
+                on_progress(info)
+            if info.state == "succeeded":
+                return info
+            if info.state == "failed":
+                err = info.error
+                raise PipelineError(
+                    f"job {job_id} failed: {err.code}: {err.message}" if err else f"job {job_id} failed"
+                )
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"job {job_id} did not finish within {timeout:.0f} s")
+            time.sleep(poll)
+
+    def download(self, task: str, version: int | str = "latest", *, etag: str | None = None) -> Download:
+        url = f"/v1/tasks/{task}/payload" if version == "latest" else f"/v1/tasks/{task}/versions/{version}/payload"
+        headers = {"If-None-Match": f'"{etag}"'} if etag else {}
+        resp = self._request("GET", url, headers=headers)
+        sha = resp.headers.get("ETag", "").strip('"')
+        ver = int(resp.headers.get("X-Plada-Version", "0"))
+        if resp.status_code == 304:
+            return Download(data=None, sha256=sha, version=ver)
+        data = resp.content
+        if payload_sha256(data) != sha:
+            raise VerificationError(
+                f"downloaded payload of {task!r} does not hash to the server's ETag "
+                f"(got {len(data)} bytes; transfer damaged?)"
+            )
+        return Download(data=data, sha256=sha, version=ver)
+
+    def fetch(
+        self, task: str, version: int | str = "latest", *, pool: Pool | None = None, cache: PayloadCache | None = None
+    ) -> tuple[Payload, bytes]:
+        """Download (or reuse from ``cache`` via ETag) and fully verify a payload."""
+        etag = None
+        if cache is not None:
+            ref = cache.ref(self.server_key, f"{task}@{version}")
+            if ref and cache.get(ref["sha256"]) is not None:
+                etag = ref["sha256"]
+        dl = self.download(task, version, etag=etag)
+        if dl.data is None:
+            assert cache is not None
+            data = cache.get(dl.sha256)
+            if data is None:  # the cache lost it in between: fetch without ETag
+                dl = self.download(task, version)
+                assert dl.data is not None
+                data = dl.data
+        else:
+            data = dl.data
+        payload = decode_payload(data, expected_sha256=dl.sha256)
+        if payload.task != task:
+            raise VerificationError(f"server sent a payload for task {payload.task!r}, asked for {task!r}")
+        if pool is not None:
+            check_pool(payload, pool)
+        if cache is not None:
+            cache.put(data)
+            cache.set_ref(self.server_key, f"{task}@{version}", sha=dl.sha256, version=payload.version)
+        return payload, data
+
+
+def _problem(resp: httpx.Response) -> ServerResponseError:
+    try:
+        body = resp.json()
+        code, detail = str(body.get("code", f"http_{resp.status_code}")), str(body.get("detail", ""))
+    except (ValueError, AttributeError):
+        code, detail = f"http_{resp.status_code}", resp.text[:200]
+    return ServerResponseError(
+        f"server answered {resp.status_code} {code}: {detail}", http_status=resp.status_code, problem_code=code
+    )

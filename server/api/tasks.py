@@ -1,0 +1,123 @@
+"""Tasks, their versions and payload downloads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+from plada.server import repo
+from plada.server.api.deps import FactoryDep, SessionDep, SettingsDep
+from plada.server.api.views import job_info, task_info, version_info
+from plada.server.publishing import publish
+from plada.shared.errors import PayloadTooLargeError
+from plada.shared.payload import MEDIA_TYPE
+from plada.shared.schemas import PublishResponse, TaskInfo, TasksPublic, VersionInfo, VersionsPublic
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+_CHUNK = 1 << 20
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await upload.read(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"upload exceeds {limit} bytes (PLADA_MAX_UPLOAD_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PublishResponse,
+    summary="Publish a task (or a new version of it)",
+)
+async def create_task(
+    factory: FactoryDep,
+    settings: SettingsDep,
+    spec: Annotated[str, Form(description="TaskSpec as JSON")],
+    data: Annotated[UploadFile, File(description="labelled target train set: .npz or .zip")],
+) -> PublishResponse:
+    """Queues a job that trains a teacher, selects pool items and publishes a new immutable version."""
+    raw = await _read_limited(data, settings.max_upload_bytes)
+    task, version, job = publish(factory, settings, spec_json=spec, data=raw, filename=data.filename or "")
+    with factory() as s:
+        info = job_info(s, repo.get_job(session=s, job_id=job.id))
+    base = f"/v1/tasks/{task.name}"
+    return PublishResponse(
+        task=task.name,
+        version=version.number,
+        job=info,
+        links={"job": f"/v1/jobs/{job.id}", "task": base, "payload": f"{base}/versions/{version.number}/payload"},
+    )
+
+
+@router.get("", response_model=TasksPublic, summary="List tasks")
+def list_tasks(session: SessionDep) -> TasksPublic:
+    rows = repo.list_tasks(session=session)
+    return TasksPublic(data=[task_info(session, r) for r in rows], count=len(rows))
+
+
+@router.get("/{task}", response_model=TaskInfo, summary="One task")
+def get_task(task: str, session: SessionDep) -> TaskInfo:
+    return task_info(session, repo.get_task(session=session, name=task))
+
+
+@router.get("/{task}/versions", response_model=VersionsPublic, summary="A task's versions, oldest first")
+def list_versions(task: str, session: SessionDep) -> VersionsPublic:
+    t = repo.get_task(session=session, name=task)
+    rows = repo.list_versions(session=session, task=t)
+    return VersionsPublic(data=[version_info(t, r) for r in rows], count=len(rows))
+
+
+@router.get("/{task}/versions/{version}", response_model=VersionInfo, summary="One version with its metrics")
+def get_version(task: str, version: int, session: SessionDep) -> VersionInfo:
+    t = repo.get_task(session=session, name=task)
+    return version_info(t, repo.get_version(session=session, task=t, number=version))
+
+
+def _payload_response(
+    task: str, version: int | None, session: SessionDep, if_none_match: str | None, immutable: bool
+) -> Response:
+    t = repo.get_task(session=session, name=task)
+    row, data = repo.ready_payload(session=session, task=t, number=version)
+    etag = f'"{row.sha256}"'
+    headers = {
+        "ETag": etag,
+        "X-Plada-Version": str(row.number),
+        "X-Plada-Task": t.name,
+        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
+    }
+    if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
+    return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
+
+
+_PAYLOAD_DOC = {
+    200: {"content": {MEDIA_TYPE: {}}, "description": "the payload bytes"},
+    304: {"description": "not modified (If-None-Match matched the ETag)"},
+}
+
+
+@router.get(
+    "/{task}/versions/{version}/payload",
+    response_class=Response,
+    responses=_PAYLOAD_DOC,
+    summary="Download one version's payload (immutable)",
+)
+def get_version_payload(
+    task: str, version: int, session: SessionDep, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    return _payload_response(task, version, session, if_none_match, immutable=True)
+
+
+@router.get(
+    "/{task}/payload", response_class=Response, responses=_PAYLOAD_DOC, summary="Download the latest ready payload"
+)
+def get_latest_payload(
+    task: str, session: SessionDep, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    return _payload_response(task, None, session, if_none_match, immutable=False)

@@ -1,0 +1,69 @@
+"""Rows → public schemas. Kept apart from the routes so every route formats the same way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from plada.server import repo
+from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow
+from plada.shared.schemas import ErrorInfo, JobInfo, PoolInfo, TaskInfo, VersionInfo
+from sqlalchemy.orm import Session
+
+
+def ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def pool_info(row: PoolRow) -> PoolInfo:
+    return PoolInfo(
+        name=row.name,
+        pool_id=row.pool_id,
+        n_items=row.n_items,
+        kind=str(row.info.get("kind", "")),
+        image_shape=[int(v) for v in row.info.get("image_shape", [])],
+    )
+
+
+def task_info(session: Session, row: TaskRow) -> TaskInfo:
+    pool = repo.pool_of(session=session, task=row)
+    return TaskInfo(
+        name=row.name,
+        classes=list(row.classes),
+        pool_id=pool.pool_id,
+        pool_name=pool.name,
+        latest_version=row.latest_version,
+        created_at=ts(row.created_at),
+        updated_at=ts(row.updated_at),
+    )
+
+
+def version_info(task: TaskRow, row: VersionRow) -> VersionInfo:
+    url = f"/v1/tasks/{task.name}/versions/{row.number}/payload" if row.status == "ready" else None
+    return VersionInfo(
+        task=task.name,
+        version=row.number,
+        status=row.status,  # type: ignore[arg-type]
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        n_items=row.n_items,
+        created_at=ts(row.created_at),
+        metrics=row.metrics or {},
+        payload_url=url,
+    )
+
+
+def job_info(session: Session, row: JobRow) -> JobInfo:
+    ctx = repo.job_context(session=session, job=row)
+    err = ErrorInfo(code=row.error_code, message=row.error_message or "") if row.error_code else None
+    return JobInfo(
+        id=row.id,
+        task=ctx["task"],
+        version=ctx["version"],
+        state=row.state,  # type: ignore[arg-type]
+        progress=row.progress,
+        message=row.message,
+        error=err,
+        attempts=row.attempts,
+        created_at=ts(row.created_at),
+        updated_at=ts(row.updated_at),
+    )

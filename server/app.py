@@ -1,0 +1,126 @@
+"""The FastAPI application factory. Settings come in; nothing is read from the environment here.
+
+Every error leaves as ``application/problem+json`` with a stable ``code``: ``PladaError`` subclasses carry
+their own; request validation is ``validation_error``; unknown routes ``not_found``; anything unexpected is
+logged and answered as ``internal_error`` without internals. Swagger UI is served from the bundled assets of
+``fastapi-offline`` so ``/docs`` works with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from plada.server import __version__, repo
+from plada.server.api.misc import health_router, jobs_router, pools_router
+from plada.server.api.tasks import router as tasks_router
+from plada.server.db import init_db, make_engine
+from plada.server.settings import Settings
+from plada.shared.errors import PladaError
+from plada.shared.pool import open_pool
+from plada.shared.schemas import Problem
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("plada.server")
+PROBLEM_JSON = "application/problem+json"
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 406: "not_acceptable"}
+
+
+def problem(
+    status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    body = Problem(title=title, status=status, detail=detail, code=code, errors=errors)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
+
+
+def register_pools(app_state: Any, settings: Settings) -> list[str]:
+    """Register every pool folder under ``settings.pools_dir`` (idempotent)."""
+    names: list[str] = []
+    root = settings.pools_dir
+    if root is None or not root.is_dir():
+        return names
+    for d in sorted(p for p in root.iterdir() if (p / "pool.json").is_file()):
+        pool = open_pool(d)
+        with app_state.session_factory.begin() as s:
+            repo.register_pool(session=s, pool=pool)
+        names.append(pool.name)
+    return names
+
+
+def _swagger_static() -> Path:
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app for ``settings``: own engine, own session factory, pools registered at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        names = register_pools(app.state, settings)
+        log.info("plada server %s: database %s, pools %s", __version__, settings.database_url, names or "none")
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="plada",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Serve new classification tasks as pseudo-labels over a reference pool that "
+        "every client already holds. Errors are application/problem+json with a "
+        "stable `code`.",
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.session_factory = init_db(app.state.engine)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    app.mount("/static", StaticFiles(directory=_swagger_static()), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="plada API",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.png",
+        )
+
+    @app.exception_handler(PladaError)
+    async def _plada(_req: Request, exc: PladaError) -> JSONResponse:
+        status = exc.status if 400 <= exc.status < 600 else 500
+        if status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        return problem(status, exc.code, exc.title, exc.message, exc.extra.get("errors"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errs) or "invalid request"
+        return problem(422, "validation_error", "Invalid request", detail, errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem(500, "internal_error", "Internal error", "the server failed; see its log")
+
+    for r in (tasks_router, jobs_router, pools_router, health_router):
+        app.include_router(r)
+    return app

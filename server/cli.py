@@ -1,0 +1,246 @@
+"""``plada-server``: serve the API, run a worker, build and register pools.
+
+Thin: parse arguments, build Settings (flags override ``PLADA_*`` variables), call the library, and turn any
+``PladaError`` into one stderr line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from plada.shared.errors import PladaError
+from pydantic import ValidationError
+
+EXAMPLES = """examples:
+  plada-server pool build mini-v1 --out ~/.cache/plada/world
+  PLADA_POOLS_DIR=~/.cache/plada/world/pools plada-server serve --port 8000
+  plada-server worker
+"""
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from plada.server.settings import Settings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "data_dir": getattr(args, "data_dir", None),
+            "database_url": getattr(args, "database_url", None),
+            "pools_dir": getattr(args, "pools_dir", None),
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "device": getattr(args, "device", None),
+        }.items()
+        if v is not None
+    }
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from plada.server.app import create_app
+
+    settings = _settings(args)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+    _Server(config, Path(args.port_file) if args.port_file else None).run()
+    return 0
+
+
+class _Server:
+    """uvicorn.Server that writes the bound port to a file once listening (for ``--port 0``)."""
+
+    def __new__(cls, config: Any, port_file: Path | None) -> Any:
+        import uvicorn
+        from plada.shared.pool import atomic_write_bytes
+
+        class PortServer(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets=sockets)
+                if port_file is not None and self.servers:
+                    port = self.servers[0].sockets[0].getsockname()[1]
+                    atomic_write_bytes(port_file, str(port).encode())
+
+        return PortServer(config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from plada.server.app import register_pools
+    from plada.server.worker import Worker
+
+    settings = _settings(args)
+    worker = Worker(settings)
+
+    class _State:
+        session_factory = worker.factory
+
+    register_pools(_State, settings)
+    worker.run(once=args.once, max_idle_s=args.max_idle)
+    return 0
+
+
+def _progress_printer(label: str) -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=False)
+        bar["b"].n = done
+        bar["b"].refresh()
+        if done >= total:
+            bar["b"].close()
+
+    return update
+
+
+def cmd_pool_build(args: argparse.Namespace) -> int:
+    from plada.shared.datasets.mini import POOL_NAME, build_mini_world
+
+    if args.name != POOL_NAME:
+        raise PladaError(
+            f"only the built-in pool {POOL_NAME!r} can be built; index your own images with "
+            f"'plada-server pool index-folder'"
+        )
+    out = Path(args.out).expanduser()
+    pool = build_mini_world(out, log=lambda m: print(m, file=sys.stderr))
+    print(
+        json.dumps(
+            {
+                "pool": pool.name,
+                "pool_id": pool.pool_id,
+                "n_items": len(pool),
+                "pool_dir": str(out / "pools" / POOL_NAME),
+                "tasks_dir": str(out / "tasks"),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_pool_index(args: argparse.Namespace) -> int:
+    from plada.shared.pool import index_image_folder
+
+    pool = index_image_folder(
+        Path(args.source),
+        Path(args.out),
+        args.name,
+        image_size=args.image_size,
+        channels=args.channels,
+        progress=_progress_printer("hashing"),
+    )
+    print(json.dumps({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool)}, indent=2))
+    return 0
+
+
+def cmd_pool_add(args: argparse.Namespace) -> int:
+    from plada.server import repo
+    from plada.server.db import init_db, make_engine
+    from plada.shared.pool import open_pool
+
+    factory = init_db(make_engine(_settings(args).database_url))
+    pool = open_pool(Path(args.dir))
+    with factory.begin() as s:
+        repo.register_pool(session=s, pool=pool)
+    print(json.dumps({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool)}))
+    return 0
+
+
+def cmd_pool_list(args: argparse.Namespace) -> int:
+    from plada.server import repo
+    from plada.server.db import init_db, make_engine
+
+    factory = init_db(make_engine(_settings(args).database_url))
+    with factory() as s:
+        rows = [
+            {"name": r.name, "pool_id": r.pool_id, "n_items": r.n_items, "path": r.path}
+            for r in repo.list_pools(session=s)
+        ]
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="overrides PLADA_DATA_DIR")
+    p.add_argument("--database-url", help="overrides PLADA_DATABASE_URL")
+    p.add_argument("--pools-dir", help="overrides PLADA_POOLS_DIR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plada-server",
+        description="plada server: API, worker, pools.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    _common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--port-file", help="write the bound port here once listening (useful with --port 0)")
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("worker", help="run a worker that processes publish jobs")
+    _common(p)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides PLADA_DEVICE)")
+    p.add_argument("--once", action="store_true", help="process one job, then exit")
+    p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    p.set_defaults(fn=cmd_worker)
+    pool = sub.add_parser("pool", help="build, index, register and list reference pools")
+    psub = pool.add_subparsers(dest="pool_command", required=True)
+    p = psub.add_parser("build", help="build the built-in mini world (pool mini-v1 + tasks) into OUT")
+    p.add_argument("name", help="mini-v1")
+    p.add_argument("--out", required=True, help="world folder: OUT/pools/mini-v1 and OUT/tasks/*")
+    p.set_defaults(fn=cmd_pool_build)
+    p = psub.add_parser("index-folder", help="make a pool from an ImageNet-style image tree")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    p.set_defaults(fn=cmd_pool_index)
+    p = psub.add_parser("add", help="register a pool folder in the database")
+    _common(p)
+    p.add_argument("dir")
+    p.set_defaults(fn=cmd_pool_add)
+    p = psub.add_parser("list", help="list registered pools")
+    _common(p)
+    p.set_defaults(fn=cmd_pool_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.fn(args))
+    except PladaError as exc:
+        print(f"plada-server: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(
+            f"plada-server: error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

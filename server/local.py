@@ -1,0 +1,114 @@
+"""Run a real server and worker as local subprocesses: used by the demo and the integration tests.
+
+The server binds port 0 and reports the port it got through ``--port-file``, so parallel runs never race
+for a port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+
+@dataclass
+class LocalStack:
+    """A server (and optionally workers) on loopback against one data folder / SQLite file."""
+
+    data_dir: Path
+    pools_dir: Path | None = None
+    log_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    server: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    url: str = ""
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ) | {"PLADA_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"} | self.env
+        if self.pools_dir is not None:
+            env["PLADA_POOLS_DIR"] = str(self.pools_dir)
+        return env
+
+    def _log(self, name: str) -> Any:
+        if self.log_dir is None:
+            return subprocess.DEVNULL
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(f)
+        return f
+
+    def start_server(self, timeout: float = 60.0, port: int = 0) -> str:
+        """Start uvicorn on ``port`` (0 = any free port) and wait until /healthz answers."""
+        port_file = self.data_dir / "server.port"
+        port_file.unlink(missing_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "plada.server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        log = self._log("server")
+        self.server = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.server.returncode} during start-up")
+            if port_file.is_file():
+                self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+                try:
+                    if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                        return self.url
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within {timeout:.0f} s")
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "plada.server.cli", "worker", *extra]
+        log = self._log(f"worker{len(self.workers)}")
+        proc = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=log)
+        self.workers.append(proc)
+        return proc
+
+    def stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(timeout=15)
+
+    def stop(self) -> None:
+        procs = [p for p in [*self.workers, self.server] if p is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,135 @@
+"""Selectors (a registry) and the keep rule: global ranking, optional Safety-Net class quotas, byte budgets.
+
+A selector turns teacher outputs into a score per pool item (lower = keep first). ``select`` then keeps the
+best B items, reserving a share ``s`` of B for per-class quotas K_c = min(N_c, round(s·B·N_c^α / Σ N^α))
+(PLADA's Safety-Net, with the normalisation the paper leaves open written down here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from plada.server.pipeline import scoring
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    logits: np.ndarray  # (N, k) teacher logits over the pool
+    features: np.ndarray | None = None
+    seed: int = 0
+
+
+Selector = Callable[[ScoreInputs], np.ndarray]
+_REGISTRY: dict[str, Selector] = {}
+
+
+def register_selector(name: str) -> Callable[[Selector], Selector]:
+    def deco(fn: Selector) -> Selector:
+        if name in _REGISTRY:
+            raise ValueError(f"selector {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_selectors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_selector(name: str, **options: Any) -> Selector:
+    """Look up a selector; ``None`` options are dropped so callers can pass optional settings through."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown selector {name!r}; known: {', '.join(list_selectors())}")
+    opts = {k: v for k, v in options.items() if v is not None}
+    fn = _REGISTRY[name]
+    if not opts:
+        return fn
+    return lambda inputs: fn(inputs, **opts)  # type: ignore[call-arg]
+
+
+@register_selector("energy")
+def _energy(inputs: ScoreInputs) -> np.ndarray:
+    return scoring.energy(inputs.logits)
+
+
+@register_selector("opposite-energy")
+def _opposite_energy(inputs: ScoreInputs) -> np.ndarray:
+    """Highest energy first: the paper's rule for far-OOD targets."""
+    return -scoring.energy(inputs.logits)
+
+
+@register_selector("entropy")
+def _entropy(inputs: ScoreInputs) -> np.ndarray:
+    return scoring.entropy(inputs.logits)
+
+
+@register_selector("msp")
+def _msp(inputs: ScoreInputs) -> np.ndarray:
+    return scoring.msp(inputs.logits)
+
+
+@register_selector("random")
+def _random(inputs: ScoreInputs) -> np.ndarray:
+    return np.random.default_rng(inputs.seed).random(len(inputs.logits))
+
+
+def safety_net_quotas(counts: np.ndarray, budget: int, *, alpha: float, share: float) -> np.ndarray:
+    """K_c = min(N_c, round(s·B·N_c^α / Σ_{N>0} N^α)); classes with N_c = 0 get 0."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    quotas = np.zeros(len(counts), dtype=np.int64)
+    if share <= 0 or budget <= 0 or not present.any():
+        return quotas
+    w = np.zeros_like(counts)
+    w[present] = counts[present] ** alpha
+    raw = np.rint(share * budget * w / w.sum()).astype(np.int64)
+    return np.minimum(raw, counts.astype(np.int64))
+
+
+def select(
+    scores: np.ndarray, labels: np.ndarray, budget: int, *, n_classes: int, alpha: float = 0.5, share: float = 0.0
+) -> np.ndarray:
+    """Indices (sorted) of the ``budget`` items to keep: quotas first, then the global ranking."""
+    n = len(scores)
+    budget = int(min(max(budget, 0), n))
+    order = np.argsort(scores, kind="stable")
+    if share <= 0:
+        return np.sort(order[:budget])
+    chosen = np.zeros(n, dtype=bool)
+    quotas = safety_net_quotas(np.bincount(labels, minlength=n_classes), budget, alpha=alpha, share=share)
+    ranked_labels = labels[order]
+    for c in np.flatnonzero(quotas):
+        chosen[order[ranked_labels == c][: quotas[c]]] = True
+    over = int(chosen.sum()) - budget
+    if over > 0:  # rounding can overshoot by a few: drop the worst-ranked quota picks
+        picked = order[chosen[order]]
+        chosen[picked[-over:]] = False
+    rest = budget - int(chosen.sum())
+    if rest > 0:
+        remaining = order[~chosen[order]]
+        chosen[remaining[:rest]] = True
+    return np.flatnonzero(chosen)
+
+
+def largest_fitting(count_max: int, size_of: Callable[[int], int], max_bytes: int) -> tuple[int, int]:
+    """Largest K in [1, count_max] with size_of(K) ≤ max_bytes, by bisection; returns (K, bytes).
+
+    Encoded size grows with K almost monotonically; bisection finds a fitting K and the final answer is
+    always checked, so the budget is never exceeded. Returns (0, size_of(0)) when not even one item fits.
+    """
+    lo, hi = 0, count_max
+    best = (0, size_of(0))
+    if best[1] > max_bytes:
+        return best
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        size = size_of(mid)
+        if size <= max_bytes:
+            lo, best = mid, (mid, size)
+        else:
+            hi = mid - 1
+    return best

@@ -1,0 +1,100 @@
+"""Teacher: split the publisher's data (server-side validation), train, then label + score the pool in chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from plada.shared import nn as pnn
+from plada.shared.schemas import TeacherOptions
+from torch import nn
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class holdout, at least one validation and one training item for every class with ≥ 2 items."""
+    rng = np.random.default_rng(seed)
+    tr: list[np.ndarray] = []
+    va: list[np.ndarray] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = round(len(idx) * val_fraction)
+        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        va.append(idx[:n_val])
+        tr.append(idx[n_val:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    size: tuple[int, int]
+    channels: int
+    device: torch.device
+    val_accuracy: float
+    train_accuracy: float
+    n_train: int
+    n_val: int
+
+
+def train_teacher(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    opts: TeacherOptions,
+    *,
+    image_shape: tuple[int, int, int],
+    device: torch.device,
+    progress: pnn.Progress | None = None,
+) -> Teacher:
+    """Train on the training part; accuracy on the held-out part is what the server reports as teacher acc."""
+    h, w, c = image_shape
+    tr, va = stratified_split(y, opts.val_fraction, opts.seed)
+    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes)
+    cfg = pnn.FitConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)
+    pnn.fit(model, x[tr], y[tr], cfg, size=(h, w), channels=c, device=device, progress=progress)
+    val_acc = pnn.accuracy(model, x[va], y[va], size=(h, w), channels=c, device=device)
+    train_acc = pnn.accuracy(model, x[tr], y[tr], size=(h, w), channels=c, device=device)
+    return Teacher(
+        model=model,
+        size=(h, w),
+        channels=c,
+        device=device,
+        val_accuracy=val_acc,
+        train_accuracy=train_acc,
+        n_train=len(tr),
+        n_val=len(va),
+    )
+
+
+def score_pool(
+    teacher: Teacher,
+    load_batch: Callable[[np.ndarray], np.ndarray],
+    n_pool: int,
+    *,
+    chunk: int = 2048,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher logits (N, k) and features over the whole pool, streamed in chunks of ``chunk`` items."""
+    done = 0
+
+    def batches() -> object:
+        for start in range(0, n_pool, chunk):
+            yield load_batch(np.arange(start, min(start + chunk, n_pool)))
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, n_pool)
+
+    return pnn.predict(
+        teacher.model,
+        batches(),
+        size=teacher.size,
+        channels=teacher.channels,
+        device=teacher.device,
+        want_features=True,
+        progress=tick,
+    )

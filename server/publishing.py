@@ -1,0 +1,52 @@
+"""Publishing a task: check everything, then write the upload and the rows together, or nothing at all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from plada.server import repo
+from plada.server.db import JobRow, TaskRow, VersionRow
+from plada.server.settings import Settings
+from plada.server.uploads import read_target_data, store_upload
+from plada.shared.errors import InvalidSpecError
+from plada.shared.schemas import TaskSpec
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def parse_spec(raw: str) -> TaskSpec:
+    """JSON text → TaskSpec, with every validation problem in one readable line."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    try:
+        return TaskSpec.model_validate(obj)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
+        raise InvalidSpecError(
+            "invalid spec: " + "; ".join(parts), errors=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        ) from exc
+
+
+def publish(
+    factory: sessionmaker[Session], settings: Settings, *, spec_json: str, data: bytes, filename: str
+) -> tuple[TaskRow, VersionRow, JobRow]:
+    """Validate spec, pool and data; then store the upload and commit task/version/job in one transaction."""
+    spec = parse_spec(spec_json)
+    with factory() as s:
+        pool = repo.resolve_pool(session=s, ref=spec.pool_id)
+        h, w, c = pool.info["image_shape"]
+    x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)))
+    path: Path = store_upload(settings.uploads_dir, x, y)
+    try:
+        with factory.begin() as s:
+            pool = repo.resolve_pool(session=s, ref=spec.pool_id)
+            task, version, job = repo.create_publication(
+                session=s, spec=spec, pool=pool, data_path=path, max_attempts=settings.job_max_attempts
+            )
+        return task, version, job
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,141 @@
+"""The only place that reads and writes rows for the API. Keyword-only functions that take a session.
+
+Routes call these and format; the worker uses ``plada.server.jobs``. No SQL lives anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, now
+from plada.shared.errors import (
+    JobNotFoundError,
+    PoolError,
+    TaskNotFoundError,
+    UnknownPoolError,
+    VersionNotFoundError,
+    VersionNotReadyError,
+)
+from plada.shared.pool import Pool
+from plada.shared.schemas import TaskSpec
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, undefer
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def register_pool(*, session: Session, pool: Pool) -> PoolRow:
+    """Insert or refresh a pool by name; a name never silently changes its pool_id."""
+    row = session.scalar(select(PoolRow).where(PoolRow.name == pool.name))
+    if row is not None and row.pool_id != pool.pool_id:
+        raise PoolError(
+            f"pool name {pool.name!r} is already registered with pool_id {row.pool_id[:16]}…; "
+            f"a changed pool needs a new name"
+        )
+    if row is None:
+        row = PoolRow(
+            name=pool.name, pool_id=pool.pool_id, n_items=len(pool), path=str(pool.root.resolve()), info=pool.info
+        )
+        session.add(row)
+    else:
+        row.path, row.info = str(pool.root.resolve()), pool.info
+    session.flush()
+    return row
+
+
+def list_pools(*, session: Session) -> list[PoolRow]:
+    return list(session.scalars(select(PoolRow).order_by(PoolRow.name)))
+
+
+def resolve_pool(*, session: Session, ref: str) -> PoolRow:
+    """A pool by name or by its 64-hex pool_id."""
+    col = PoolRow.pool_id if _HEX64.match(ref) else PoolRow.name
+    row = session.scalar(select(PoolRow).where(col == ref))
+    if row is None:
+        known = ", ".join(p.name for p in list_pools(session=session)) or "none"
+        raise UnknownPoolError(f"unknown pool {ref!r} (registered: {known})")
+    return row
+
+
+def create_publication(
+    *, session: Session, spec: TaskSpec, pool: PoolRow, data_path: Path, max_attempts: int
+) -> tuple[TaskRow, VersionRow, JobRow]:
+    """Task (created or reused by name), a pending version with the next number, and a queued job."""
+    task = session.scalar(select(TaskRow).where(TaskRow.name == spec.name))
+    if task is None:
+        task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes))
+        session.add(task)
+        session.flush()
+    else:
+        task.pool_ref, task.classes, task.updated_at = pool.id, list(spec.classes), now()
+    number = (session.scalar(select(func.max(VersionRow.number)).where(VersionRow.task_ref == task.id)) or 0) + 1
+    version = VersionRow(
+        task_ref=task.id, number=number, status="pending", spec=spec.model_dump(mode="json"), metrics={}
+    )
+    session.add(version)
+    session.flush()
+    job = JobRow(
+        task_ref=task.id, version_ref=version.id, state="queued", max_attempts=max_attempts, data_path=str(data_path)
+    )
+    session.add(job)
+    session.flush()
+    return task, version, job
+
+
+def get_task(*, session: Session, name: str) -> TaskRow:
+    row = session.scalar(select(TaskRow).where(TaskRow.name == name))
+    if row is None:
+        raise TaskNotFoundError(f"no task named {name!r}")
+    return row
+
+
+def list_tasks(*, session: Session) -> list[TaskRow]:
+    return list(session.scalars(select(TaskRow).order_by(TaskRow.name)))
+
+
+def pool_of(*, session: Session, task: TaskRow) -> PoolRow:
+    row = session.get(PoolRow, task.pool_ref)
+    assert row is not None  # foreign key
+    return row
+
+
+def list_versions(*, session: Session, task: TaskRow) -> list[VersionRow]:
+    return list(session.scalars(select(VersionRow).where(VersionRow.task_ref == task.id).order_by(VersionRow.number)))
+
+
+def get_version(*, session: Session, task: TaskRow, number: int | None, with_payload: bool = False) -> VersionRow:
+    """Version ``number``, or the latest ready one when ``number`` is None."""
+    q = select(VersionRow).where(VersionRow.task_ref == task.id)
+    if with_payload:
+        q = q.options(undefer(VersionRow.payload))
+    if number is None:
+        if task.latest_version is None:
+            raise VersionNotFoundError(f"task {task.name!r} has no ready version yet")
+        number = task.latest_version
+    row = session.scalar(q.where(VersionRow.number == number))
+    if row is None:
+        raise VersionNotFoundError(f"task {task.name!r} has no version {number}")
+    return row
+
+
+def ready_payload(*, session: Session, task: TaskRow, number: int | None) -> tuple[VersionRow, bytes]:
+    row = get_version(session=session, task=task, number=number, with_payload=True)
+    if row.status != "ready" or row.payload is None:
+        raise VersionNotReadyError(f"version {row.number} of {task.name!r} is {row.status}, not ready")
+    return row, row.payload
+
+
+def get_job(*, session: Session, job_id: int) -> JobRow:
+    row = session.get(JobRow, job_id)
+    if row is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return row
+
+
+def job_context(*, session: Session, job: JobRow) -> dict[str, Any]:
+    task = session.get(TaskRow, job.task_ref)
+    version = session.get(VersionRow, job.version_ref)
+    assert task is not None and version is not None
+    return {"task": task.name, "version": version.number}

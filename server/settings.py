@@ -1,0 +1,46 @@
+"""Server settings: one typed class, read once at start-up from ``PLADA_*`` variables, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is documented in docs/operations.md; a test checks that the two agree."""
+
+    model_config = SettingsConfigDict(env_prefix="PLADA_", extra="ignore")
+
+    data_dir: Path = Field(Path("plada-data"), description="uploads, pools registry and the default SQLite file")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means sqlite:///<data_dir>/plada.db")
+    pools_dir: Path | None = Field(
+        None, description="folder of pool folders registered at start-up (default <data_dir>/pools)"
+    )
+    host: str = Field("127.0.0.1", description="bind address of 'plada-server serve'")
+    port: int = Field(8000, ge=0, le=65535, description="port of 'plada-server serve' (0 = any free port)")
+    max_upload_bytes: int = Field(256 << 20, ge=1024, description="largest accepted target-data upload")
+    job_lease_s: float = Field(60.0, ge=5.0, le=3600.0, description="a worker must heartbeat within this time")
+    job_max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is marked failed")
+    worker_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="idle worker's queue polling interval")
+    device: str = Field("auto", description="torch device for the worker: auto, cpu, cuda, cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device_ok(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'plada.db').as_posix()}"
+        if self.pools_dir is None:
+            self.pools_dir = self.data_dir / "pools"
+        return self
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"

@@ -1,0 +1,157 @@
+"""The worker process: claims jobs from the database and runs the pipeline. Never imported by the web app.
+
+Run it as ``plada-server worker``. Several may run against one database; leases keep them apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from plada.server import jobs
+from plada.server.db import init_db, make_engine
+from plada.server.pipeline.publish import run_pipeline
+from plada.server.settings import Settings
+from plada.server.uploads import load_upload
+from plada.shared import nn as pnn
+from plada.shared.errors import PladaError
+from plada.shared.pool import Pool, open_pool
+from plada.shared.schemas import TaskSpec
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("plada.worker")
+
+
+class _Heartbeat:
+    """Extends the lease every lease/3 seconds and carries the latest progress to the database."""
+
+    def __init__(self, factory: sessionmaker[Session], job: jobs.ClaimedJob, worker_id: str, lease_s: float) -> None:
+        self.factory, self.job, self.worker_id, self.lease_s = factory, job, worker_id, lease_s
+        self.progress: tuple[float, str] | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, fraction: float, message: str) -> None:
+        self.progress = (fraction, message)
+
+    def _run(self) -> None:
+        interval = min(self.lease_s / 3, 0.5)
+        last_lease = 0.0
+        sent: tuple[float, str] | None = None
+        while not self._stop.wait(interval):
+            cur = self.progress
+            if cur != sent or time.monotonic() - last_lease > self.lease_s / 3:
+                ok = jobs.heartbeat(
+                    self.factory,
+                    job_id=self.job.id,
+                    worker_id=self.worker_id,
+                    lease_s=self.lease_s,
+                    progress=cur[0] if cur else None,
+                    message=cur[1] if cur else None,
+                )
+                sent, last_lease = cur, time.monotonic()
+                if not ok:
+                    self.lost = True
+                    return
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.factory = init_db(make_engine(settings.database_url))
+        self.device = pnn.pick_device(settings.device)
+        self._pools: dict[str, Pool] = {}
+        self._stop = threading.Event()
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _pool(self, path: str) -> Pool:
+        if path not in self._pools:
+            self._pools[path] = open_pool(Path(path))
+        return self._pools[path]
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when the queue was empty."""
+        job = jobs.claim_job(self.factory, worker_id=self.worker_id, lease_s=self.settings.job_lease_s)
+        if job is None:
+            return False
+        log.info("job %s: %s v%s (attempt %s)", job.id, job.task, job.version, job.attempt)
+        try:
+            with _Heartbeat(self.factory, job, self.worker_id, self.settings.job_lease_s) as hb:
+                spec = TaskSpec.model_validate(job.spec)
+                x, y = load_upload(Path(job.data_path))
+                pool = self._pool(job.pool_path)
+                result = run_pipeline(pool, x, y, spec, version=job.version, device=self.device, progress=hb.report)
+                metrics = result.metrics | {"worker": self.worker_id, "attempt": job.attempt}
+            if hb.lost:
+                log.warning("job %s: lease lost; result discarded", job.id)
+                return True
+            ok = jobs.complete_job(
+                self.factory,
+                job=job,
+                worker_id=self.worker_id,
+                payload=result.data,
+                sha256=result.sha256,
+                n_items=len(result.payload),
+                metrics=metrics,
+            )
+            log.info(
+                "job %s: %s (%d bytes, %d items)",
+                job.id,
+                "published" if ok else "lost lease",
+                len(result.data),
+                len(result.payload),
+            )
+        except PladaError as exc:
+            state = jobs.fail_job(
+                self.factory, job=job, worker_id=self.worker_id, code=exc.code, message=exc.message, retry=False
+            )
+            log.error("job %s: %s (%s): %s", job.id, state, exc.code, exc.message)
+        except (ValueError, OSError, RuntimeError, MemoryError, KeyError) as exc:
+            state = jobs.fail_job(
+                self.factory,
+                job=job,
+                worker_id=self.worker_id,
+                code="pipeline_failed",
+                message=f"{type(exc).__name__}: {exc}",
+                retry=True,
+            )
+            log.exception("job %s: %s", job.id, state)
+        return True
+
+    def run(self, *, once: bool = False, max_idle_s: float | None = None) -> None:
+        """Process jobs until stopped (SIGTERM/SIGINT), or one job with ``once``."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        pnn.set_threads()
+        np.seterr(over="ignore")
+        idle_since = time.monotonic()
+        log.info("worker %s ready (device %s)", self.worker_id, self.device)
+        while not self._stop.is_set():
+            if self.run_once():
+                idle_since = time.monotonic()
+                if once:
+                    return
+                continue
+            if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                return
+            self._stop.wait(self.settings.worker_poll_s)

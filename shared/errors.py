@@ -1,0 +1,177 @@
+"""One exception tree for all of plada.
+
+Every error that crosses a boundary (HTTP, CLI, worker job record) is a ``PladaError``. Each class carries a
+stable machine ``code`` and the HTTP ``status`` the API answers with, so one handler maps them all and the CLI
+prints one line. Misuse by a caller (wrong argument types, impossible options) stays ``ValueError`` /
+``TypeError``; bad *data* (a corrupt payload, a wrong pool) is a ``PladaError``.
+
+    PladaError                       plada_error            500
+    ├── PayloadError                 payload_invalid        422
+    │   ├── PayloadCorruptError      payload_corrupt        422
+    │   └── PayloadVersionError      payload_unsupported    422
+    ├── PoolError                    pool_invalid           422
+    │   ├── PoolMismatchError        pool_mismatch          409
+    │   └── PoolSourceMissingError   pool_source_missing    500
+    ├── InvalidSpecError             invalid_spec           422
+    ├── InvalidDataError             invalid_data           422
+    ├── PayloadTooLargeError         payload_too_large      413
+    ├── NotFoundError                not_found              404
+    │   ├── UnknownPoolError         unknown_pool           404
+    │   ├── TaskNotFoundError        task_not_found         404
+    │   ├── VersionNotFoundError     version_not_found      404
+    │   └── JobNotFoundError         job_not_found          404
+    ├── VersionNotReadyError         version_not_ready      409
+    ├── PipelineError                pipeline_failed        500
+    └── ClientError                  client_error           -
+        ├── ServerUnavailableError   server_unavailable     -
+        ├── ServerResponseError      server_error           -   (carries the server's problem code)
+        └── VerificationError        verification_failed    -
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PladaError(Exception):
+    """Base of every plada error; ``code`` is stable and documented, ``message`` is one line."""
+
+    code: ClassVar[str] = "plada_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PayloadError(PladaError):
+    code = "payload_invalid"
+    status = 422
+    title = "Invalid payload"
+
+
+class PayloadCorruptError(PayloadError):
+    code = "payload_corrupt"
+    title = "Corrupt payload"
+
+
+class PayloadVersionError(PayloadError):
+    code = "payload_unsupported"
+    title = "Unsupported payload format"
+
+
+class PoolError(PladaError):
+    code = "pool_invalid"
+    status = 422
+    title = "Invalid pool"
+
+
+class PoolMismatchError(PoolError):
+    code = "pool_mismatch"
+    status = 409
+    title = "Payload does not belong to this pool"
+
+
+class PoolSourceMissingError(PoolError):
+    code = "pool_source_missing"
+    status = 500
+    title = "A source of the pool is missing"
+
+
+class InvalidSpecError(PladaError):
+    code = "invalid_spec"
+    status = 422
+    title = "Invalid task spec"
+
+
+class InvalidDataError(PladaError):
+    code = "invalid_data"
+    status = 422
+    title = "Invalid target data"
+
+
+class PayloadTooLargeError(PladaError):
+    code = "payload_too_large"
+    status = 413
+    title = "Upload too large"
+
+
+class NotFoundError(PladaError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class UnknownPoolError(NotFoundError):
+    code = "unknown_pool"
+    title = "Unknown pool"
+
+
+class TaskNotFoundError(NotFoundError):
+    code = "task_not_found"
+    title = "Task not found"
+
+
+class VersionNotFoundError(NotFoundError):
+    code = "version_not_found"
+    title = "Version not found"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class VersionNotReadyError(PladaError):
+    code = "version_not_ready"
+    status = 409
+    title = "Version not ready"
+
+
+class PipelineError(PladaError):
+    code = "pipeline_failed"
+    status = 500
+    title = "Pipeline failed"
+
+
+class ClientError(PladaError):
+    code = "client_error"
+    title = "Client error"
+
+
+class ServerUnavailableError(ClientError):
+    code = "server_unavailable"
+    title = "Server unavailable"
+
+
+class ServerResponseError(ClientError):
+    """The server answered with a problem; ``problem_code`` is the server's stable code."""
+
+    code = "server_error"
+    title = "Server answered with an error"
+
+    def __init__(self, message: str, *, http_status: int, problem_code: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.http_status = http_status
+        self.problem_code = problem_code
+
+
+class VerificationError(ClientError):
+    code = "verification_failed"
+    title = "Verification failed"
+
+
+def all_error_classes() -> list[type[PladaError]]:
+    """Every class of the tree, so docs and tests can check that each code is documented and unique."""
+    out: list[type[PladaError]] = []
+    stack: list[type[PladaError]] = [PladaError]
+    while stack:
+        cls = stack.pop()
+        out.append(cls)
+        stack.extend(cls.__subclasses__())
+    return sorted(out, key=lambda c: c.code)

@@ -1,0 +1,237 @@
+"""The payload container: what the server ships and the client trusts only after checking.
+
+Layout (little-endian; ``docs/payload-format.md`` is the byte-exact spec)::
+
+    MAGIC "PLDA" | u8 format version | u8 flags (0) | u32 header length | header (UTF-8 JSON)
+    | u32 body length | body (codec bytes) | sha256 of everything before it (32 bytes)
+
+The header is canonical JSON (sorted keys, no spaces), so the same payload always has the same bytes and the
+version's content address (sha256 of the whole file) is stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from plada.shared.codecs import paper
+from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadVersionError
+
+MAGIC = b"PLDA"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+MAX_HEADER_BYTES = 1 << 20
+MAX_BODY_BYTES = 64 << 20
+MAX_POOL_ITEMS = (1 << 32) - 1
+MAX_CLASSES = 65_535
+MEDIA_TYPE = "application/vnd.plada.payload"
+_PREFIX = struct.Struct("<4sBBI")
+_U32 = struct.Struct("<I")
+_DIGEST = 32
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CODECS = {paper.NAME: paper}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Kept pool indices (sorted, unique) and their hard labels, bound to one pool by ``pool_id``."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    pool_id: str
+    n_pool: int
+    task: str
+    version: int
+    pool_name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        idx = np.asarray(self.indices, dtype=np.int64)
+        lab = np.asarray(self.labels, dtype=np.int64)
+        if idx.ndim != 1 or lab.shape != idx.shape:
+            raise ValueError("indices and labels must be 1-D arrays of the same length")
+        if not 0 < self.n_pool <= MAX_POOL_ITEMS:
+            raise ValueError(f"n_pool must be in 1..{MAX_POOL_ITEMS}")
+        if not 1 <= len(self.classes) <= MAX_CLASSES:
+            raise ValueError(f"need 1..{MAX_CLASSES} classes")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_pool):
+            raise ValueError("index out of pool range")
+        if len(lab) and (lab.min() < 0 or lab.max() >= len(self.classes)):
+            raise ValueError("label out of class range")
+        order = np.argsort(idx, kind="stable")
+        idx, lab = idx[order], lab[order]
+        if len(idx) > 1 and (np.diff(idx) == 0).any():
+            raise ValueError("indices must be unique")
+        if not _HEX64.match(self.pool_id):
+            raise ValueError("pool_id must be 64 lowercase hex characters")
+        if self.version < 1:
+            raise ValueError("version must be >= 1")
+        object.__setattr__(self, "indices", idx)
+        object.__setattr__(self, "labels", lab)
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def header(self) -> dict[str, Any]:
+        """The header without codec fields, e.g. for ``plada-client inspect``."""
+        return {
+            "pool_id": self.pool_id,
+            "pool_name": self.pool_name,
+            "n_pool": self.n_pool,
+            "task": self.task,
+            "version": self.version,
+            "classes": list(self.classes),
+            "n_items": len(self),
+            "meta": self.meta,
+        }
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_payload(payload: Payload, *, codec: str = paper.NAME) -> bytes:
+    """Encode ``payload`` to the container; the result is deterministic for equal inputs."""
+    if codec not in _CODECS:
+        raise ValueError(f"unknown codec {codec!r}; known: {sorted(_CODECS)}")
+    codec_info, body = _CODECS[codec].encode(
+        payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes)
+    )
+    header = payload.header() | {"codec": codec_info}
+    hbytes = _canonical_json(header)
+    if len(hbytes) > MAX_HEADER_BYTES or len(body) > MAX_BODY_BYTES:
+        raise ValueError("payload header or body exceeds the format's limits")
+    out = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
+    return out + hashlib.sha256(out).digest()
+
+
+def _need(data: bytes, pos: int, n: int, what: str) -> None:
+    if pos + n > len(data):
+        raise PayloadCorruptError(f"payload truncated: {what} needs {n} bytes at offset {pos}, file has {len(data)}")
+
+
+def read_header(data: bytes) -> tuple[dict[str, Any], int, int]:
+    """Parse and check the fixed prefix, header and lengths; returns (header, body offset, body length).
+
+    Does not verify the checksum; :func:`decode_payload` does.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError("payload data must be bytes")
+    data = bytes(data)
+    _need(data, 0, _PREFIX.size, "the fixed prefix")
+    magic, fmt, flags, hlen = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise PayloadCorruptError(f"not a plada payload (magic {magic!r}, expected {MAGIC!r})")
+    if fmt not in SUPPORTED_FORMAT_VERSIONS:
+        raise PayloadVersionError(
+            f"payload format version {fmt} is not supported by this client "
+            f"(supports {sorted(SUPPORTED_FORMAT_VERSIONS)})"
+        )
+    if flags != 0:
+        raise PayloadVersionError(f"unknown payload flags {flags:#04x}")
+    if not 2 <= hlen <= MAX_HEADER_BYTES:
+        raise PayloadCorruptError(f"header length {hlen} out of range")
+    pos = _PREFIX.size
+    _need(data, pos, hlen + _U32.size, "the header")
+    try:
+        header = json.loads(data[pos : pos + hlen].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadCorruptError(f"header is not UTF-8 JSON: {exc}") from exc
+    pos += hlen
+    (blen,) = _U32.unpack_from(data, pos)
+    pos += _U32.size
+    if blen > MAX_BODY_BYTES:
+        raise PayloadCorruptError(f"body length {blen} exceeds the limit {MAX_BODY_BYTES}")
+    _need(data, pos, blen + _DIGEST, "the body and checksum")
+    if len(data) != pos + blen + _DIGEST:
+        raise PayloadCorruptError(f"{len(data) - pos - blen - _DIGEST} trailing bytes after the checksum")
+    _check_header(header)
+    return header, pos, blen
+
+
+def _check_header(h: Any) -> None:
+    if not isinstance(h, dict):
+        raise PayloadCorruptError("header is not a JSON object")
+    spec: dict[str, type | tuple[type, ...]] = {
+        "pool_id": str,
+        "pool_name": str,
+        "n_pool": int,
+        "task": str,
+        "version": int,
+        "classes": list,
+        "n_items": int,
+        "meta": dict,
+        "codec": dict,
+    }
+    for key, typ in spec.items():
+        if key not in h:
+            raise PayloadCorruptError(f"header lacks {key!r}")
+        if not isinstance(h[key], typ) or isinstance(h[key], bool):
+            raise PayloadCorruptError(f"header field {key!r} has the wrong type")
+    if not _HEX64.match(h["pool_id"]):
+        raise PayloadCorruptError("header pool_id is not 64 hex characters")
+    if not 0 < h["n_pool"] <= MAX_POOL_ITEMS or not 0 <= h["n_items"] <= h["n_pool"] or h["version"] < 1:
+        raise PayloadCorruptError("header counts out of range")
+    classes = h["classes"]
+    if not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+        raise PayloadCorruptError("header classes must be 1..65535 strings")
+    if h["codec"].get("name") not in _CODECS:
+        raise PayloadVersionError(f"unknown codec {h['codec'].get('name')!r} (known: {sorted(_CODECS)})")
+
+
+def decode_payload(data: bytes, *, expected_sha256: str | None = None) -> Payload:
+    """Decode and fully verify ``data``; every malformed input raises a ``PayloadError`` subclass."""
+    if expected_sha256 is not None and payload_sha256(data) != expected_sha256:
+        raise PayloadCorruptError("payload sha256 does not match the expected content address")
+    header, pos, blen = read_header(data)
+    data = bytes(data)
+    if hashlib.sha256(data[: pos + blen]).digest() != data[pos + blen :]:
+        raise PayloadCorruptError("payload checksum mismatch (corrupted in transit or on disk)")
+    codec = _CODECS[header["codec"]["name"]]
+    indices, labels = codec.decode(
+        header["codec"],
+        data[pos : pos + blen],
+        n_pool=header["n_pool"],
+        n_items=header["n_items"],
+        n_classes=len(header["classes"]),
+    )
+    try:
+        return Payload(
+            indices=indices,
+            labels=labels,
+            classes=tuple(header["classes"]),
+            pool_id=header["pool_id"],
+            n_pool=header["n_pool"],
+            task=header["task"],
+            version=header["version"],
+            pool_name=header["pool_name"],
+            meta=header["meta"],
+        )
+    except ValueError as exc:
+        raise PayloadError(f"payload fields are inconsistent: {exc}") from exc
+
+
+def payload_sha256(data: bytes) -> str:
+    """The content address of an encoded payload (used as version id and HTTP ETag)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def inspect_payload(data: bytes) -> dict[str, Any]:
+    """Header plus verification facts, for humans and ``--json`` scripting."""
+    header, _, blen = read_header(data)
+    payload = decode_payload(data)
+    return header | {
+        "format_version": FORMAT_VERSION,
+        "bytes": len(data),
+        "body_bytes": blen,
+        "sha256": payload_sha256(data),
+        "checksum_ok": True,
+        "label_counts": np.bincount(payload.labels, minlength=len(payload.classes)).tolist(),
+    }

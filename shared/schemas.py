@@ -1,0 +1,156 @@
+"""Pydantic models that cross the wire. Field constraints stop bad input at the edge, on both sides."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+DEFAULT_KEEP = 0.01
+MAX_PAYLOAD_BYTES = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherOptions(_Strict):
+    """How the server trains its teacher on the publisher's labelled data."""
+
+    arch: str = Field("smallcnn", description="'smallcnn' (built in) or a timm model name", max_length=100)
+    epochs: int = Field(10, ge=1, le=300)
+    batch_size: int = Field(128, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    val_fraction: float = Field(0.2, ge=0.05, le=0.5, description="share held out on the server for validation")
+    seed: int = Field(0, ge=0)
+
+
+class SelectorOptions(_Strict):
+    """Which pool items to keep. ``safety_net_share`` > 0 reserves that share of the budget for class quotas."""
+
+    name: str = Field("energy", description="a registered selector: energy, entropy, msp, random")
+    safety_net_alpha: float = Field(0.5, ge=-2.0, le=2.0, description="quota exponent α in K_c ∝ N_c^α")
+    safety_net_share: float = Field(0.0, ge=0.0, le=1.0, description="share s of the budget given to quotas")
+    seed: int = Field(0, ge=0)
+
+
+class TaskSpec(_Strict):
+    """What a publisher POSTs. Exactly one of ``keep`` (fraction of the pool) or ``max_bytes`` is used."""
+
+    name: str = Field(pattern=TASK_NAME_PATTERN, description="task name, lowercase, used in URLs")
+    classes: list[str] = Field(min_length=2, max_length=65_535)
+    pool_id: str = Field(min_length=1, max_length=128, description="pool name (e.g. mini-v1) or its 64-hex id")
+    keep: float | None = Field(None, gt=0.0, le=1.0)
+    max_bytes: int | None = Field(None, ge=128, le=MAX_PAYLOAD_BYTES)
+    selector: SelectorOptions = Field(default_factory=SelectorOptions)  # type: ignore[arg-type]
+    teacher: TeacherOptions = Field(default_factory=TeacherOptions)  # type: ignore[arg-type]
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_ok(cls, v: list[str]) -> list[str]:
+        if any(not c.strip() or len(c) > 200 for c in v):
+            raise ValueError("class names must be 1-200 characters and not blank")
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TaskSpec:
+        if self.keep is not None and self.max_bytes is not None:
+            raise ValueError("give either keep or max_bytes, not both")
+        if self.keep is None and self.max_bytes is None:
+            self.keep = DEFAULT_KEEP
+        return self
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+VersionStatus = Literal["pending", "ready", "failed"]
+
+
+class JobInfo(BaseModel):
+    id: int
+    task: str
+    version: int
+    state: JobState
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str = ""
+    error: ErrorInfo | None = None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionInfo(BaseModel):
+    task: str
+    version: int
+    status: VersionStatus
+    sha256: str | None = None
+    size_bytes: int | None = None
+    n_items: int | None = None
+    created_at: datetime
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    payload_url: str | None = None
+
+
+class VersionsPublic(BaseModel):
+    data: list[VersionInfo]
+    count: int
+
+
+class TaskInfo(BaseModel):
+    name: str
+    classes: list[str]
+    pool_id: str
+    pool_name: str
+    latest_version: int | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TasksPublic(BaseModel):
+    data: list[TaskInfo]
+    count: int
+
+
+class PublishResponse(BaseModel):
+    task: str
+    version: int
+    job: JobInfo
+    links: dict[str, str]
+
+
+class PoolInfo(BaseModel):
+    name: str
+    pool_id: str
+    n_items: int
+    kind: str
+    image_shape: list[int]
+
+
+class PoolsPublic(BaseModel):
+    data: list[PoolInfo]
+    count: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, plus plada's stable ``code``."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    database: Literal["ok"]

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real mini world (built once into the cache), and a running server + worker stack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plada.shared.datasets.mini import build_mini_world, default_world_dir
+from plada.shared.pool import Pool
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def world_dir() -> Path:
+    d = default_world_dir()
+    build_mini_world(d, log=lambda _m: None)
+    return d
+
+
+@pytest.fixture(scope="session")
+def pool(world_dir: Path) -> Pool:
+    from plada.shared.pool import open_pool
+
+    return open_pool(world_dir / "pools" / "mini-v1")
+
+
+@pytest.fixture(scope="session")
+def task_classes(world_dir: Path) -> dict[str, list[str]]:
+    return {
+        t: json.loads((world_dir / "tasks" / t / "task.json").read_text())["classes"]
+        for t in ("fashion", "animals", "digits")
+    }
+
+
+@pytest.fixture()
+def small_npz(tmp_path: Path) -> Iterator[Path]:
+    """A tiny valid upload: 2 classes × 6 random 28×28 images."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.npz"
+    np.savez(path, x=rng.integers(0, 255, (12, 28, 28), dtype=np.uint8), y=np.repeat([0, 1], 6))
+    yield path

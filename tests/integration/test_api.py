@@ -1,0 +1,162 @@
+"""The HTTP API over a real uvicorn + SQLite: shapes, problem+json errors, nothing half-written, offline docs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from plada.server.local import LocalStack
+
+SPEC = {"name": "tiny", "classes": ["a", "b"], "pool_id": "mini-v1", "keep": 0.01, "teacher": {"epochs": 1}}
+
+
+def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    return buf.getvalue()
+
+
+GOOD = _npz(np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8), np.repeat([0, 1], 6))
+
+
+def _post(url: str, spec: object, data: bytes, filename: str = "d.npz") -> httpx.Response:
+    body = spec if isinstance(spec, str) else json.dumps(spec)
+    return httpx.post(f"{url}/v1/tasks", data={"spec": body}, files={"data": (filename, data)}, timeout=30)
+
+
+def _counts(stack: LocalStack) -> tuple[int, int, int, int]:
+    con = sqlite3.connect(stack.data_dir / "plada.db")
+    try:
+        n = tuple(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "versions", "jobs"))
+    finally:
+        con.close()
+    uploads = len([p for p in (stack.data_dir / "uploads").iterdir()])
+    return (*n, uploads)  # type: ignore[return-value]
+
+
+def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["code"] == code and body["status"] == status and body["title"] and body["detail"]
+    assert "Traceback" not in resp.text
+    return body  # type: ignore[no-any-return]
+
+
+def test_health_and_pools(api_stack: LocalStack, pool) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.get(f"{api_stack.url}/healthz").json()["status"] == "ok"
+    pools = httpx.get(f"{api_stack.url}/v1/pools").json()
+    assert pools["count"] == 1
+    assert pools["data"][0] == {
+        "name": "mini-v1",
+        "pool_id": pool.pool_id,
+        "n_items": 70_000,
+        "kind": "array",
+        "image_shape": [28, 28, 1],
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "data", "status", "code"),
+    [
+        ("{malformed", GOOD, 422, "invalid_spec"),
+        (SPEC | {"classes": ["only-one"]}, GOOD, 422, "invalid_spec"),
+        (SPEC | {"keep": 0.1, "max_bytes": 5000}, GOOD, 422, "invalid_spec"),
+        (SPEC | {"pool_id": "imagenet-21k"}, GOOD, 404, "unknown_pool"),
+        (SPEC, b"", 422, "invalid_data"),
+        (SPEC, b"PK\x03\x04 this is no archive", 422, "invalid_data"),
+        (SPEC, GOOD[: len(GOOD) // 2], 422, "invalid_data"),
+        (SPEC, _npz(np.zeros((12, 28, 28), np.float32), np.repeat([0, 1], 6)), 422, "invalid_data"),
+        (SPEC, _npz(np.zeros((12, 28, 28), np.uint8), np.repeat([0, 7], 6)), 422, "invalid_data"),
+        (SPEC, b"\x00" * 3_000_001, 413, "payload_too_large"),
+    ],
+)
+def test_bad_publish_is_refused_and_nothing_is_written(
+    api_stack: LocalStack, spec: object, data: bytes, status: int, code: str
+) -> None:
+    before = _counts(api_stack)
+    assert_problem(_post(api_stack.url, spec, data), status, code)
+    assert _counts(api_stack) == before
+
+
+def test_invalid_spec_lists_every_problem(api_stack: LocalStack) -> None:
+    body = assert_problem(_post(api_stack.url, {"name": "X", "classes": [], "pool_id": ""}, GOOD), 422, "invalid_spec")
+    locs = {tuple(e["loc"]) for e in body["errors"]}  # type: ignore[union-attr]
+    assert {("name",), ("classes",), ("pool_id",)} <= locs
+
+
+def test_missing_form_field(api_stack: LocalStack) -> None:
+    resp = httpx.post(f"{api_stack.url}/v1/tasks", data={"spec": json.dumps(SPEC)})
+    assert_problem(resp, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/nope", 404, "not_found"),
+        ("/v1/tasks/ghost", 404, "task_not_found"),
+        ("/v1/tasks/ghost/payload", 404, "task_not_found"),
+        ("/v1/jobs/999999", 404, "job_not_found"),
+        ("/v1/jobs/not-a-number", 422, "validation_error"),
+    ],
+)
+def test_get_errors(api_stack: LocalStack, path: str, status: int, code: str) -> None:
+    assert_problem(httpx.get(api_stack.url + path), status, code)
+
+
+def test_publish_queues_versions_in_order(api_stack: LocalStack) -> None:
+    spec = SPEC | {"name": "queued-task"}
+    r1 = _post(api_stack.url, spec, GOOD)
+    r2 = _post(api_stack.url, spec, GOOD)
+    assert r1.status_code == r2.status_code == 202
+    b1, b2 = r1.json(), r2.json()
+    assert (b1["version"], b2["version"]) == (1, 2) and b1["job"]["state"] == "queued"
+    assert b1["links"]["job"] == f"/v1/jobs/{b1['job']['id']}"
+    versions = httpx.get(f"{api_stack.url}/v1/tasks/queued-task/versions").json()
+    assert [v["status"] for v in versions["data"]] == ["pending", "pending"]
+    assert_problem(httpx.get(f"{api_stack.url}/v1/tasks/queued-task/versions/1/payload"), 409, "version_not_ready")
+    assert_problem(httpx.get(f"{api_stack.url}/v1/tasks/queued-task/payload"), 404, "version_not_found")
+    task = httpx.get(f"{api_stack.url}/v1/tasks/queued-task").json()
+    assert task["classes"] == ["a", "b"] and task["pool_name"] == "mini-v1" and task["latest_version"] is None
+
+
+def test_zip_upload_is_accepted(api_stack: LocalStack) -> None:
+    import zipfile
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for c in ("a", "b"):
+            for i in range(3):
+                png = io.BytesIO()
+                Image.new("L", (32, 32), 40 * i).save(png, format="PNG")
+                zf.writestr(f"{c}/{i}.png", png.getvalue())
+    resp = _post(api_stack.url, SPEC | {"name": "zipped"}, buf.getvalue(), filename="train.zip")
+    assert resp.status_code == 202, resp.text
+
+
+def test_docs_render_offline(api_stack: LocalStack) -> None:
+    """/docs and every asset it references come from this server; nothing points off-host."""
+    html = httpx.get(f"{api_stack.url}/docs").text
+    assert "swagger" in html.lower()
+    refs = set(re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)) | set(re.findall(r"url: ?'([^']+)'", html))
+    assert refs, "no assets found in /docs"
+    external = [r for r in refs if re.match(r"(https?:)?//", r)]
+    assert not external, f"/docs references external assets: {external}"
+    for ref in refs:
+        resp = httpx.get(api_stack.url + ref)
+        assert resp.status_code == 200 and len(resp.content) > 0, ref
+    spec = httpx.get(f"{api_stack.url}/openapi.json").json()
+    assert "/v1/tasks" in spec["paths"] and "/v1/tasks/{task}/payload" in spec["paths"]
+
+
+def test_uploads_dir_has_only_finished_files(api_stack: LocalStack) -> None:
+    names = [p.name for p in Path(api_stack.data_dir / "uploads").iterdir()]
+    assert all(n.endswith(".npz") and not n.startswith(".") for n in names)

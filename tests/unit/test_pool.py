@@ -1,0 +1,113 @@
+"""Pool manifests: identity is order- and content-sensitive, verification finds changed items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plada.shared.errors import PoolError
+from plada.shared.pool import compute_pool_id, index_image_folder, open_pool, verify_pool, write_array_pool
+
+
+def _images(n: int = 20, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, 8, 8), dtype=np.uint8)
+
+
+def test_array_pool_round_trip_and_verify(tmp_path: Path) -> None:
+    imgs = _images()
+    pool = write_array_pool(tmp_path / "p", "tiny", imgs, [f"k{i}" for i in range(20)])
+    again = open_pool(tmp_path / "p")
+    assert again.pool_id == pool.pool_id and len(again) == 20 and again.image_shape == (8, 8, 1)
+    assert np.array_equal(again.batch(np.array([3, 1]))[..., 0], imgs[[3, 1]])
+    assert verify_pool(again).ok
+
+
+def test_pool_id_depends_on_order_and_content(tmp_path: Path) -> None:
+    imgs = _images()
+    keys = [f"k{i}" for i in range(20)]
+    a = write_array_pool(tmp_path / "a", "x", imgs, keys).pool_id
+    b = write_array_pool(tmp_path / "b", "x", imgs[::-1].copy(), keys[::-1]).pool_id
+    changed = imgs.copy()
+    changed[5, 0, 0] ^= 1
+    c = write_array_pool(tmp_path / "c", "x", changed, keys).pool_id
+    assert len({a, b, c}) == 3
+
+
+def test_verify_finds_a_changed_pixel(tmp_path: Path) -> None:
+    write_array_pool(tmp_path / "p", "tiny", _images(), [f"k{i}" for i in range(20)])
+    arr = np.load(tmp_path / "p" / "images.npy")
+    arr[7, 3, 3] ^= 0xFF
+    np.save(tmp_path / "p" / "images.npy", arr)
+    report = verify_pool(open_pool(tmp_path / "p"))
+    assert not report.ok and report.n_mismatched == 1 and report.first_mismatches == ["k7"]
+
+
+def test_edited_pool_json_is_refused(tmp_path: Path) -> None:
+    write_array_pool(tmp_path / "p", "tiny", _images(), [f"k{i}" for i in range(20)])
+    info = json.loads((tmp_path / "p" / "pool.json").read_text())
+    info["pool_id"] = "0" * 64
+    (tmp_path / "p" / "pool.json").write_text(json.dumps(info))
+    with pytest.raises(PoolError, match="does not match"):
+        open_pool(tmp_path / "p")
+
+
+@pytest.mark.parametrize("content", [None, "not json", json.dumps({"format": "other"})])
+def test_not_a_pool(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "pool.json").write_text(content)
+    with pytest.raises(PoolError):
+        open_pool(tmp_path)
+
+
+def test_image_folder_pool(tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = tmp_path / "train"
+    rng = np.random.default_rng(0)
+    for wnid in ("n02", "n01"):
+        (src / wnid).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(src / wnid / f"{j}.JPEG")
+    (src / "README.txt").write_text("not an image")
+    pool = index_image_folder(src, tmp_path / "pool", "folder-pool", image_size=16)
+    assert list(pool.manifest.keys[:2]) == ["n01/0.JPEG", "n01/1.JPEG"] and len(pool) == 6
+    assert pool.manifest.groups is not None and list(pool.manifest.groups) == [0, 0, 0, 1, 1, 1]
+    assert pool.batch(np.array([0, 5])).shape == (2, 16, 16, 3)
+    assert verify_pool(pool).ok
+    (src / "n02" / "1.JPEG").write_bytes(b"changed")
+    assert verify_pool(open_pool(tmp_path / "pool")).first_mismatches == ["n02/1.JPEG"]
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PoolError, match="no images"):
+        index_image_folder(tmp_path, tmp_path / "out", "x")
+
+
+def test_mini_world_layout(pool, world_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The canonical order of mini-v1: 60k Fashion-MNIST train, 5k Animal-MNIST, 5k MNIST."""
+    assert len(pool) == 70_000 and pool.image_shape == (28, 28, 1)
+    keys = pool.manifest.keys
+    assert keys[0] == "fashion-mnist/train/00000" and keys[59_999] == "fashion-mnist/train/59999"
+    assert keys[60_000] == "animal-mnist/00000" and keys[60_500] == "animal-mnist/01000"
+    assert keys[64_999] == "animal-mnist/09499" and keys[65_000] == "mnist-5k/0000"
+    assert pool.pool_id == compute_pool_id(pool.manifest.keys, pool.manifest.hashes)
+    sizes = {
+        t: (
+            len(np.load(world_dir / "tasks" / t / "train.npz")["y"]),
+            len(np.load(world_dir / "tasks" / t / "test.npz")["y"]),
+        )
+        for t in ("fashion", "animals", "digits")
+    }
+    assert sizes == {"fashion": (5000, 5000), "animals": (2500, 2500), "digits": (1000, 797)}
+
+
+def test_missing_fashion_source_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plada.shared.datasets.mini import build_mini_world
+    from plada.shared.errors import PoolSourceMissingError
+
+    monkeypatch.setenv("PLADA_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(PoolSourceMissingError, match="apt-get install dataset-fashion-mnist"):
+        build_mini_world(tmp_path / "w", log=lambda _m: None)
+    assert not (tmp_path / "w" / "BUILD.json").exists()
