@@ -1,0 +1,173 @@
+"""The whole loop with real parts: uvicorn + SQLite + worker processes, httpx, the CLIs, torch training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from plada.client import Agent, AgentConfig, PayloadCache, PladaClient, TrainConfig
+from plada.server.local import LocalStack
+from plada.shared.payload import decode_payload
+from plada.shared.pool import write_array_pool
+from plada.shared.schemas import TaskSpec
+
+pytestmark = pytest.mark.slow
+LEASE_S = 6
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iterator[LocalStack]:
+    data = tmp_path_factory.mktemp("e2e")
+    s = LocalStack(data_dir=data, pools_dir=world_dir / "pools", log_dir=data / "logs",
+                   env={"PLADA_JOB_LEASE_S": str(LEASE_S), "PLADA_WORKER_POLL_S": "0.2"})
+    s.start_server()
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+def digits_spec(classes: list[str], **kw: object) -> TaskSpec:
+    return TaskSpec.model_validate({"name": "digits", "classes": classes, "pool_id": "mini-v1", "keep": 0.05,
+                                    "teacher": {"epochs": 8}} | kw)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "plada.client.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def published(stack: LocalStack, world_dir: Path, task_classes: dict[str, list[str]]) -> dict[str, object]:
+    """Publish `digits` once over REST and wait for the worker; progress is observed while it runs."""
+    with PladaClient(stack.url) as c:
+        resp = c.publish(digits_spec(task_classes["digits"]), world_dir / "tasks" / "digits" / "train.npz")
+        seen: list[float] = []
+        job = c.wait_job(resp.job.id, timeout=600, poll=0.2, on_progress=lambda j: seen.append(j.progress))
+        version = c.version("digits", resp.version)
+    return {"resp": resp, "job": job, "version": version, "progress": seen}
+
+
+def test_worker_publishes_a_version(published: dict[str, object], pool) -> None:  # type: ignore[no-untyped-def]
+    job, version, seen = published["job"], published["version"], published["progress"]
+    assert job.state == "succeeded" and job.progress == 1.0  # type: ignore[attr-defined]
+    assert len(set(seen)) > 3 and seen == sorted(seen), "progress must be reported and monotone"  # type: ignore[arg-type]
+    assert version.status == "ready" and version.n_items == 3_500  # type: ignore[attr-defined]
+    m = version.metrics  # type: ignore[attr-defined]
+    assert m["teacher"]["split"] == "server validation" and m["teacher"]["n_train"] + m["teacher"]["n_val"] == 1000
+    assert 190 <= m["teacher"]["n_val"] <= 210  # 20 % held out per class
+    assert m["teacher"]["val_accuracy"] > 0.5
+    assert version.size_bytes < 1_000_000  # type: ignore[attr-defined]
+
+
+def test_cli_pull_inspect_train_evaluate(stack: LocalStack, published: dict[str, object], world_dir: Path,
+                                         tmp_path: Path) -> None:
+    pool_dir = world_dir / "pools" / "mini-v1"
+    out = tmp_path / "digits.plada"
+    r = cli("pull", "--server", stack.url, "--task", "digits", "--pool", str(pool_dir), "--out", str(out),
+            "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    pulled = json.loads(r.stdout)
+    assert pulled["verified"] and pulled["version"] == 1 and pulled["n_items"] == 3_500
+    info = json.loads(cli("inspect", str(out)).stdout)
+    assert info["task"] == "digits" and info["pool_name"] == "mini-v1" and info["checksum_ok"]
+    assert info["sha256"] == published["version"].sha256  # type: ignore[attr-defined]
+    r = cli("train", "--payload", str(out), "--pool", str(pool_dir), "--out", str(tmp_path / "run"),
+            "--epochs", "3", "--eval", str(world_dir / "tasks" / "digits" / "test.npz"))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_test"] == 797 and metrics["config"]["epochs"] == 3
+    # chance is 10 % on 797 balanced test digits (σ ≈ 1.1 points): demand clearly better than chance
+    assert metrics["test_accuracy"] > 0.15, metrics
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_etag_revalidation(stack: LocalStack, published: dict[str, object]) -> None:
+    sha = published["version"].sha256  # type: ignore[attr-defined]
+    r = httpx.get(f"{stack.url}/v1/tasks/digits/payload")
+    assert r.status_code == 200 and r.headers["etag"] == f'"{sha}"'
+    assert decode_payload(r.content, expected_sha256=sha).task == "digits"
+    r304 = httpx.get(f"{stack.url}/v1/tasks/digits/payload", headers={"If-None-Match": f'"{sha}"'})
+    assert r304.status_code == 304 and r304.content == b""
+    immutable = httpx.get(f"{stack.url}/v1/tasks/digits/versions/1/payload")
+    assert "immutable" in immutable.headers["cache-control"] and immutable.content == r.content
+
+
+def test_wrong_pool_is_refused_with_one_line(stack: LocalStack, published: dict[str, object],
+                                             tmp_path: Path) -> None:
+    other = write_array_pool(tmp_path / "other", "other-pool", np.zeros((10, 28, 28), np.uint8),
+                             [f"k{i}" for i in range(10)])
+    out = tmp_path / "never.plada"
+    r = cli("pull", "--server", stack.url, "--task", "digits", "--pool", str(other.root), "--out", str(out),
+            "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 1 and not out.exists()
+    assert r.stderr.count("\n") == 1 and "pool_mismatch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_truncated_payload_is_refused_with_one_line(stack: LocalStack, published: dict[str, object],
+                                                    world_dir: Path, tmp_path: Path) -> None:
+    data = httpx.get(f"{stack.url}/v1/tasks/digits/payload").content
+    bad = tmp_path / "cut.plada"
+    bad.write_bytes(data[: len(data) - 100])
+    for args in (["inspect", str(bad)],
+                 ["train", "--payload", str(bad), "--pool", str(world_dir / "pools" / "mini-v1"),
+                  "--out", str(tmp_path / "run"), "--epochs", "1"]):
+        r = cli(*args)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "payload_corrupt" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_agent_trains_each_version_once_and_survives_a_server_restart(
+        stack: LocalStack, published: dict[str, object], pool, world_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = AgentConfig(tasks=["digits", "not-yet"], out_dir=tmp_path / "runs", poll_s=0.1,
+                      train=TrainConfig(epochs=1),
+                      eval_splits={"digits": world_dir / "tasks" / "digits" / "test.npz"})
+    results: list[dict[str, object]] = []
+    with PladaClient(stack.url, retries=0) as c:
+        agent = Agent(c, pool, cfg, cache=PayloadCache(tmp_path / "cache"))
+        assert agent.run(max_rounds=1) == 1
+        assert agent.run(max_rounds=2) == 0, "the same version must not be trained twice"
+        port = int(stack.url.rsplit(":", 1)[1])
+        stack.stop_server()
+        assert agent.run(max_rounds=2) == 0  # server down: logged, not raised
+        stack.start_server(port=port)
+        # a restarted agent (fresh object, same state file) still knows what it trained
+        agent2 = Agent(c, pool, cfg, cache=PayloadCache(tmp_path / "cache"))
+        assert agent2.poll_task("digits", on_result=results.append) is False
+    state = json.loads((tmp_path / "runs" / "agent-state.json").read_text())
+    assert list(state["trained"]) == ["digits"] and len(state["trained"]["digits"]) == 1
+    metrics = json.loads((tmp_path / "runs" / "digits" / "v1" / "metrics.json").read_text())
+    assert metrics["n_test"] == 797
+
+
+def test_killed_worker_loses_its_lease_and_another_finishes(stack: LocalStack, world_dir: Path,
+                                                            task_classes: dict[str, list[str]]) -> None:
+    """kill -9 the only worker mid-job; after the lease runs out a fresh worker takes the job and publishes."""
+    for w in stack.workers:
+        w.send_signal(signal.SIGTERM)
+        w.wait(timeout=60)
+    victim = stack.start_worker()
+    with PladaClient(stack.url) as c:
+        spec = digits_spec(task_classes["digits"], name="digits-crash", teacher={"epochs": 3})
+        resp = c.publish(spec, world_dir / "tasks" / "digits" / "train.npz")
+        deadline = time.monotonic() + 120
+        while c.job(resp.job.id).progress <= 0.05:
+            assert time.monotonic() < deadline, "worker never made progress"
+            time.sleep(0.1)
+        victim.kill()
+        victim.wait()
+        running = c.job(resp.job.id)
+        assert running.state == "running" and running.attempts == 1
+        stack.start_worker()
+        job = c.wait_job(resp.job.id, timeout=300, poll=0.2)
+        assert job.state == "succeeded" and job.attempts == 2
+        assert c.version("digits-crash", resp.version).status == "ready"
