@@ -20,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from plada.client import PladaClient, TrainConfig, load_eval_split, train_student
 from plada.server.local import LocalStack
 from plada.shared.datasets.mini import TASKS, build_mini_world, default_world_dir
 from plada.shared.schemas import TaskSpec
-from tqdm import tqdm
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from plada.client.cache import PayloadCache
 from plada.shared.errors import (
     PipelineError,

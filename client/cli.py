@@ -50,9 +50,10 @@ def _emit(obj: Any) -> None:
 
 
 def cmd_verify_pool(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from plada.shared.errors import PoolError
     from plada.shared.pool import verify_pool
-    from tqdm import tqdm
 
     pool = _open_pool(args.pool)
     bar = tqdm(total=len(pool), desc="verifying", unit="img", file=sys.stderr, leave=False)

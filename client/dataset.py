@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
+
 from plada.client.api import check_pool
 from plada.shared.payload import Payload
 from plada.shared.pool import Pool
-from torch.utils.data import Dataset
 
 
 class PayloadDataset(Dataset[tuple[Any, int]]):

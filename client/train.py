@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from plada.client.dataset import PayloadDataset
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidDataError

@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from plada.server import __version__, repo
 from plada.server.api.misc import health_router, jobs_router, pools_router
 from plada.server.api.tasks import router as tasks_router
@@ -27,7 +29,6 @@ from plada.server.settings import Settings
 from plada.shared.errors import PladaError
 from plada.shared.pool import open_pool
 from plada.shared.schemas import Problem
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("plada.server")
 PROBLEM_JSON = "application/problem+json"
@@ -48,9 +49,13 @@ def register_pools(app_state: Any, settings: Settings) -> list[str]:
     if root is None or not root.is_dir():
         return names
     for d in sorted(p for p in root.iterdir() if (p / "pool.json").is_file()):
-        pool = open_pool(d)
-        with app_state.session_factory.begin() as s:
-            repo.register_pool(session=s, pool=pool)
+        try:
+            pool = open_pool(d)
+            with app_state.session_factory.begin() as s:
+                repo.register_pool(session=s, pool=pool)
+        except PladaError as exc:  # one broken pool folder must not keep the others offline
+            log.error("pool %s not registered: %s", d, exc.message)
+            continue
         names.append(pool.name)
     return names
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plada.shared.errors import PladaError
 from pydantic import ValidationError
+
+from plada.shared.errors import PladaError
 
 EXAMPLES = """examples:
   plada-server pool build mini-v1 --out ~/.cache/plada/world
@@ -44,6 +45,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from plada.server.app import create_app
 
     settings = _settings(args)
@@ -63,6 +65,7 @@ class _Server:
 
     def __new__(cls, config: Any, port_file: Path | None) -> Any:
         import uvicorn
+
         from plada.shared.pool import atomic_write_bytes
 
         class PortServer(uvicorn.Server):

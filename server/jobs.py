@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from plada.server.db import JobRow, TaskRow, VersionRow, now
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+
+from plada.server.db import JobRow, TaskRow, VersionRow, now
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
 from plada.server import repo
 from plada.server.db import JobRow, TaskRow, VersionRow
 from plada.server.settings import Settings
 from plada.server.uploads import read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
 from plada.shared.schemas import TaskSpec
-from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
 
 
 def parse_spec(raw: str) -> TaskSpec:

@@ -9,6 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, undefer
+
 from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, now
 from plada.shared.errors import (
     JobNotFoundError,
@@ -20,8 +23,6 @@ from plada.shared.errors import (
 )
 from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, undefer
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
 from plada.shared.errors import InvalidDataError
 from plada.shared.pool import atomic_write
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
 from plada.server import jobs
 from plada.server.db import init_db, make_engine
 from plada.server.pipeline.publish import run_pipeline
@@ -24,7 +26,6 @@ from plada.shared import nn as pnn
 from plada.shared.errors import PladaError
 from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import TaskSpec
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("plada.worker")
 
@@ -125,7 +126,7 @@ class Worker:
                 self.factory, job=job, worker_id=self.worker_id, code=exc.code, message=exc.message, retry=False
             )
             log.error("job %s: %s (%s): %s", job.id, state, exc.code, exc.message)
-        except (ValueError, OSError, RuntimeError, MemoryError, KeyError) as exc:
+        except Exception as exc:  # the boundary: any other failure becomes a retryable job failure
             state = jobs.fail_job(
                 self.factory,
                 job=job,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from plada.shared.codecs import paper
 from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadVersionError
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from plada.shared.errors import PoolError
 
 POOL_FORMAT = "plada-pool"

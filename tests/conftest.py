@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
 from plada.shared.pool import Pool
 

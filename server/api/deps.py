@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from plada.server.settings import Settings
 from sqlalchemy.orm import Session, sessionmaker
+
+from plada.server.settings import Settings
 
 
 def _session(request: Request) -> Iterator[Session]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy import text
+
 from plada.server import repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.views import job_info, pool_info
 from plada.shared.schemas import Health, JobInfo, PoolsPublic
-from sqlalchemy import text
 
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 pools_router = APIRouter(prefix="/v1/pools", tags=["pools"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+
 from plada.server import repo
 from plada.server.api.deps import FactoryDep, SessionDep, SettingsDep
 from plada.server.api.views import job_info, task_info, version_info

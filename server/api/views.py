@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
 from plada.server import repo
 from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow
 from plada.shared.schemas import ErrorInfo, JobInfo, PoolInfo, TaskInfo, VersionInfo
-from sqlalchemy.orm import Session
 
 
 def ts(t: float) -> datetime:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from plada.server.pipeline.selection import ScoreInputs, create_selector, largest_fitting, select
 from plada.server.pipeline.teacher import score_pool, train_teacher
 from plada.shared.payload import Payload, encode_payload, payload_sha256

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import zstandard
+
 from plada.shared.errors import PayloadCorruptError, PayloadVersionError
 
 NAME = "paper-v1"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from plada.shared.errors import PoolSourceMissingError
 from plada.shared.pool import Pool, atomic_write, atomic_write_bytes, open_pool, write_array_pool
 

@@ -28,8 +28,12 @@ LEASE_S = 6
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iterator[LocalStack]:
     data = tmp_path_factory.mktemp("e2e")
-    s = LocalStack(data_dir=data, pools_dir=world_dir / "pools", log_dir=data / "logs",
-                   env={"PLADA_JOB_LEASE_S": str(LEASE_S), "PLADA_WORKER_POLL_S": "0.2"})
+    s = LocalStack(
+        data_dir=data,
+        pools_dir=world_dir / "pools",
+        log_dir=data / "logs",
+        env={"PLADA_JOB_LEASE_S": str(LEASE_S), "PLADA_WORKER_POLL_S": "0.2"},
+    )
     s.start_server()
     s.start_worker()
     yield s
@@ -37,13 +41,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iterator
 
 
 def digits_spec(classes: list[str], **kw: object) -> TaskSpec:
-    return TaskSpec.model_validate({"name": "digits", "classes": classes, "pool_id": "mini-v1", "keep": 0.05,
-                                    "teacher": {"epochs": 8}} | kw)
+    return TaskSpec.model_validate(
+        {"name": "digits", "classes": classes, "pool_id": "mini-v1", "keep": 0.05, "teacher": {"epochs": 8}} | kw
+    )
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "plada.client.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "plada.client.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +80,43 @@ def test_worker_publishes_a_version(published: dict[str, object], pool) -> None:
     assert version.size_bytes < 1_000_000  # type: ignore[attr-defined]
 
 
-def test_cli_pull_inspect_train_evaluate(stack: LocalStack, published: dict[str, object], world_dir: Path,
-                                         tmp_path: Path) -> None:
+def test_cli_pull_inspect_train_evaluate(
+    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path
+) -> None:
     pool_dir = world_dir / "pools" / "mini-v1"
     out = tmp_path / "digits.plada"
-    r = cli("pull", "--server", stack.url, "--task", "digits", "--pool", str(pool_dir), "--out", str(out),
-            "--cache", str(tmp_path / "cache"))
+    r = cli(
+        "pull",
+        "--server",
+        stack.url,
+        "--task",
+        "digits",
+        "--pool",
+        str(pool_dir),
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     assert r.returncode == 0, r.stderr
     pulled = json.loads(r.stdout)
     assert pulled["verified"] and pulled["version"] == 1 and pulled["n_items"] == 3_500
     info = json.loads(cli("inspect", str(out)).stdout)
     assert info["task"] == "digits" and info["pool_name"] == "mini-v1" and info["checksum_ok"]
     assert info["sha256"] == published["version"].sha256  # type: ignore[attr-defined]
-    r = cli("train", "--payload", str(out), "--pool", str(pool_dir), "--out", str(tmp_path / "run"),
-            "--epochs", "3", "--eval", str(world_dir / "tasks" / "digits" / "test.npz"))
+    r = cli(
+        "train",
+        "--payload",
+        str(out),
+        "--pool",
+        str(pool_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "3",
+        "--eval",
+        str(world_dir / "tasks" / "digits" / "test.npz"),
+    )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_test"] == 797 and metrics["config"]["epochs"] == 3
@@ -102,35 +136,63 @@ def test_etag_revalidation(stack: LocalStack, published: dict[str, object]) -> N
     assert "immutable" in immutable.headers["cache-control"] and immutable.content == r.content
 
 
-def test_wrong_pool_is_refused_with_one_line(stack: LocalStack, published: dict[str, object],
-                                             tmp_path: Path) -> None:
-    other = write_array_pool(tmp_path / "other", "other-pool", np.zeros((10, 28, 28), np.uint8),
-                             [f"k{i}" for i in range(10)])
+def test_wrong_pool_is_refused_with_one_line(stack: LocalStack, published: dict[str, object], tmp_path: Path) -> None:
+    other = write_array_pool(
+        tmp_path / "other", "other-pool", np.zeros((10, 28, 28), np.uint8), [f"k{i}" for i in range(10)]
+    )
     out = tmp_path / "never.plada"
-    r = cli("pull", "--server", stack.url, "--task", "digits", "--pool", str(other.root), "--out", str(out),
-            "--cache", str(tmp_path / "cache"))
+    r = cli(
+        "pull",
+        "--server",
+        stack.url,
+        "--task",
+        "digits",
+        "--pool",
+        str(other.root),
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     assert r.returncode == 1 and not out.exists()
     assert r.stderr.count("\n") == 1 and "pool_mismatch" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_truncated_payload_is_refused_with_one_line(stack: LocalStack, published: dict[str, object],
-                                                    world_dir: Path, tmp_path: Path) -> None:
+def test_truncated_payload_is_refused_with_one_line(
+    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path
+) -> None:
     data = httpx.get(f"{stack.url}/v1/tasks/digits/payload").content
     bad = tmp_path / "cut.plada"
     bad.write_bytes(data[: len(data) - 100])
-    for args in (["inspect", str(bad)],
-                 ["train", "--payload", str(bad), "--pool", str(world_dir / "pools" / "mini-v1"),
-                  "--out", str(tmp_path / "run"), "--epochs", "1"]):
+    for args in (
+        ["inspect", str(bad)],
+        [
+            "train",
+            "--payload",
+            str(bad),
+            "--pool",
+            str(world_dir / "pools" / "mini-v1"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+        ],
+    ):
         r = cli(*args)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and "payload_corrupt" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_agent_trains_each_version_once_and_survives_a_server_restart(
-        stack: LocalStack, published: dict[str, object], pool, world_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg = AgentConfig(tasks=["digits", "not-yet"], out_dir=tmp_path / "runs", poll_s=0.1,
-                      train=TrainConfig(epochs=1),
-                      eval_splits={"digits": world_dir / "tasks" / "digits" / "test.npz"})
+    stack: LocalStack, published: dict[str, object], pool, world_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = AgentConfig(
+        tasks=["digits", "not-yet"],
+        out_dir=tmp_path / "runs",
+        poll_s=0.1,
+        train=TrainConfig(epochs=1),
+        eval_splits={"digits": world_dir / "tasks" / "digits" / "test.npz"},
+    )
     results: list[dict[str, object]] = []
     with PladaClient(stack.url, retries=0) as c:
         agent = Agent(c, pool, cfg, cache=PayloadCache(tmp_path / "cache"))
@@ -149,8 +211,9 @@ def test_agent_trains_each_version_once_and_survives_a_server_restart(
     assert metrics["n_test"] == 797
 
 
-def test_killed_worker_loses_its_lease_and_another_finishes(stack: LocalStack, world_dir: Path,
-                                                            task_classes: dict[str, list[str]]) -> None:
+def test_killed_worker_loses_its_lease_and_another_finishes(
+    stack: LocalStack, world_dir: Path, task_classes: dict[str, list[str]]
+) -> None:
     """kill -9 the only worker mid-job; after the lease runs out a fresh worker takes the job and publishes."""
     for w in stack.workers:
         w.send_signal(signal.SIGTERM)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import plada.client
 import pytest
+
+import plada.client
 from plada.client import PayloadCache, PladaClient
 from plada.shared.errors import (
     PayloadCorruptError,

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from plada.server.publishing import parse_spec
 from plada.server.uploads import read_target_data
 from plada.shared.errors import InvalidDataError, InvalidSpecError

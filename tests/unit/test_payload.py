@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadVersionError
 from plada.shared.payload import (
     FORMAT_VERSION,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from plada.shared.errors import PoolError
 from plada.shared.pool import compute_pool_id, index_image_folder, open_pool, verify_pool, write_array_pool
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from plada.shared.errors import all_error_classes
 
 REPO = Path(__file__).resolve().parents[2]

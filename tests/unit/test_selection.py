@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from plada.server.pipeline import scoring
 from plada.server.pipeline.selection import (
     ScoreInputs,
