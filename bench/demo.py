@@ -34,6 +34,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("demo-out"))
     ap.add_argument("--keep", type=float, default=0.05, help="fraction of the pool kept per task")
     ap.add_argument("--selector", default="energy")
+    # The paper's Safety-Net (per-class quotas K_c ∝ N_c^α over a share s of the budget). s = α = 0.5 is set
+    # a priori, not tuned on any split: without quotas energy ranking can give every kept item one label.
+    ap.add_argument("--safety-net-share", type=float, default=0.5)
+    ap.add_argument("--safety-net-alpha", type=float, default=0.5)
     ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--student-epochs", type=int, default=15)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -57,7 +61,11 @@ def main() -> int:
                     classes=classes,
                     pool_id=pool.name,
                     keep=args.keep,
-                    selector={"name": args.selector},
+                    selector={
+                        "name": args.selector,
+                        "safety_net_share": args.safety_net_share,
+                        "safety_net_alpha": args.safety_net_alpha,
+                    },
                     teacher={"epochs": args.teacher_epochs},
                 )
                 jobs[task] = (client.publish(spec, tdir / "train.npz"), time.perf_counter())
@@ -118,7 +126,8 @@ def main() -> int:
     for r in rows:
         print(" | ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)))
     print(
-        f"\nselector {args.selector}, keep {args.keep:.0%}, teacher {args.teacher_epochs} epochs, "
+        f"\nselector {args.selector} + Safety-Net s={args.safety_net_share} α={args.safety_net_alpha}, "
+        f"keep {args.keep:.0%}, teacher {args.teacher_epochs} epochs, "
         f"student {args.student_epochs} epochs (smallcnn, CPU); every payload < 1 MB; "
         f"total {time.perf_counter() - t_start:.0f} s"
     )

@@ -53,6 +53,7 @@ def main() -> None:
             classes=[f"row{i}" for i in range(10)],
             pool_id="synthetic",
             keep=0.01,
+            selector={"safety_net_share": 1.0},  # per-class quotas: energy alone collapses onto one class
             teacher={"epochs": 10, "batch_size": 256},
         )
         res = run_pipeline(pool, tx, ty, spec, version=1, device=device)
