@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import __version__, repo
@@ -42,7 +43,7 @@ def problem(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
 
 
-def register_pools(app_state: Any, settings: Settings) -> list[str]:
+def register_pools(factory: sessionmaker[Session], settings: Settings) -> list[str]:
     """Register every pool folder under ``settings.pools_dir`` (idempotent)."""
     names: list[str] = []
     root = settings.pools_dir
@@ -51,7 +52,7 @@ def register_pools(app_state: Any, settings: Settings) -> list[str]:
     for d in sorted(p for p in root.iterdir() if (p / "pool.json").is_file()):
         try:
             pool = open_pool(d)
-            with app_state.session_factory.begin() as s:
+            with factory.begin() as s:
                 repo.register_pool(session=s, pool=pool)
         except PladaError as exc:  # one broken pool folder must not keep the others offline
             log.error("pool %s not registered: %s", d, exc.message)
@@ -71,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        names = register_pools(app.state, settings)
+        names = register_pools(app.state.session_factory, settings)
         log.info("plada server %s: database %s, pools %s", __version__, settings.database_url, names or "none")
         yield
         app.state.engine.dispose()

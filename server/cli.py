@@ -84,11 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     worker = Worker(settings)
-
-    class _State:
-        session_factory = worker.factory
-
-    register_pools(_State, settings)
+    register_pools(worker.factory, settings)
     worker.run(once=args.once, max_idle_s=args.max_idle)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from plada.server import repo
 from plada.server.api.deps import FactoryDep, SessionDep, SettingsDep
@@ -43,7 +44,10 @@ async def create_task(
 ) -> PublishResponse:
     """Queues a job that trains a teacher, selects pool items and publishes a new immutable version."""
     raw = await _read_limited(data, settings.max_upload_bytes)
-    task, version, job = publish(factory, settings, spec_json=spec, data=raw, filename=data.filename or "")
+    # parsing up to PLADA_MAX_UPLOAD_BYTES and the SQLite commit must not block the event loop
+    task, version, job = await run_in_threadpool(
+        publish, factory, settings, spec_json=spec, data=raw, filename=data.filename or ""
+    )
     with factory() as s:
         info = job_info(s, repo.get_job(session=s, job_id=job.id))
     base = f"/v1/tasks/{task.name}"
