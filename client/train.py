@@ -69,7 +69,7 @@ def train_student(
     device = pnn.pick_device(cfg.device)
     h, w, c = pool.image_shape
     x, y = PayloadDataset(payload, pool).arrays()
-    model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes))
+    model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed)
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else None
     ckpt_path = out_dir / CHECKPOINT
     start_epoch, opt_state = 0, None

@@ -53,8 +53,13 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def create_model(arch: str, *, in_chans: int, num_classes: int) -> nn.Module:
-    """``smallcnn`` or any timm model name (random init; pretrained weights are a later, offline option)."""
+def create_model(arch: str, *, in_chans: int, num_classes: int, seed: int | None = 0) -> nn.Module:
+    """``smallcnn`` or any timm model name (random init; pretrained weights are a later, offline option).
+
+    The initial weights are drawn from ``seed`` so that the same spec trains the same model twice.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
     if arch == "smallcnn":
         return SmallCNN(in_chans, num_classes)
     try:

@@ -52,7 +52,7 @@ def train_teacher(
     """Train on the training part; accuracy on the held-out part is what the server reports as teacher acc."""
     h, w, c = image_shape
     tr, va = stratified_split(y, opts.val_fraction, opts.seed)
-    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes)
+    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes, seed=opts.seed)
     cfg = pnn.FitConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)
     pnn.fit(model, x[tr], y[tr], cfg, size=(h, w), channels=c, device=device, progress=progress)
     val_acc = pnn.accuracy(model, x[va], y[va], size=(h, w), channels=c, device=device)

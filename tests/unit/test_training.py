@@ -97,3 +97,16 @@ def test_to_input_converts_channels_and_size() -> None:
     rgb = np.full((2, 10, 12, 3), 255, np.uint8)
     t = pnn.to_input(rgb, size=(28, 28), channels=1, device=torch.device("cpu"))
     assert t.shape == (2, 1, 28, 28) and torch.allclose(t, torch.ones_like(t))
+
+
+def test_same_seed_same_model(bar_pool: tuple[Pool, np.ndarray], tmp_path: Path) -> None:
+    """Initial weights come from the seed too: one spec, one model (a bug once made teachers vary by ±20 pts)."""
+    pool, labels = bar_pool
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    for name in ("a", "b"):
+        train_student(_payload(pool, labels), pool, tmp_path / name, cfg)
+    wa, wb = (torch.load(tmp_path / n / "model.pt", weights_only=False)["model"] for n in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    other = train_student(_payload(pool, labels), pool, tmp_path / "c", TrainConfig(epochs=2, batch_size=32, seed=1))
+    wc = torch.load(tmp_path / "c" / "model.pt", weights_only=False)["model"]
+    assert other["config"]["seed"] == 1 and not all(torch.equal(wa[k], wc[k]) for k in wa)
