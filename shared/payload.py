@@ -20,22 +20,26 @@ from typing import Any
 
 import numpy as np
 
-from plada.shared.codecs import paper
+from plada.shared.codecs import entropy, paper
 from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadVersionError
 
 MAGIC = b"PLDA"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+FORMAT_VERSION = 2  # the newest this code writes; a payload's version follows from its codec (see _FORMAT_OF)
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
 MAX_HEADER_BYTES = 1 << 20
 MAX_BODY_BYTES = 64 << 20
-MAX_POOL_ITEMS = (1 << 32) - 1
+MAX_POOL_ITEMS = (1 << 31) - 1  # bounds what a hostile header can make a decoder allocate (bitmap ≤ 256 MiB)
+MAX_ITEMS = 1 << 26
 MAX_CLASSES = 65_535
 MEDIA_TYPE = "application/vnd.plada.payload"
 _PREFIX = struct.Struct("<4sBBI")
 _U32 = struct.Struct("<I")
 _DIGEST = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CODECS = {paper.NAME: paper}
+_CODECS: dict[str, Any] = {paper.NAME: paper, entropy.NAME: entropy}
+# v1 containers carry only the paper codec, so clients that predate v2 keep reading paper payloads.
+_FORMAT_OF = {paper.NAME: 1, entropy.NAME: 2}
+CODECS = ("auto", *_CODECS)
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,13 @@ def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode_payload(payload: Payload, *, codec: str = paper.NAME) -> bytes:
-    """Encode ``payload`` to the container; the result is deterministic for equal inputs."""
+def encode_payload(payload: Payload, *, codec: str = "auto") -> bytes:
+    """Encode ``payload``; ``auto`` tries every codec and keeps the smallest (ties go to the paper codec,
+    which every client can read). The result is deterministic for equal inputs."""
+    if codec == "auto":
+        return min((encode_payload(payload, codec=name) for name in _CODECS), key=len)
     if codec not in _CODECS:
-        raise ValueError(f"unknown codec {codec!r}; known: {sorted(_CODECS)}")
+        raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
     codec_info, body = _CODECS[codec].encode(
         payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes)
     )
@@ -109,7 +116,7 @@ def encode_payload(payload: Payload, *, codec: str = paper.NAME) -> bytes:
     hbytes = _canonical_json(header)
     if len(hbytes) > MAX_HEADER_BYTES or len(body) > MAX_BODY_BYTES:
         raise ValueError("payload header or body exceeds the format's limits")
-    out = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
+    out = _PREFIX.pack(MAGIC, _FORMAT_OF[codec], 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
     return out + hashlib.sha256(out).digest()
 
 
@@ -154,6 +161,8 @@ def read_header(data: bytes) -> tuple[dict[str, Any], int, int]:
     if len(data) != pos + blen + _DIGEST:
         raise PayloadCorruptError(f"{len(data) - pos - blen - _DIGEST} trailing bytes after the checksum")
     _check_header(header)
+    if _FORMAT_OF[header["codec"]["name"]] != fmt:
+        raise PayloadVersionError(f"codec {header['codec']['name']!r} is not valid in a format-{fmt} payload")
     return header, pos, blen
 
 
@@ -178,7 +187,11 @@ def _check_header(h: Any) -> None:
             raise PayloadCorruptError(f"header field {key!r} has the wrong type")
     if not _HEX64.match(h["pool_id"]):
         raise PayloadCorruptError("header pool_id is not 64 hex characters")
-    if not 0 < h["n_pool"] <= MAX_POOL_ITEMS or not 0 <= h["n_items"] <= h["n_pool"] or h["version"] < 1:
+    if (
+        not 0 < h["n_pool"] <= MAX_POOL_ITEMS
+        or not 0 <= h["n_items"] <= min(h["n_pool"], MAX_ITEMS)
+        or h["version"] < 1
+    ):
         raise PayloadCorruptError("header counts out of range")
     classes = h["classes"]
     if not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):

@@ -44,6 +44,9 @@ class TaskSpec(_Strict):
     pool_id: str = Field(min_length=1, max_length=128, description="pool name (e.g. mini-v1) or its 64-hex id")
     keep: float | None = Field(None, gt=0.0, le=1.0)
     max_bytes: int | None = Field(None, ge=128, le=MAX_PAYLOAD_BYTES)
+    codec: Literal["auto", "paper-v1", "entropy-v1"] = Field(
+        "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
+    )
     selector: SelectorOptions = Field(default_factory=SelectorOptions)  # type: ignore[arg-type]
     teacher: TeacherOptions = Field(default_factory=TeacherOptions)  # type: ignore[arg-type]
 

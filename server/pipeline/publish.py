@@ -16,7 +16,7 @@ import torch
 
 from plada.server.pipeline.selection import ScoreInputs, create_selector, largest_fitting, select
 from plada.server.pipeline.teacher import score_pool, train_teacher
-from plada.shared.payload import Payload, encode_payload, payload_sha256
+from plada.shared.payload import Payload, encode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
 
@@ -81,7 +81,7 @@ def run_pipeline(
             pool_name=pool.name,
             meta={"selector": sel.name},
         )
-        return p, encode_payload(p)
+        return p, encode_payload(p, codec=spec.codec)
 
     if spec.max_bytes is not None:
         count, _ = largest_fitting(len(pool), lambda c: len(build(c)[1]), spec.max_bytes)
@@ -111,7 +111,12 @@ def run_pipeline(
             "label_counts": np.bincount(payload.labels, minlength=k).tolist(),
             "kept_by_source": dict(prefixes.most_common(20)),
         },
-        "payload": {"bytes": len(data), "sha256": payload_sha256(data)},
+        "payload": {
+            "bytes": len(data),
+            "sha256": payload_sha256(data),
+            "codec": read_header(data)[0]["codec"],
+            "paper_codec_bytes": len(encode_payload(payload, codec="paper-v1")),
+        },
         "timing_s": {
             "teacher": round(t1 - t0, 3),
             "scoring": round(t2 - t1, 3),

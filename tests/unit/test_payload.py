@@ -22,7 +22,9 @@ from plada.shared.payload import (
 )
 
 POOL_ID = "ab" * 32
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden-v1.plada"
+DATA = Path(__file__).resolve().parents[1] / "data"
+GOLDEN = {"paper-v1": DATA / "golden-v1.plada", "entropy-v1": DATA / "golden-v2.plada"}
+CODECS = ["paper-v1", "entropy-v1"]
 
 
 def make(n_pool: int = 10_000, keep: int = 100, k: int = 10, seed: int = 0, **kw: object) -> Payload:
@@ -56,6 +58,7 @@ def golden_payload() -> Payload:
     )
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize(
     ("n_pool", "keep", "k", "layout"),
     [
@@ -64,18 +67,36 @@ def golden_payload() -> Payload:
         (1_000, 0, 2, None),  # empty selection is legal
         (1_000, 1_000, 300, "bitmap"),  # full pool, k > 256 → uint16 labels
         (70_000, 700, 10, None),  # the mini world at 1 %
+        (1, 1, 2, None),  # the smallest pool
     ],
 )
-def test_round_trip(n_pool: int, keep: int, k: int, layout: str | None) -> None:
+def test_round_trip(codec: str, n_pool: int, keep: int, k: int, layout: str | None) -> None:
     p = make(n_pool, keep, k)
-    data = encode_payload(p)
+    data = encode_payload(p, codec=codec)
     q = decode_payload(data, expected_sha256=payload_sha256(data))
     assert np.array_equal(p.indices, q.indices) and np.array_equal(p.labels, q.labels)
     assert q.classes == p.classes and q.pool_id == POOL_ID and q.n_pool == n_pool and q.version == 1
     header, _, _ = read_header(data)
-    if layout:
-        assert header["codec"]["index"] == layout
-    assert header["codec"]["label_dtype"] == ("u2" if k > 256 else "u1")
+    assert header["codec"]["name"] == codec and data[4] == (1 if codec == "paper-v1" else 2)
+    if codec == "paper-v1":
+        if layout:
+            assert header["codec"]["index"] == layout
+        assert header["codec"]["label_dtype"] == ("u2" if k > 256 else "u1")
+
+
+def test_auto_picks_the_smallest_codec() -> None:
+    p = make(100_000, 1_000, 10)
+    sizes = {c: len(encode_payload(p, codec=c)) for c in CODECS}
+    assert len(encode_payload(p)) == min(sizes.values())
+    assert sizes["entropy-v1"] < sizes["paper-v1"]
+
+
+def test_v1_container_cannot_carry_the_entropy_codec() -> None:
+    data = bytearray(encode_payload(make(), codec="entropy-v1"))
+    data[4] = 1
+    forged = bytes(data[:-32]) + hashlib.sha256(bytes(data[:-32])).digest()
+    with pytest.raises(PayloadVersionError, match="not valid in a format-1"):
+        decode_payload(forged)
 
 
 def test_encoding_is_deterministic_and_sorted() -> None:
@@ -115,19 +136,21 @@ def test_paper_codec_picks_the_smaller_layout() -> None:
         assert len(body) <= len(zstandard.ZstdCompressor(level=19).compress(raw))
 
 
-def test_golden_v1_file_is_stable() -> None:
-    """Format v1 bytes are pinned: an old client must read what a new server writes for the same payload."""
-    data = encode_payload(golden_payload())
-    assert GOLDEN.read_bytes() == data
-    q = decode_payload(GOLDEN.read_bytes())
+@pytest.mark.parametrize("codec", CODECS)
+def test_golden_files_are_stable(codec: str) -> None:
+    """Format v1 and v2 bytes are pinned: an old client must read what a new server writes."""
+    data = encode_payload(golden_payload(), codec=codec)
+    assert GOLDEN[codec].read_bytes() == data
+    q = decode_payload(GOLDEN[codec].read_bytes())
     assert q.classes == ("cat", "dog", "émeu") and q.meta == {"selector": "energy"} and q.version == 7
+    assert q.indices.tolist() == [0, 3, 4, 100, 999, 1000, 4095]
 
 
 @pytest.mark.parametrize(
     ("mutate", "error", "match"),
     [
         (lambda d: b"XXXX" + d[4:], PayloadCorruptError, "not a plada payload"),
-        (lambda d: d[:4] + bytes([FORMAT_VERSION + 1]) + d[5:], PayloadVersionError, "format version 2"),
+        (lambda d: d[:4] + bytes([FORMAT_VERSION + 1]) + d[5:], PayloadVersionError, "format version 3"),
         (lambda d: d[:5] + b"\x01" + d[6:], PayloadVersionError, "flags"),
         (lambda d: d + b"\x00", PayloadCorruptError, "trailing"),
         (lambda d: d[:-1], PayloadCorruptError, "truncated|trailing"),
@@ -137,7 +160,7 @@ def test_golden_v1_file_is_stable() -> None:
     ],
 )
 def test_malformed_is_rejected(mutate, error, match) -> None:  # type: ignore[no-untyped-def]
-    data = encode_payload(make())
+    data = encode_payload(make(), codec="paper-v1")
     with pytest.raises(error, match=match):
         decode_payload(mutate(data))
 
@@ -166,7 +189,7 @@ def test_lying_header_with_valid_checksum_is_rejected(header_patch: dict[str, ob
     """A correct checksum proves nothing about consistency: the decoder checks the content too."""
     import json
 
-    data = encode_payload(make())
+    data = encode_payload(make(), codec="paper-v1")
     header, pos, blen = read_header(data)
     body = data[pos : pos + blen]
     forged = _rebuild(json.dumps(header | header_patch).encode(), body)
@@ -174,8 +197,9 @@ def test_lying_header_with_valid_checksum_is_rejected(header_patch: dict[str, ob
         decode_payload(forged)
 
 
-def test_every_truncation_and_many_bit_flips_raise_payload_error() -> None:
-    data = encode_payload(make(2_000, 40))
+@pytest.mark.parametrize("codec", CODECS)
+def test_every_truncation_and_many_bit_flips_raise_payload_error(codec: str) -> None:
+    data = encode_payload(make(2_000, 40), codec=codec)
     for n in range(len(data)):
         with pytest.raises(PayloadError):
             decode_payload(data[:n])

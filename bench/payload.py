@@ -1,0 +1,181 @@
+"""Payload body bytes: the paper's codec (bitmap|delta + zstd-19) vs plada's entropy codec, vs the information bound.
+
+    python bench/payload.py            # a few minutes on 2 CPU cores; prints markdown tables
+
+(a) uniform random selections of K = keep·n items, labels uniform over k = 100 classes:
+    bound = log2 C(n, K) + K·H(labels) bits (H = empirical label entropy).
+(b) clustered selections from this generator (ImageNet-like, documented so others can rerun it):
+    the pool is G contiguous groups (synset folders) of n/G items; a task has k = 100 classes and each class
+    has 3 "home" groups drawn at random; 80 % of the K kept items are drawn uniformly from the home groups
+    (all of them if they hold fewer), the rest uniformly from the whole pool. A home-group item gets its
+    class's label with probability 0.85, else a uniform random label; scattered items get uniform labels.
+    n = 1,281,167 uses G = 1,000; n = 14,197,122 uses G = 21,841.
+(c) the real selections the demo published on the mini world (bench/data/mini-*.plada), re-encoded with
+    each codec, in the pool's canonical order and in manifest-group order (items sorted by their group id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from math import lgamma, log
+from pathlib import Path
+
+import numpy as np
+
+from plada.shared.payload import Payload, decode_payload, encode_payload, read_header
+
+POOLS = {1_281_167: 1_000, 14_197_122: 21_841}
+KEEPS = (0.001, 0.005, 0.01, 0.05)
+K_CLASSES = 100
+HERE = Path(__file__).resolve().parent
+
+
+def bound_bytes(n: int, labels: np.ndarray, k: int) -> float:
+    K = len(labels)
+    subset = (lgamma(n + 1) - lgamma(K + 1) - lgamma(n - K + 1)) / log(2)
+    c = np.bincount(labels, minlength=k)
+    p = c[c > 0] / K
+    return (subset - K * float((p * np.log2(p)).sum())) / 8
+
+
+def payload(idx: np.ndarray, labels: np.ndarray, n: int, k: int) -> Payload:
+    return Payload(
+        indices=idx,
+        labels=labels,
+        classes=tuple(f"c{i}" for i in range(k)),
+        pool_id="0" * 64,
+        n_pool=n,
+        task="bench",
+        version=1,
+    )
+
+
+def timed(p: Payload, codec: str) -> tuple[int, float, str]:
+    t = time.perf_counter()
+    data = encode_payload(p, codec=codec)
+    q = decode_payload(data)
+    dt = time.perf_counter() - t
+    assert np.array_equal(q.indices, p.indices) and np.array_equal(q.labels, p.labels)
+    header, _, blen = read_header(data)
+    c = header["codec"]
+    detail = c.get("index") or f"block {c['block_size']:,}, labels {c['labels']}"
+    return blen, dt, detail  # body bytes: the header (class names, pool id) is the same for every codec
+
+
+def clustered(n: int, groups: int, keep: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    K = round(keep * n)
+    bounds = np.linspace(0, n, groups + 1).astype(np.int64)
+    homes = rng.choice(groups, size=(K_CLASSES, 3), replace=groups < 3 * K_CLASSES)
+    home_items = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in homes.ravel()])
+    home_class = np.concatenate([np.full(bounds[g + 1] - bounds[g], c) for c, row in enumerate(homes) for g in row])
+    n_home = min(round(0.8 * K), len(home_items))
+    pick = rng.choice(len(home_items), size=n_home, replace=False)
+    chosen = dict(zip(home_items[pick].tolist(), home_class[pick].tolist(), strict=True))
+    while len(chosen) < K:
+        for i in rng.choice(n, size=K - len(chosen), replace=False).tolist():
+            chosen.setdefault(i, -1)
+    idx = np.fromiter(chosen.keys(), dtype=np.int64, count=len(chosen))
+    cls = np.fromiter(chosen.values(), dtype=np.int64, count=len(chosen))
+    noisy = (cls < 0) | (rng.random(len(cls)) > 0.85)
+    labels = np.where(noisy, rng.integers(0, K_CLASSES, len(cls)), cls)
+    order = np.argsort(idx)
+    return idx[order], labels[order]
+
+
+def table(title: str, rows: list[dict[str, str]]) -> None:
+    print(f"\n### {title}\n")
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(r[c] for c in cols) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    rows_a, rows_b = [], []
+    for n, groups in POOLS.items():
+        for keep in KEEPS:
+            K = round(keep * n)
+            idx = np.sort(rng.choice(n, size=K, replace=False))
+            lab = rng.integers(0, K_CLASSES, K)
+            p = payload(idx, lab, n, K_CLASSES)
+            b = bound_bytes(n, lab, K_CLASSES)
+            pb, pt, pd = timed(p, "paper-v1")
+            eb, et, ed = timed(p, "entropy-v1")
+            rows_a.append(
+                {
+                    "pool": f"{n:,}",
+                    "keep": f"{100 * keep:g} %",
+                    "K": f"{K:,}",
+                    "bound B": f"{b:,.0f}",
+                    "paper B": f"{pb:,}",
+                    "paper/bound": f"{pb / b:.3f}",
+                    "entropy B": f"{eb:,}",
+                    "entropy/bound": f"{eb / b:.3f}",
+                    "entropy/paper": f"{eb / pb:.3f}",
+                    "enc+dec s (paper / entropy)": f"{pt:.2f} / {et:.2f}",
+                }
+            )
+            idx, lab = clustered(n, groups, keep, rng)
+            p = payload(idx, lab, n, K_CLASSES)
+            pb, _, pd = timed(p, "paper-v1")
+            eb, et, ed = timed(p, "entropy-v1")
+            rows_b.append(
+                {
+                    "pool": f"{n:,}",
+                    "groups": f"{groups:,}",
+                    "keep": f"{100 * keep:g} %",
+                    "K": f"{K:,}",
+                    "paper B": f"{pb:,} ({pd})",
+                    "entropy B": f"{eb:,}",
+                    "entropy/paper": f"{eb / pb:.3f}",
+                    "entropy choice": ed,
+                    "enc+dec s": f"{et:.2f}",
+                }
+            )
+    table("(a) uniform random selections, k = 100", rows_a)
+    table("(b) clustered selections (generator in the docstring), k = 100", rows_b)
+    rows_c = []
+    for path in sorted((HERE / "data").glob("mini-*.plada")):
+        p = decode_payload(path.read_bytes())
+        pb, _, pd = timed(p, "paper-v1")
+        eb, _, ed = timed(p, "entropy-v1")
+        row = {
+            "payload": path.name,
+            "K": f"{len(p):,}",
+            "paper B": f"{pb:,} ({pd})",
+            "entropy B": f"{eb:,}",
+            "entropy/paper": f"{eb / pb:.3f}",
+        }
+        groups = _mini_groups(p.n_pool)
+        if groups is not None:
+            perm = np.lexsort((np.arange(p.n_pool), groups))  # new position -> old index
+            new_pos = np.empty(p.n_pool, np.int64)
+            new_pos[perm] = np.arange(p.n_pool)
+            q = payload(new_pos[p.indices], p.labels, p.n_pool, len(p.classes))
+            gb, _, gd = timed(q, "entropy-v1")
+            row |= {"entropy B, group order": f"{gb:,} ({gd})", "group order/paper": f"{gb / pb:.3f}"}
+        rows_c.append(row)
+    if rows_c:
+        table("(c) real mini-world selections (demo: energy + Safety-Net, keep 5 %)", rows_c)
+
+
+def _mini_groups(n_pool: int) -> np.ndarray | None:
+    """Group ids of the mini-v1 manifest, when the mini world is built locally."""
+    try:
+        from plada.shared.datasets.mini import default_world_dir
+        from plada.shared.pool import open_pool
+
+        pool = open_pool(default_world_dir() / "pools" / "mini-v1")
+    except Exception:
+        return None
+    return pool.manifest.groups if len(pool) == n_pool else None
+
+
+if __name__ == "__main__":
+    main()
