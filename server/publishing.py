@@ -13,6 +13,7 @@ from plada.server.db import JobRow, TaskRow, VersionRow
 from plada.server.settings import Settings
 from plada.server.uploads import read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
+from plada.shared.payload import Payload, encode_payload
 from plada.shared.schemas import TaskSpec
 
 
@@ -39,6 +40,28 @@ def publish(
     with factory() as s:
         pool = repo.resolve_pool(session=s, ref=spec.pool_id)
         h, w, c = pool.info["image_shape"]
+    if spec.max_bytes is not None:
+        floor = len(
+            encode_payload(
+                Payload(
+                    indices=[],
+                    labels=[],
+                    classes=tuple(spec.classes),
+                    pool_id=pool.pool_id,
+                    n_pool=pool.n_items,
+                    task=spec.name,
+                    version=1,
+                    pool_name=pool.name,
+                    meta={"selector": spec.selector.name},
+                ),
+                codec=spec.codec,
+            )
+        )
+        if spec.max_bytes < floor:
+            raise InvalidSpecError(
+                f"max_bytes {spec.max_bytes} is smaller than an empty payload for this task "
+                f"({floor} bytes: header with {len(spec.classes)} class names)"
+            )
     x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)))
     path: Path = store_upload(settings.uploads_dir, x, y)
     try:

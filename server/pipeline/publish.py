@@ -16,6 +16,7 @@ import torch
 
 from plada.server.pipeline.selection import ScoreInputs, create_selector, largest_fitting, select
 from plada.server.pipeline.teacher import score_pool, train_teacher
+from plada.shared.errors import InvalidSpecError
 from plada.shared.payload import Payload, encode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
@@ -84,7 +85,12 @@ def run_pipeline(
         return p, encode_payload(p, codec=spec.codec)
 
     if spec.max_bytes is not None:
-        count, _ = largest_fitting(len(pool), lambda c: len(build(c)[1]), spec.max_bytes)
+        count, size = largest_fitting(len(pool), lambda c: len(build(c)[1]), spec.max_bytes)
+        if count == 0:
+            raise InvalidSpecError(
+                f"max_bytes {spec.max_bytes} is smaller than the payload with a single item "
+                f"({len(build(1)[1])} bytes; the header with class names alone is {size})"
+            )
     else:
         assert spec.keep is not None
         count = max(1, round(spec.keep * len(pool)))
