@@ -24,7 +24,7 @@ from plada.shared.errors import (
     ServerUnavailableError,
     VerificationError,
 )
-from plada.shared.payload import Payload, decode_payload, payload_sha256
+from plada.shared.payload import Payload, decode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool
 from plada.shared.schemas import JobInfo, PoolInfo, PublishResponse, TaskInfo, TaskSpec, VersionInfo
 
@@ -42,12 +42,13 @@ class Download:
     version: int
 
 
-def check_pool(payload: Payload, pool: Pool) -> None:
-    """Refuse a payload made for another pool (or another ordering of it)."""
-    if payload.pool_id != pool.pool_id or payload.n_pool != len(pool):
+def check_pool(payload: Payload | dict[str, Any], pool: Pool) -> None:
+    """Refuse a payload (or a payload header) made for another pool, or another ordering of it."""
+    h = payload if isinstance(payload, dict) else payload.header()
+    if h["pool_id"] != pool.pool_id or h["n_pool"] != len(pool):
         raise PoolMismatchError(
-            f"payload is for pool {payload.pool_name or '?'} ({payload.pool_id[:16]}…, "
-            f"{payload.n_pool:,} items) but the local pool is {pool.name} "
+            f"payload is for pool {h.get('pool_name') or '?'} ({h['pool_id'][:16]}…, "
+            f"{h['n_pool']:,} items) but the local pool is {pool.name} "
             f"({pool.pool_id[:16]}…, {len(pool):,} items)"
         )
 
@@ -197,11 +198,13 @@ class PladaClient:
                 data = dl.data
         else:
             data = dl.data
-        payload = decode_payload(data, expected_sha256=dl.sha256)
+        if payload_sha256(data) != dl.sha256:
+            raise VerificationError(f"payload of {task!r} does not hash to the server's ETag")
+        if pool is not None:  # before decoding: a payload for another pool must say so, not fail to decode
+            check_pool(read_header(data)[0], pool)
+        payload = decode_payload(data, expected_sha256=dl.sha256, layout=pool.layout if pool is not None else None)
         if payload.task != task:
             raise VerificationError(f"server sent a payload for task {payload.task!r}, asked for {task!r}")
-        if pool is not None:
-            check_pool(payload, pool)
         if cache is not None:
             cache.put(data)
             cache.set_ref(self.server_key, f"{task}@{version}", sha=dl.sha256, version=payload.version)

@@ -76,7 +76,8 @@ def cmd_verify_pool(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from plada.shared.payload import inspect_payload
 
-    info = inspect_payload(_read(args.file))
+    pool = _open_pool(args.pool) if args.pool else None
+    info = inspect_payload(_read(args.file), layout=pool.layout if pool is not None else None)
     if not args.full:
         info.pop("label_counts", None)
     _emit(info)
@@ -129,12 +130,12 @@ def _train_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from plada.client.api import check_pool
     from plada.client.train import load_eval_split, train_student
-    from plada.shared.payload import decode_payload
+    from plada.shared.payload import decode_payload, read_header
 
     data = _read(args.payload)
-    payload = decode_payload(data)
     pool = _open_pool(args.pool)
-    check_pool(payload, pool)
+    check_pool(read_header(data)[0], pool)
+    payload = decode_payload(data, layout=pool.layout)
     split = load_eval_split(Path(args.eval), list(payload.classes)) if args.eval else None
     metrics = train_student(
         payload,
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a payload file's header as JSON (verifies it too)")
     p.add_argument("file")
     p.add_argument("--full", action="store_true", help="include per-class label counts")
+    p.add_argument("--pool", help="the payload's pool: needed to decode payloads coded in the pool's group order")
     p.set_defaults(fn=cmd_inspect)
     p = sub.add_parser("pull", help="download, verify and cache a task's payload")
     _server_args(p)

@@ -8,6 +8,7 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     PladaError                       plada_error            500
     ├── PayloadError                 payload_invalid        422
     │   ├── PayloadCorruptError      payload_corrupt        422
+    │   ├── PayloadNeedsPoolError    payload_needs_pool     422
     │   └── PayloadVersionError      payload_unsupported    422
     ├── PoolError                    pool_invalid           422
     │   ├── PoolMismatchError        pool_mismatch          409
@@ -58,6 +59,11 @@ class PayloadError(PladaError):
 class PayloadCorruptError(PayloadError):
     code = "payload_corrupt"
     title = "Corrupt payload"
+
+
+class PayloadNeedsPoolError(PayloadError):
+    code = "payload_needs_pool"
+    title = "Payload can only be decoded with its pool"
 
 
 class PayloadVersionError(PayloadError):

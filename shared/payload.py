@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from plada.shared.codecs import entropy, paper
-from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadVersionError
+from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadNeedsPoolError, PayloadVersionError
+from plada.shared.pool import PoolLayout
 
 MAGIC = b"PLDA"
 FORMAT_VERSION = 2  # the newest this code writes; a payload's version follows from its codec (see _FORMAT_OF)
@@ -102,15 +103,17 @@ def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode_payload(payload: Payload, *, codec: str = "auto") -> bytes:
+def encode_payload(payload: Payload, *, codec: str = "auto", layout: PoolLayout | None = None) -> bytes:
     """Encode ``payload``; ``auto`` tries every codec and keeps the smallest (ties go to the paper codec,
-    which every client can read). The result is deterministic for equal inputs."""
+    which every client can read). With the pool's ``layout`` the entropy codec may code in the pool's group
+    order (then decoding needs the pool too). The result is deterministic for equal inputs."""
     if codec == "auto":
-        return min((encode_payload(payload, codec=name) for name in _CODECS), key=len)
+        return min((encode_payload(payload, codec=name, layout=layout) for name in _CODECS), key=len)
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
+    extra = {"layout": layout} if codec == entropy.NAME else {}
     codec_info, body = _CODECS[codec].encode(
-        payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes)
+        payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes), **extra
     )
     header = payload.header() | {"codec": codec_info}
     hbytes = _canonical_json(header)
@@ -200,7 +203,7 @@ def _check_header(h: Any) -> None:
         raise PayloadVersionError(f"unknown codec {h['codec'].get('name')!r} (known: {sorted(_CODECS)})")
 
 
-def decode_payload(data: bytes, *, expected_sha256: str | None = None) -> Payload:
+def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: PoolLayout | None = None) -> Payload:
     """Decode and fully verify ``data``; every malformed input raises a ``PayloadError`` subclass."""
     if expected_sha256 is not None and payload_sha256(data) != expected_sha256:
         raise PayloadCorruptError("payload sha256 does not match the expected content address")
@@ -208,13 +211,15 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None) -> Payloa
     data = bytes(data)
     if hashlib.sha256(data[: pos + blen]).digest() != data[pos + blen :]:
         raise PayloadCorruptError("payload checksum mismatch (corrupted in transit or on disk)")
-    codec = _CODECS[header["codec"]["name"]]
-    indices, labels = codec.decode(
+    name = header["codec"]["name"]
+    extra = {"layout": layout} if name == entropy.NAME else {}
+    indices, labels = _CODECS[name].decode(
         header["codec"],
         data[pos : pos + blen],
         n_pool=header["n_pool"],
         n_items=header["n_items"],
         n_classes=len(header["classes"]),
+        **extra,
     )
     try:
         return Payload(
@@ -237,15 +242,24 @@ def payload_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def inspect_payload(data: bytes) -> dict[str, Any]:
-    """Header plus verification facts, for humans and ``--json`` scripting."""
+def inspect_payload(data: bytes, *, layout: PoolLayout | None = None) -> dict[str, Any]:
+    """Header plus verification facts, for humans and ``--json`` scripting.
+
+    A payload coded in its pool's group order is fully decoded only when ``layout`` is given; without it the
+    checksum is still verified and ``decoded`` is False.
+    """
     header, _, blen = read_header(data)
-    payload = decode_payload(data)
-    return header | {
-        "format_version": FORMAT_VERSION,
+    info = header | {
+        "format_version": data[4],
         "bytes": len(data),
         "body_bytes": blen,
         "sha256": payload_sha256(data),
-        "checksum_ok": True,
-        "label_counts": np.bincount(payload.labels, minlength=len(payload.classes)).tolist(),
     }
+    try:
+        payload = decode_payload(data, layout=layout)
+    except PayloadNeedsPoolError:
+        if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
+            raise PayloadCorruptError("payload checksum mismatch (corrupted in transit or on disk)") from None
+        return info | {"checksum_ok": True, "decoded": False}
+    counts = np.bincount(payload.labels, minlength=len(payload.classes)).tolist()
+    return info | {"checksum_ok": True, "decoded": True, "label_counts": counts}

@@ -102,6 +102,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+@dataclass(frozen=True)
+class PoolLayout:
+    """A coding order for payloads: items sorted by their manifest group, and the group boundaries.
+
+    Server and client derive it from the same manifest, so it never travels; its ``layout_id`` goes into a
+    payload's header and the decoder refuses a payload whose layout is not its pool's.
+    """
+
+    order: np.ndarray  # coding position -> pool index
+    bounds: np.ndarray  # block boundaries in coding positions: 0 = b_0 < b_1 < … < b_m = N
+    layout_id: str
+
+    @classmethod
+    def from_groups(cls, groups: np.ndarray) -> PoolLayout:
+        order = np.argsort(groups, kind="stable").astype(np.int64)
+        g = groups[order]
+        bounds = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1, len(g)].astype(np.int64)
+        h = hashlib.sha256(b"plada-layout-v1\0")
+        h.update(order.astype("<u4").tobytes())
+        h.update(bounds.astype("<u8").tobytes())
+        return cls(order=order, bounds=bounds, layout_id=h.hexdigest()[:32])
+
+
 class Pool:
     """A pool on disk. ``batch(indices)`` returns uint8 images (n, H, W, C) in the pool's working shape."""
 
@@ -125,6 +148,15 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    @property
+    def layout(self) -> PoolLayout | None:
+        """The group-sorted coding layout, or None when the manifest has no groups."""
+        if self.manifest.groups is None:
+            return None
+        if not hasattr(self, "_layout"):
+            self._layout = PoolLayout.from_groups(self.manifest.groups)
+        return self._layout
 
     def batch(self, indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError

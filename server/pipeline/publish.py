@@ -82,7 +82,7 @@ def run_pipeline(
             pool_name=pool.name,
             meta={"selector": sel.name},
         )
-        return p, encode_payload(p, codec=spec.codec)
+        return p, encode_payload(p, codec=spec.codec, layout=pool.layout)
 
     if spec.max_bytes is not None:
         count, size = largest_fitting(len(pool), lambda c: len(build(c)[1]), spec.max_bytes)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from plada.shared.errors import PayloadCorruptError, PayloadVersionError
+from plada.shared.errors import PayloadCorruptError, PayloadNeedsPoolError, PayloadVersionError, PoolMismatchError
+from plada.shared.pool import PoolLayout
 
 NAME = "entropy-v1"
 P_BITS = 30
@@ -156,25 +157,29 @@ def _p_num(successes: int, trials: int) -> int:
 
 
 # ---------------------------------------------------------------- index section
-def _encode_index(indices: np.ndarray, n_pool: int, block: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Returns (prelude int arrays, range-coded words) for one block size."""
+def _fixed_bounds(n_pool: int, block: int) -> np.ndarray:
+    return np.r_[np.arange(0, n_pool, block), n_pool].astype(np.int64)
+
+
+def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Returns (prelude int arrays, range-coded words) for one blocking; ``spec`` is the block size written to
+    the prelude (0 = the layout's group boundaries)."""
     cm = _cm()
-    n_blocks = -(-n_pool // block)
-    blk = indices // block
+    n_blocks = len(bounds) - 1
+    blk = np.searchsorted(bounds, indices, side="right") - 1
     counts = np.bincount(blk, minlength=n_blocks).astype(np.int64)
     nonempty = np.flatnonzero(counts)
-    sizes = np.minimum(block, n_pool - nonempty * block)
+    sizes = bounds[nonempty + 1] - bounds[nonempty]
     # gaps within blocks: d = idx - prev - 1, prev = block start - 1 for a block's first item
     prev = np.r_[-1, indices[:-1]]
     first_in_block = np.r_[True, blk[1:] != blk[:-1]] if len(indices) else np.zeros(0, bool)
-    prev = np.where(first_in_block, blk * block - 1, prev)
+    prev = np.where(first_in_block, bounds[blk] - 1, prev)
     gaps = indices - prev - 1
     dens = counts[nonempty] / sizes
     lvl_key = np.round(np.log2(dens) * 4).astype(np.int64)
     uniq, lvl_of_block = np.unique(lvl_key, return_inverse=True)
     if len(uniq) > MAX_LEVELS:  # merge to at most MAX_LEVELS levels
         lvl_of_block = (lvl_of_block * MAX_LEVELS) // len(uniq)
-        uniq = np.arange(lvl_of_block.max() + 1)
     n_levels = int(lvl_of_block.max()) + 1 if len(nonempty) else 0
     item_level = np.repeat(lvl_of_block, counts[nonempty])
     enc = cm.stream.queue.RangeEncoder()
@@ -197,7 +202,7 @@ def _encode_index(indices: np.ndarray, n_pool: int, block: int) -> tuple[list[np
         _put(enc, q, q_model)
         _put(enc, d % m, r_model)
     prelude = [
-        np.array([block, n_levels], np.int64),
+        np.array([spec, n_levels], np.int64),
         counts,
         lvl_of_block.astype(np.int64),
         np.asarray(level_params, np.int64),
@@ -205,18 +210,29 @@ def _encode_index(indices: np.ndarray, n_pool: int, block: int) -> tuple[list[np
     return prelude, enc.get_compressed()
 
 
-def _decode_index(rd: _Reader, words: np.ndarray, n_pool: int, n_items: int) -> np.ndarray:
+def _read_bounds(rd: _Reader, n_pool: int, layout_bounds: np.ndarray | None) -> tuple[int, np.ndarray]:
+    spec = rd.one(limit=n_pool)
+    if spec == 0:
+        if layout_bounds is None:
+            raise PayloadCorruptError("block spec 0 (pool layout) in a payload that is not coded in a layout")
+        return spec, layout_bounds
+    if spec < MIN_BLOCK and spec != n_pool:
+        raise PayloadCorruptError(f"block size {spec} out of range")
+    return spec, _fixed_bounds(n_pool, spec)
+
+
+def _decode_index(
+    rd: _Reader, words: np.ndarray, n_pool: int, n_items: int, layout_bounds: np.ndarray | None
+) -> np.ndarray:
     cm = _cm()
-    block = rd.one(limit=n_pool)
-    if block < 1 or (block < MIN_BLOCK and block != n_pool):
-        raise PayloadCorruptError(f"block size {block} out of range")
+    _, bounds = _read_bounds(rd, n_pool, layout_bounds)
     n_levels = rd.one(limit=MAX_LEVELS)
-    n_blocks = -(-n_pool // block)
-    counts = rd.take(n_blocks, limit=block)
+    n_blocks = len(bounds) - 1
+    counts = rd.take(n_blocks, limit=n_pool)
     if int(counts.sum()) != n_items:
         raise PayloadCorruptError(f"block counts add up to {int(counts.sum())}, header says {n_items}")
     nonempty = np.flatnonzero(counts)
-    sizes = np.minimum(block, n_pool - nonempty * block)
+    sizes = bounds[nonempty + 1] - bounds[nonempty]
     if (counts[nonempty] > sizes).any():
         raise PayloadCorruptError("a block holds more items than it has")
     lvl_of_block = rd.take(len(nonempty), limit=max(n_levels - 1, 0))
@@ -243,10 +259,9 @@ def _decode_index(rd: _Reader, words: np.ndarray, n_pool: int, n_items: int) -> 
     starts = np.r_[0, np.cumsum(counts[nonempty])[:-1]]
     base = np.repeat(csum[starts] - steps[starts], counts[nonempty])
     within = csum - base - 1
-    item_block = np.repeat(nonempty, counts[nonempty])
-    if n_items and (within >= np.repeat(sizes, counts[nonempty])).any():
+    if (within >= np.repeat(sizes, counts[nonempty])).any():
         raise PayloadCorruptError("a decoded index runs past the end of its block")
-    return item_block * block + within
+    return np.repeat(bounds[nonempty], counts[nonempty]) + within
 
 
 # ---------------------------------------------------------------- label section
@@ -265,7 +280,7 @@ def _dominant(labels: np.ndarray, inv: np.ndarray, n_blocks: int, k: int) -> np.
 
 
 def _encode_labels(
-    labels: np.ndarray, k: int, mode: str, indices: np.ndarray, lblock: int = 0
+    labels: np.ndarray, k: int, mode: str, indices: np.ndarray, lblock: int = 0, bounds: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], np.ndarray]:
     cm = _cm()
     enc = cm.stream.queue.RangeEncoder()
@@ -277,7 +292,8 @@ def _encode_labels(
         _put(enc, labels, _categorical(np.ones(k)))
         return [], enc.get_compressed()
     if mode == "dominant":
-        ne, inv = np.unique(indices // lblock, return_inverse=True)
+        assert bounds is not None
+        ne, inv = np.unique(np.searchsorted(bounds, indices, side="right") - 1, return_inverse=True)
         dom = _dominant(labels, inv, len(ne), k)
         is_dom = labels == dom[inv]
         others = labels[~is_dom]
@@ -301,20 +317,27 @@ def _encode_labels(
 
 
 def _decode_labels(
-    rd: _Reader, words: np.ndarray, k: int, n_items: int, mode: str, indices: np.ndarray, n_pool: int
+    rd: _Reader,
+    words: np.ndarray,
+    k: int,
+    n_items: int,
+    mode: str,
+    indices: np.ndarray,
+    n_pool: int,
+    layout_bounds: np.ndarray | None,
 ) -> np.ndarray:
     cm = _cm()
     dec = cm.stream.queue.RangeDecoder(words)
     if mode == "dominant":
-        lblock = rd.one(limit=n_pool)
+        _, lbounds = _read_bounds(rd, n_pool, layout_bounds)
         p_num = rd.one(limit=P_ONE - 1)
         dcounts = rd.take(k, limit=n_items)
         ocounts = rd.take(k, limit=n_items)
         if n_items == 0:
             return np.zeros(0, np.int64)
-        if lblock < 1 or not 1 <= p_num < P_ONE:
+        if not 1 <= p_num < P_ONE:
             raise PayloadCorruptError("dominant-label parameters out of range")
-        ne, inv = np.unique(indices // lblock, return_inverse=True)
+        ne, inv = np.unique(np.searchsorted(lbounds, indices, side="right") - 1, return_inverse=True)
         if int(dcounts.sum()) != len(ne):
             raise PayloadCorruptError("dominant-label counts do not match the blocks")
         dom = _get(dec, _categorical(dcounts), len(ne))
@@ -361,18 +384,18 @@ def _size(section: tuple[list[np.ndarray], np.ndarray]) -> int:
     return len(_prelude_bytes(section[0])) + 4 * len(section[1])
 
 
-def encode(
-    indices: np.ndarray, labels: np.ndarray, *, n_pool: int, n_classes: int, block_sizes: list[int] | None = None
-) -> tuple[dict[str, Any], bytes]:
-    """Encode with every block size and every label model; keep the smallest of each section."""
-    idx = np.asarray(indices, dtype=np.int64)
-    lab = np.asarray(labels, dtype=np.int64)
-    best_idx = min((_encode_index(idx, n_pool, b) for b in (block_sizes or _block_candidates(n_pool))), key=_size)
-    label_trials = [("iid", 0), ("uniform", 0), ("runs", 0)] + [
-        ("dominant", b) for b in _block_candidates(n_pool) if b < n_pool
-    ]
+def _encode_in(
+    idx: np.ndarray, lab: np.ndarray, n_pool: int, k: int, layout_bounds: np.ndarray | None
+) -> tuple[bytes, int, str]:
+    """Best body for positions ``idx`` (sorted): every blocking and label model; returns (body, spec, mode)."""
+    blockings = [(b, _fixed_bounds(n_pool, b)) for b in _block_candidates(n_pool)]
+    if layout_bounds is not None:
+        blockings.append((0, layout_bounds))
+    best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=_size)
+    trials = [("iid", 0, None), ("uniform", 0, None), ("runs", 0, None)]
+    trials += [("dominant", spec, bounds) for spec, bounds in blockings if spec != n_pool]
     best_lab, lab_mode = min(
-        ((_encode_labels(lab, n_classes, m, idx, b), m) for m, b in label_trials), key=lambda r: _size(r[0])
+        ((_encode_labels(lab, k, m, idx, spec, bounds), m) for m, spec, bounds in trials), key=lambda r: _size(r[0])
     )
     prelude = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(
         _prelude_bytes(best_idx[0] + best_lab[0])
@@ -384,8 +407,26 @@ def encode(
         + best_idx[1].astype("<u4").tobytes()
         + best_lab[1].astype("<u4").tobytes()
     )
-    block = int(best_idx[0][0][0])
-    return {"name": NAME, "block_size": block, "labels": lab_mode}, body
+    return body, int(best_idx[0][0][0]), lab_mode
+
+
+def encode(
+    indices: np.ndarray, labels: np.ndarray, *, n_pool: int, n_classes: int, layout: PoolLayout | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """Encode in pool order and, given the pool's ``layout``, in its group order too; keep the smallest."""
+    idx = np.asarray(indices, dtype=np.int64)
+    lab = np.asarray(labels, dtype=np.int64)
+    body, spec, mode = _encode_in(idx, lab, n_pool, n_classes, None)
+    info: dict[str, Any] = {"name": NAME, "block_size": spec, "labels": mode}
+    if layout is not None and len(layout.order) == n_pool:
+        rank = np.empty(n_pool, dtype=np.int64)
+        rank[layout.order] = np.arange(n_pool)
+        pos = rank[idx]
+        o = np.argsort(pos, kind="stable")
+        lbody, lspec, lmode = _encode_in(pos[o], lab[o], n_pool, n_classes, layout.bounds)
+        if len(lbody) < len(body):
+            body, info = lbody, {"name": NAME, "block_size": lspec, "labels": lmode, "layout": layout.layout_id}
+    return info, body
 
 
 def _prelude_bytes(arrays: list[np.ndarray]) -> bytes:
@@ -393,8 +434,26 @@ def _prelude_bytes(arrays: list[np.ndarray]) -> bytes:
 
 
 def decode(
-    codec: dict[str, Any], body: bytes, *, n_pool: int, n_items: int, n_classes: int
+    codec: dict[str, Any],
+    body: bytes,
+    *,
+    n_pool: int,
+    n_items: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode`. A payload coded in a pool layout needs that pool's ``layout``."""
+    layout_id = codec.get("layout")
+    if layout_id is not None:
+        if layout is None:
+            raise PayloadNeedsPoolError(
+                "payload is coded in its pool's group order; decode it against the pool "
+                "(plada-client pull/train, or inspect --pool)"
+            )
+        if layout_id != layout.layout_id or len(layout.order) != n_pool:
+            raise PoolMismatchError(
+                f"payload is coded in pool layout {str(layout_id)[:12]}…, the local pool's is {layout.layout_id[:12]}…"
+            )
     mode = codec.get("labels")
     if mode not in ("iid", "uniform", "runs", "dominant"):
         raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
@@ -424,10 +483,13 @@ def decode(
     words = np.frombuffer(body, dtype="<u4", offset=pos).astype(np.uint32)
     rd = _Reader(raw)
     try:
-        indices = _decode_index(rd, words[:n_iw], n_pool, n_items)
-        labels = _decode_labels(rd, words[n_iw:], n_classes, n_items, mode, indices, n_pool)
+        bounds = layout.bounds if layout_id is not None and layout is not None else None
+        indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
+        labels = _decode_labels(rd, words[n_iw:], n_classes, n_items, mode, indices, n_pool, bounds)
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
         raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
     if not rd.done():
         raise PayloadCorruptError("prelude has trailing values")
+    if layout_id is not None and layout is not None:
+        indices = layout.order[indices]  # coding positions -> pool indices (the Payload re-sorts)
     return indices, labels

@@ -1,4 +1,5 @@
-"""Hostile payloads: every input either decodes to a valid Payload or raises PayloadError — nothing else.
+"""Hostile payloads: every input decodes to a valid Payload or is refused with PayloadError (PoolMismatchError
+when a forged header no longer fits the pool's layout) — nothing else, no hang.
 
 Mutations are re-signed (checksum recomputed), so they reach the codec decoders instead of stopping at the
 checksum. ``PLADA_FUZZ_EXAMPLES=20000 pytest tests/unit/test_fuzz.py`` runs the long version.
@@ -14,15 +15,16 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plada.shared.errors import PayloadError
+from plada.shared.errors import PayloadError, PoolMismatchError
 from plada.shared.payload import MAGIC, Payload, decode_payload, encode_payload, read_header
+from plada.shared.pool import PoolLayout
 
 EXAMPLES = int(os.environ.get("PLADA_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
-def payloads(draw: st.DrawFn) -> tuple[bytes, str]:
+def payloads(draw: st.DrawFn) -> tuple[bytes, PoolLayout | None]:
     n_pool = draw(st.integers(1, 5_000))
     k = draw(st.integers(1, 300))
     keep = draw(st.integers(0, min(n_pool, 400)))
@@ -46,7 +48,10 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, str]:
         version=1,
     )
     codec = draw(st.sampled_from(["paper-v1", "entropy-v1"]))
-    return encode_payload(p, codec=codec), codec
+    layout = None
+    if codec == "entropy-v1" and draw(st.booleans()):  # code in a group order the decoder must know
+        layout = PoolLayout.from_groups(rng.integers(0, draw(st.integers(1, 40)), n_pool))
+    return encode_payload(p, codec=codec, layout=layout), layout
 
 
 def _resign(data: bytes) -> bytes:
@@ -54,10 +59,10 @@ def _resign(data: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def _check(data: bytes) -> None:
+def _check(data: bytes, layout: PoolLayout | None = None) -> None:
     try:
-        p = decode_payload(data)
-    except PayloadError:
+        p = decode_payload(data, layout=layout)
+    except (PayloadError, PoolMismatchError):  # a clean refusal; a pool mismatch when n_pool was forged
         return
     assert len(p.indices) == len(p.labels)
     assert (np.diff(p.indices) > 0).all() and (
@@ -67,8 +72,8 @@ def _check(data: bytes) -> None:
 
 @FUZZ
 @given(payloads(), st.data())
-def test_mutated_bodies(pc: tuple[bytes, str], data: st.DataObject) -> None:
-    raw, _ = pc
+def test_mutated_bodies(pc: tuple[bytes, PoolLayout | None], data: st.DataObject) -> None:
+    raw, layout = pc
     _, pos, blen = read_header(raw)
     body = bytearray(raw[pos : pos + blen])
     kind = data.draw(st.sampled_from(["flip", "truncate", "random", "splice"]))
@@ -84,15 +89,15 @@ def test_mutated_bodies(pc: tuple[bytes, str], data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(body)))
         body[i:i] = data.draw(st.binary(min_size=1, max_size=64))
     forged = raw[: pos - 4] + struct.pack("<I", len(body)) + bytes(body) + bytes(32)
-    _check(_resign(forged))
+    _check(_resign(forged), layout)
 
 
 @FUZZ
 @given(payloads(), st.data())
-def test_mutated_headers(pc: tuple[bytes, str], data: st.DataObject) -> None:
+def test_mutated_headers(pc: tuple[bytes, PoolLayout | None], data: st.DataObject) -> None:
     import json
 
-    raw, _ = pc
+    raw, layout = pc
     header, pos, blen = read_header(raw)
     key = data.draw(st.sampled_from(["n_pool", "n_items", "classes", "codec", "version"]))
     value = data.draw(
@@ -107,7 +112,7 @@ def test_mutated_headers(pc: tuple[bytes, str], data: st.DataObject) -> None:
     )
     h = json.dumps(header | {key: value}).encode()
     forged = struct.pack("<4sBBI", MAGIC, raw[4], 0, len(h)) + h + raw[pos - 4 : pos + blen] + bytes(32)
-    _check(_resign(forged))
+    _check(_resign(forged), layout)
 
 
 @FUZZ

@@ -247,3 +247,32 @@ def test_payload_constructor_refuses_misuse(kwargs: dict[str, object]) -> None:
     }
     with pytest.raises(ValueError):
         Payload(**(base | kwargs))  # type: ignore[arg-type]
+
+
+def test_group_layout_round_trip_and_guards() -> None:
+    """Coding in the pool's group order: smaller for group-shaped selections, and only decodable with the pool."""
+    from plada.shared.errors import PayloadNeedsPoolError, PoolMismatchError
+    from plada.shared.pool import PoolLayout
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    groups = rng.integers(0, 50, n)  # interleaved groups: storage order says nothing about them
+    layout = PoolLayout.from_groups(groups)
+    idx = np.flatnonzero(np.isin(groups, [3, 17]))[::2]  # a selection concentrated in two groups
+    labels = np.where(groups[idx] == 3, 0, 1)
+    p = Payload(indices=idx, labels=labels, classes=("a", "b"), pool_id=POOL_ID, n_pool=n, task="t", version=1)
+    plain = encode_payload(p, codec="entropy-v1")
+    coded = encode_payload(p, codec="entropy-v1", layout=layout)
+    assert read_header(coded)[0]["codec"]["layout"] == layout.layout_id
+    body = {name: read_header(d)[2] for name, d in (("plain", plain), ("coded", coded))}
+    assert body["coded"] < body["plain"] / 2, body
+    q = decode_payload(coded, layout=layout)
+    assert np.array_equal(q.indices, p.indices) and np.array_equal(q.labels, p.labels)
+    with pytest.raises(PayloadNeedsPoolError):
+        decode_payload(coded)
+    other = PoolLayout.from_groups(rng.integers(0, 50, n))
+    with pytest.raises(PoolMismatchError):
+        decode_payload(coded, layout=other)
+    info = inspect_payload(coded)
+    assert info["checksum_ok"] and info["decoded"] is False and "label_counts" not in info
+    assert inspect_payload(coded, layout=layout)["decoded"] is True
