@@ -123,7 +123,13 @@ def _train_config(args: argparse.Namespace) -> Any:
     from plada.client.train import TrainConfig
 
     return TrainConfig(
-        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        max_tier=args.max_tier,
     )
 
 
@@ -200,6 +206,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-tier", type=int, default=None, help="train on priority tiers 0..N only (less compute)")
 
 
 def build_parser() -> argparse.ArgumentParser:

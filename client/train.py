@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    max_tier: int | None = None  # train on priority tiers 0..max_tier only (less compute), None = all
 
 
 def load_eval_split(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +69,8 @@ def train_student(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pnn.pick_device(cfg.device)
     h, w, c = pool.image_shape
+    if cfg.max_tier is not None:
+        payload = payload.prefix(cfg.max_tier)
     x, y = PayloadDataset(payload, pool).arrays()
     model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed)
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else None

@@ -31,6 +31,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_BODY_BYTES = 64 << 20
 MAX_POOL_ITEMS = (1 << 31) - 1  # bounds what a hostile header can make a decoder allocate (bitmap ≤ 256 MiB)
 MAX_ITEMS = 1 << 26
+MAX_TIERS = 16
 MAX_CLASSES = 65_535
 MEDIA_TYPE = "application/vnd.plada.payload"
 _PREFIX = struct.Struct("<4sBBI")
@@ -56,10 +57,16 @@ class Payload:
     version: int
     pool_name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    tiers: np.ndarray | None = None  # priority tier per item (0 = most important), for progressive training
 
     def __post_init__(self) -> None:
         idx = np.asarray(self.indices, dtype=np.int64)
         lab = np.asarray(self.labels, dtype=np.int64)
+        tiers = None if self.tiers is None else np.asarray(self.tiers, dtype=np.int64)
+        if tiers is not None and (
+            tiers.shape != idx.shape or (len(tiers) and not 0 <= tiers.min() <= tiers.max() < MAX_TIERS)
+        ):
+            raise ValueError(f"tiers must be one value in 0..{MAX_TIERS - 1} per item")
         if idx.ndim != 1 or lab.shape != idx.shape:
             raise ValueError("indices and labels must be 1-D arrays of the same length")
         if not 0 < self.n_pool <= MAX_POOL_ITEMS:
@@ -72,6 +79,8 @@ class Payload:
             raise ValueError("label out of class range")
         order = np.argsort(idx, kind="stable")
         idx, lab = idx[order], lab[order]
+        if tiers is not None:
+            tiers = tiers[order] if len(tiers) and tiers.max() > 0 else None  # one tier = no tiers
         if len(idx) > 1 and (np.diff(idx) == 0).any():
             raise ValueError("indices must be unique")
         if not _HEX64.match(self.pool_id):
@@ -80,7 +89,30 @@ class Payload:
             raise ValueError("version must be >= 1")
         object.__setattr__(self, "indices", idx)
         object.__setattr__(self, "labels", lab)
+        object.__setattr__(self, "tiers", tiers)
         object.__setattr__(self, "classes", tuple(self.classes))
+
+    @property
+    def n_tiers(self) -> int:
+        return 1 if self.tiers is None or len(self.tiers) == 0 else int(self.tiers.max()) + 1
+
+    def prefix(self, max_tier: int) -> Payload:
+        """The items of tiers 0..max_tier: what a client with less compute trains on."""
+        if self.tiers is None:
+            return self
+        keep = self.tiers <= max_tier
+        return Payload(
+            indices=self.indices[keep],
+            labels=self.labels[keep],
+            classes=self.classes,
+            pool_id=self.pool_id,
+            n_pool=self.n_pool,
+            task=self.task,
+            version=self.version,
+            pool_name=self.pool_name,
+            meta=self.meta,
+            tiers=self.tiers[keep],
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -96,7 +128,7 @@ class Payload:
             "classes": list(self.classes),
             "n_items": len(self),
             "meta": self.meta,
-        }
+        } | ({"n_tiers": self.n_tiers} if self.n_tiers > 1 else {})
 
 
 def _canonical_json(obj: Any) -> bytes:
@@ -108,10 +140,16 @@ def encode_payload(payload: Payload, *, codec: str = "auto", layout: PoolLayout 
     which every client can read). With the pool's ``layout`` the entropy codec may code in the pool's group
     order (then decoding needs the pool too). The result is deterministic for equal inputs."""
     if codec == "auto":
-        return min((encode_payload(payload, codec=name, layout=layout) for name in _CODECS), key=len)
+        names = [n for n in _CODECS if payload.n_tiers == 1 or n != paper.NAME]
+        return min((encode_payload(payload, codec=name, layout=layout) for name in names), key=len)
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
-    extra = {"layout": layout} if codec == entropy.NAME else {}
+    if codec == entropy.NAME:
+        extra: dict[str, Any] = {"layout": layout, "tiers": payload.tiers}
+    elif payload.n_tiers > 1:
+        raise ValueError(f"codec {codec} cannot carry priority tiers; use entropy-v1 or auto")
+    else:
+        extra = {}
     codec_info, body = _CODECS[codec].encode(
         payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes), **extra
     )
@@ -212,8 +250,13 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
     if hashlib.sha256(data[: pos + blen]).digest() != data[pos + blen :]:
         raise PayloadCorruptError("payload checksum mismatch (corrupted in transit or on disk)")
     name = header["codec"]["name"]
-    extra = {"layout": layout} if name == entropy.NAME else {}
-    indices, labels = _CODECS[name].decode(
+    n_tiers = header.get("n_tiers", 1)
+    if not isinstance(n_tiers, int) or isinstance(n_tiers, bool) or not 1 <= n_tiers <= MAX_TIERS:
+        raise PayloadCorruptError(f"header n_tiers must be 1..{MAX_TIERS}")
+    if n_tiers > 1 and name != entropy.NAME:
+        raise PayloadCorruptError(f"codec {name} cannot carry priority tiers")
+    extra: dict[str, Any] = {"layout": layout, "n_tiers": n_tiers} if name == entropy.NAME else {}
+    decoded = _CODECS[name].decode(
         header["codec"],
         data[pos : pos + blen],
         n_pool=header["n_pool"],
@@ -221,10 +264,13 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
         n_classes=len(header["classes"]),
         **extra,
     )
+    indices, labels = decoded[0], decoded[1]
+    tiers = decoded[2] if len(decoded) > 2 else None
     try:
         return Payload(
             indices=indices,
             labels=labels,
+            tiers=tiers,
             classes=tuple(header["classes"]),
             pool_id=header["pool_id"],
             n_pool=header["n_pool"],

@@ -44,6 +44,9 @@ class TaskSpec(_Strict):
     pool_id: str = Field(min_length=1, max_length=128, description="pool name (e.g. mini-v1) or its 64-hex id")
     keep: float | None = Field(None, gt=0.0, le=1.0)
     max_bytes: int | None = Field(None, ge=128, le=MAX_PAYLOAD_BYTES)
+    tiers: int = Field(
+        1, ge=1, le=16, description="priority tiers (by relevance) so a client can train on a prefix; 1 = none"
+    )
     codec: Literal["auto", "paper-v1", "entropy-v1"] = Field(
         "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
     )

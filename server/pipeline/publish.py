@@ -5,6 +5,7 @@ The worker wraps it with the database; benchmarks call it directly.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,7 +72,12 @@ def run_pipeline(
 
     def build(count: int) -> tuple[Payload, bytes]:
         kept = select(scores, labels, count, n_classes=k, alpha=sel.safety_net_alpha, share=sel.safety_net_share)
+        tiers = None
+        if spec.tiers > 1 and len(kept):  # tier 0 = the best-scored share of the kept items
+            rank = np.argsort(np.argsort(scores[kept], kind="stable"), kind="stable")
+            tiers = rank * spec.tiers // len(kept)
         p = Payload(
+            tiers=tiers,
             indices=kept,
             labels=labels[kept],
             classes=tuple(spec.classes),
@@ -115,13 +121,15 @@ def run_pipeline(
             "n_kept": len(payload),
             "max_bytes": spec.max_bytes,
             "label_counts": np.bincount(payload.labels, minlength=k).tolist(),
+            "tiers": payload.n_tiers,
             "kept_by_source": dict(prefixes.most_common(20)),
         },
         "payload": {
             "bytes": len(data),
             "sha256": payload_sha256(data),
             "codec": read_header(data)[0]["codec"],
-            "paper_codec_bytes": len(encode_payload(payload, codec="paper-v1")),
+            # the paper's codec on the same selection (it cannot carry tiers, so without them)
+            "paper_codec_bytes": len(encode_payload(dataclasses.replace(payload, tiers=None), codec="paper-v1")),
         },
         "timing_s": {
             "teacher": round(t1 - t0, 3),

@@ -385,7 +385,12 @@ def _size(section: tuple[list[np.ndarray], np.ndarray]) -> int:
 
 
 def _encode_in(
-    idx: np.ndarray, lab: np.ndarray, n_pool: int, k: int, layout_bounds: np.ndarray | None
+    idx: np.ndarray,
+    lab: np.ndarray,
+    n_pool: int,
+    k: int,
+    layout_bounds: np.ndarray | None,
+    tiers: np.ndarray | None = None,
 ) -> tuple[bytes, int, str]:
     """Best body for positions ``idx`` (sorted): every blocking and label model; returns (body, spec, mode)."""
     blockings = [(b, _fixed_bounds(n_pool, b)) for b in _block_candidates(n_pool)]
@@ -397,33 +402,54 @@ def _encode_in(
     best_lab, lab_mode = min(
         ((_encode_labels(lab, k, m, idx, spec, bounds), m) for m, spec, bounds in trials), key=lambda r: _size(r[0])
     )
+    tier_prelude: list[np.ndarray] = []
+    tier_words = np.zeros(0, np.uint32)
+    if tiers is not None:  # priority tiers: one categorical symbol per item, in their own word section
+        counts = np.bincount(tiers, minlength=int(tiers.max()) + 1 if len(tiers) else 1)
+        enc = _cm().stream.queue.RangeEncoder()
+        _put(enc, tiers, _categorical(counts))
+        tier_prelude, tier_words = [counts.astype(np.int64)], enc.get_compressed()
     prelude = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(
-        _prelude_bytes(best_idx[0] + best_lab[0])
+        _prelude_bytes(best_idx[0] + best_lab[0] + tier_prelude)
     )
     body = (
         _U32.pack(len(prelude))
         + prelude
         + _U32.pack(len(best_idx[1]))
         + best_idx[1].astype("<u4").tobytes()
+        + (_U32.pack(len(best_lab[1])) if tiers is not None else b"")
         + best_lab[1].astype("<u4").tobytes()
+        + tier_words.astype("<u4").tobytes()
     )
     return body, int(best_idx[0][0][0]), lab_mode
 
 
 def encode(
-    indices: np.ndarray, labels: np.ndarray, *, n_pool: int, n_classes: int, layout: PoolLayout | None = None
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_pool: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    tiers: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], bytes]:
-    """Encode in pool order and, given the pool's ``layout``, in its group order too; keep the smallest."""
+    """Encode in pool order and, given the pool's ``layout``, in its group order too; keep the smallest.
+
+    ``tiers`` (one priority tier per item) adds a third word section; the header's ``n_tiers`` announces it.
+    """
     idx = np.asarray(indices, dtype=np.int64)
     lab = np.asarray(labels, dtype=np.int64)
-    body, spec, mode = _encode_in(idx, lab, n_pool, n_classes, None)
+    tie = None if tiers is None else np.asarray(tiers, dtype=np.int64)
+    body, spec, mode = _encode_in(idx, lab, n_pool, n_classes, None, tie)
     info: dict[str, Any] = {"name": NAME, "block_size": spec, "labels": mode}
     if layout is not None and len(layout.order) == n_pool:
         rank = np.empty(n_pool, dtype=np.int64)
         rank[layout.order] = np.arange(n_pool)
         pos = rank[idx]
         o = np.argsort(pos, kind="stable")
-        lbody, lspec, lmode = _encode_in(pos[o], lab[o], n_pool, n_classes, layout.bounds)
+        lbody, lspec, lmode = _encode_in(
+            pos[o], lab[o], n_pool, n_classes, layout.bounds, None if tie is None else tie[o]
+        )
         if len(lbody) < len(body):
             body, info = lbody, {"name": NAME, "block_size": lspec, "labels": lmode, "layout": layout.layout_id}
     return info, body
@@ -441,8 +467,10 @@ def decode(
     n_items: int,
     n_classes: int,
     layout: PoolLayout | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode`. A payload coded in a pool layout needs that pool's ``layout``."""
+    n_tiers: int = 1,
+) -> tuple[np.ndarray, ...]:
+    """Inverse of :func:`encode` → (indices, labels[, tiers]). A payload coded in a pool layout needs that
+    pool's ``layout``."""
     layout_id = codec.get("layout")
     if layout_id is not None:
         if layout is None:
@@ -481,15 +509,29 @@ def decode(
     if pos + 4 * n_iw > len(body) or (len(body) - pos) % 4:
         raise PayloadCorruptError("entropy word sections do not fit the body")
     words = np.frombuffer(body, dtype="<u4", offset=pos).astype(np.uint32)
+    label_words, tier_words = words[n_iw:], np.zeros(0, np.uint32)
+    if n_tiers > 1:
+        if len(words) < n_iw + 1:
+            raise PayloadCorruptError("entropy body lacks the tier section")
+        n_lw = int(words[n_iw])
+        if n_iw + 1 + n_lw > len(words):
+            raise PayloadCorruptError("label words run past the body")
+        label_words, tier_words = words[n_iw + 1 : n_iw + 1 + n_lw], words[n_iw + 1 + n_lw :]
     rd = _Reader(raw)
+    tiers = None
     try:
         bounds = layout.bounds if layout_id is not None and layout is not None else None
         indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
-        labels = _decode_labels(rd, words[n_iw:], n_classes, n_items, mode, indices, n_pool, bounds)
+        labels = _decode_labels(rd, label_words, n_classes, n_items, mode, indices, n_pool, bounds)
+        if n_tiers > 1:
+            counts = rd.take(n_tiers, limit=n_items)
+            if int(counts.sum()) != n_items:
+                raise PayloadCorruptError("tier counts do not add up to the number of items")
+            tiers = _get(_cm().stream.queue.RangeDecoder(tier_words), _categorical(counts), n_items)
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
         raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
     if not rd.done():
         raise PayloadCorruptError("prelude has trailing values")
     if layout_id is not None and layout is not None:
         indices = layout.order[indices]  # coding positions -> pool indices (the Payload re-sorts)
-    return indices, labels
+    return (indices, labels) if tiers is None else (indices, labels, tiers)

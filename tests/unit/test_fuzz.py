@@ -38,6 +38,8 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, PoolLayout | None]:
     labels = rng.integers(0, k, keep)
     if draw(st.booleans()):  # labels that follow the pool position, so run / dominant-label models win
         labels = np.where(rng.random(keep) < 0.9, (np.sort(idx) // 300) % k, labels)
+    codec = draw(st.sampled_from(["paper-v1", "entropy-v1"]))
+    tiers = rng.integers(0, draw(st.integers(1, 16)), keep) if codec == "entropy-v1" and draw(st.booleans()) else None
     p = Payload(
         indices=np.sort(idx),
         labels=labels,
@@ -46,8 +48,8 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, PoolLayout | None]:
         n_pool=n_pool,
         task="fuzz",
         version=1,
+        tiers=tiers,
     )
-    codec = draw(st.sampled_from(["paper-v1", "entropy-v1"]))
     layout = None
     if codec == "entropy-v1" and draw(st.booleans()):  # code in a group order the decoder must know
         layout = PoolLayout.from_groups(rng.integers(0, draw(st.integers(1, 40)), n_pool))
@@ -99,7 +101,7 @@ def test_mutated_headers(pc: tuple[bytes, PoolLayout | None], data: st.DataObjec
 
     raw, layout = pc
     header, pos, blen = read_header(raw)
-    key = data.draw(st.sampled_from(["n_pool", "n_items", "classes", "codec", "version"]))
+    key = data.draw(st.sampled_from(["n_pool", "n_items", "classes", "codec", "version", "n_tiers"]))
     value = data.draw(
         st.one_of(
             st.integers(-5, 2**33),

@@ -276,3 +276,39 @@ def test_group_layout_round_trip_and_guards() -> None:
     info = inspect_payload(coded)
     assert info["checksum_ok"] and info["decoded"] is False and "label_counts" not in info
     assert inspect_payload(coded, layout=layout)["decoded"] is True
+
+
+@pytest.mark.parametrize("with_layout", [False, True])
+def test_priority_tiers_round_trip_and_prefix(with_layout: bool) -> None:
+    from plada.shared.pool import PoolLayout
+
+    rng = np.random.default_rng(5)
+    n, keep = 30_000, 900
+    idx = rng.choice(n, keep, replace=False)
+    tiers = rng.integers(0, 3, keep)
+    p = Payload(
+        indices=idx,
+        labels=rng.integers(0, 5, keep),
+        classes=tuple("abcde"),
+        pool_id=POOL_ID,
+        n_pool=n,
+        task="t",
+        version=1,
+        tiers=tiers,
+    )
+    layout = PoolLayout.from_groups(rng.integers(0, 30, n)) if with_layout else None
+    data = encode_payload(p, layout=layout)  # auto: only the entropy codec can carry tiers
+    header = read_header(data)[0]
+    assert header["codec"]["name"] == "entropy-v1" and header["n_tiers"] == 3
+    q = decode_payload(data, layout=layout)
+    assert q.tiers is not None and np.array_equal(q.tiers, p.tiers) and np.array_equal(q.labels, p.labels)
+    first = q.prefix(0)
+    assert len(first) == int((tiers == 0).sum()) and set(first.indices) <= set(q.indices)
+    assert len(q.prefix(2)) == keep
+    with pytest.raises(ValueError, match="cannot carry priority tiers"):
+        encode_payload(p, codec="paper-v1")
+
+
+def test_single_tier_is_no_tier() -> None:
+    p = make(tiers=np.zeros(100, np.int64))  # type: ignore[arg-type]
+    assert p.tiers is None and p.n_tiers == 1 and "n_tiers" not in read_header(encode_payload(p))[0]

@@ -69,3 +69,12 @@ def test_pinned_paper_codec_stays_format_1(tiny_pool: Pool) -> None:
     x, y = _bars(400, 3)
     res = run_pipeline(tiny_pool, x, y, _spec(keep=0.05, codec="paper-v1"), version=1, device=torch.device("cpu"))
     assert res.data[4] == 1 and res.metrics["payload"]["codec"]["name"] == "paper-v1"
+
+
+def test_priority_tiers_follow_the_score(tiny_pool: Pool) -> None:
+    x, y = _bars(400, 4)
+    res = run_pipeline(tiny_pool, x, y, _spec(keep=0.1, tiers=3), version=1, device=torch.device("cpu"))
+    p = decode_payload(res.data, layout=tiny_pool.layout)
+    assert p.n_tiers == 3 and res.metrics["selection"]["tiers"] == 3
+    assert np.bincount(p.tiers).tolist() == [100, 100, 100]  # type: ignore[arg-type]
+    assert res.metrics["payload"]["paper_codec_bytes"] > 0

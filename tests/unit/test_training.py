@@ -110,3 +110,22 @@ def test_same_seed_same_model(bar_pool: tuple[Pool, np.ndarray], tmp_path: Path)
     other = train_student(_payload(pool, labels), pool, tmp_path / "c", TrainConfig(epochs=2, batch_size=32, seed=1))
     wc = torch.load(tmp_path / "c" / "model.pt", weights_only=False)["model"]
     assert other["config"]["seed"] == 1 and not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_max_tier_trains_on_the_prefix(bar_pool: tuple[Pool, np.ndarray], tmp_path: Path) -> None:
+    pool, labels = bar_pool
+    base = _payload(pool, labels)
+    tiers = np.arange(len(base)) % 2
+    tiered = Payload(
+        indices=base.indices,
+        labels=base.labels,
+        classes=base.classes,
+        pool_id=base.pool_id,
+        n_pool=base.n_pool,
+        task="bars",
+        version=1,
+        pool_name=base.pool_name,
+        tiers=tiers,
+    )
+    m = train_student(tiered, pool, tmp_path / "run", TrainConfig(epochs=1, max_tier=0))
+    assert m["n_items"] == int((tiers == 0).sum()) == 60
