@@ -7,6 +7,7 @@ checksum holds, and (when a pool is given) the payload's pool_id is the local po
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from plada.client.cache import PayloadCache
 from plada.shared.errors import (
@@ -25,7 +27,7 @@ from plada.shared.errors import (
     VerificationError,
 )
 from plada.shared.payload import Payload, decode_payload, payload_sha256, read_header
-from plada.shared.pool import Pool
+from plada.shared.pool import Pool, PoolLayout
 from plada.shared.schemas import JobInfo, PoolInfo, PublishResponse, TaskInfo, TaskSpec, VersionInfo
 
 DEFAULT_TIMEOUT = 30.0
@@ -123,6 +125,25 @@ class PladaClient:
     def version(self, task: str, version: int) -> VersionInfo:
         return VersionInfo.model_validate(self._json(f"/v1/tasks/{task}/versions/{version}"))
 
+    def pool_layout(self, pool: str) -> tuple[np.ndarray, str]:
+        """The server's coding-layout groups for ``pool`` (name or id) and their layout id."""
+        resp = self._request("GET", f"/v1/pools/{pool}/layout")
+        try:
+            groups = np.load(io.BytesIO(resp.content), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise VerificationError(f"layout of pool {pool!r} is not a readable .npy array: {exc}") from exc
+        return groups, resp.headers.get("X-Plada-Layout-Id", "")
+
+    def ensure_layout(self, header: dict[str, Any], pool: Pool) -> None:
+        """A payload coded in a layout the local pool lacks: fetch the layout once, verify it, store it."""
+        wanted = header.get("codec", {}).get("layout")
+        if wanted is None or (pool.layout is not None and pool.layout.layout_id == wanted):
+            return
+        groups, layout_id = self.pool_layout(header["pool_id"])
+        if layout_id != wanted or len(groups) != len(pool) or PoolLayout.from_groups(groups).layout_id != wanted:
+            raise VerificationError(f"the server's layout for pool {pool.name} does not match the payload's")
+        pool.set_clusters(groups)
+
     def job(self, job_id: int) -> JobInfo:
         return JobInfo.model_validate(self._json(f"/v1/jobs/{job_id}"))
 
@@ -201,7 +222,9 @@ class PladaClient:
         if payload_sha256(data) != dl.sha256:
             raise VerificationError(f"payload of {task!r} does not hash to the server's ETag")
         if pool is not None:  # before decoding: a payload for another pool must say so, not fail to decode
-            check_pool(read_header(data)[0], pool)
+            header = read_header(data)[0]
+            check_pool(header, pool)
+            self.ensure_layout(header, pool)
         payload = decode_payload(data, expected_sha256=dl.sha256, layout=pool.layout if pool is not None else None)
         if payload.task != task:
             raise VerificationError(f"server sent a payload for task {payload.task!r}, asked for {task!r}")

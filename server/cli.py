@@ -145,6 +145,16 @@ def cmd_pool_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool_cluster(args: argparse.Namespace) -> int:
+    from plada.server.pipeline.clusters import pixel_clusters
+    from plada.shared.pool import open_pool
+
+    pool = open_pool(Path(args.dir))
+    layout = pool.set_clusters(pixel_clusters(pool, k=args.k, seed=args.seed))
+    print(json.dumps({"pool": pool.name, "pool_id": pool.pool_id, "clusters": args.k, "layout_id": layout.layout_id}))
+    return 0
+
+
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from plada.server import repo
     from plada.server.db import init_db, make_engine
@@ -213,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--channels", type=int, choices=[1, 3], default=3)
     p.set_defaults(fn=cmd_pool_index)
+    p = psub.add_parser("cluster", help="compute a coding order (k-means clusters) once and store it in the manifest")
+    p.add_argument("dir")
+    p.add_argument("--k", type=int, default=64, help="number of clusters")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_pool_cluster)
     p = psub.add_parser("add", help="register a pool folder in the database")
     _common(p)
     p.add_argument("dir")

@@ -18,6 +18,7 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     ├── PayloadTooLargeError         payload_too_large      413
     ├── NotFoundError                not_found              404
     │   ├── UnknownPoolError         unknown_pool           404
+    │   ├── LayoutNotFoundError      layout_not_found       404
     │   ├── TaskNotFoundError        task_not_found         404
     │   ├── VersionNotFoundError     version_not_found      404
     │   └── JobNotFoundError         job_not_found          404
@@ -116,6 +117,11 @@ class NotFoundError(PladaError):
 class UnknownPoolError(NotFoundError):
     code = "unknown_pool"
     title = "Unknown pool"
+
+
+class LayoutNotFoundError(NotFoundError):
+    code = "layout_not_found"
+    title = "Pool has no coding layout"
 
 
 class TaskNotFoundError(NotFoundError):

@@ -45,12 +45,15 @@ class PoolManifest:
     keys: np.ndarray  # (N,) str
     hashes: np.ndarray  # (N, 16) uint8
     groups: np.ndarray | None = None  # (N,) int32, e.g. the synset folder
+    clusters: np.ndarray | None = None  # (N,) int32, a coding order computed once per pool (e.g. k-means)
 
     def __post_init__(self) -> None:
         if self.hashes.shape != (len(self.keys), ITEM_HASH_BYTES) or self.hashes.dtype != np.uint8:
             raise ValueError("hashes must be (N, 16) uint8")
-        if self.groups is not None and self.groups.shape != (len(self.keys),):
-            raise ValueError("groups must be (N,)")
+        for name in ("groups", "clusters"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (len(self.keys),):
+                raise ValueError(f"{name} must be (N,)")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,6 +66,8 @@ class PoolManifest:
         arrays: dict[str, Any] = {"keys": self.keys.astype(str), "hashes": self.hashes}
         if self.groups is not None:
             arrays["groups"] = self.groups
+        if self.clusters is not None:
+            arrays["clusters"] = self.clusters
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -70,7 +75,8 @@ class PoolManifest:
         try:
             with np.load(path, allow_pickle=False) as z:
                 groups = z["groups"] if "groups" in z.files else None
-                return cls(name=name, keys=z["keys"], hashes=z["hashes"], groups=groups)
+                clusters = z["clusters"] if "clusters" in z.files else None
+                return cls(name=name, keys=z["keys"], hashes=z["hashes"], groups=groups, clusters=clusters)
         except (OSError, KeyError, ValueError) as exc:
             raise PoolError(f"cannot read pool manifest {path}: {exc}") from exc
 
@@ -150,13 +156,33 @@ class Pool:
         return len(self.manifest)
 
     @property
+    def layout_groups(self) -> np.ndarray | None:
+        """What the coding layout sorts by: the manifest's clusters if computed, else its groups."""
+        m = self.manifest
+        return m.clusters if m.clusters is not None else m.groups
+
+    @property
     def layout(self) -> PoolLayout | None:
-        """The group-sorted coding layout, or None when the manifest has no groups."""
-        if self.manifest.groups is None:
+        """The coding layout (items sorted by ``layout_groups``), or None when the manifest has neither."""
+        g = self.layout_groups
+        if g is None:
             return None
-        if not hasattr(self, "_layout"):
-            self._layout = PoolLayout.from_groups(self.manifest.groups)
+        if getattr(self, "_layout", None) is None:
+            self._layout: PoolLayout | None = PoolLayout.from_groups(g)
         return self._layout
+
+    def set_clusters(self, clusters: np.ndarray) -> PoolLayout:
+        """Store a coding order (one cluster id per item) in the manifest; pool_id is unchanged."""
+        clusters = np.asarray(clusters, dtype=np.int32)
+        if clusters.shape != (len(self),):
+            raise PoolError(f"need one cluster id per item ({len(self)}), got shape {clusters.shape}")
+        m = self.manifest
+        self.manifest = PoolManifest(name=m.name, keys=m.keys, hashes=m.hashes, groups=m.groups, clusters=clusters)
+        self.manifest.save(self.root / "manifest.npz")
+        self._layout = None
+        layout = self.layout
+        assert layout is not None
+        return layout
 
     def batch(self, indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import io
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from plada.server import repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.views import job_info, pool_info
+from plada.shared.errors import LayoutNotFoundError
+from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import Health, JobInfo, PoolsPublic
 
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -24,6 +30,37 @@ def get_job(job_id: int, session: SessionDep) -> JobInfo:
 def list_pools(session: SessionDep) -> PoolsPublic:
     rows = repo.list_pools(session=session)
     return PoolsPublic(data=[pool_info(r) for r in rows], count=len(rows))
+
+
+_POOLS: dict[tuple[str, float], Pool] = {}
+
+
+def _open_cached(path: str) -> Pool:
+    """Opening a manifest is not free on large pools: keep it until the manifest file changes."""
+    key = (path, (Path(path) / "manifest.npz").stat().st_mtime)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = open_pool(Path(path))
+    return _POOLS[key]
+
+
+@pools_router.get(
+    "/{pool}/layout",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "int32 .npy, one id per item"}},
+    summary="The pool's coding layout groups (payloads may be coded in this order)",
+)
+def get_pool_layout(pool: str, session: SessionDep) -> Response:
+    """Clients fetch this once to decode payloads coded in the pool's cluster order (X-Plada-Layout-Id)."""
+    row = repo.resolve_pool(session=session, ref=pool)
+    p = _open_cached(row.path)
+    groups, layout = p.layout_groups, p.layout
+    if groups is None or layout is None:
+        raise LayoutNotFoundError(f"pool {row.name!r} has no groups or clusters in its manifest")
+    buf = io.BytesIO()
+    np.save(buf, groups.astype("<i4"), allow_pickle=False)
+    headers = {"X-Plada-Layout-Id": layout.layout_id, "X-Plada-Pool-Id": row.pool_id, "ETag": f'"{layout.layout_id}"'}
+    return Response(content=buf.getvalue(), media_type="application/octet-stream", headers=headers)
 
 
 @health_router.get("/healthz", response_model=Health, summary="Liveness and database check")

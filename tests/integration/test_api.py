@@ -162,3 +162,11 @@ def test_docs_render_offline(api_stack: LocalStack) -> None:
 def test_uploads_dir_has_only_finished_files(api_stack: LocalStack) -> None:
     names = [p.name for p in Path(api_stack.data_dir / "uploads").iterdir()]
     assert all(n.endswith(".npz") and not n.startswith(".") for n in names)
+
+
+def test_pool_layout_endpoint(api_stack: LocalStack, pool) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.get(f"{api_stack.url}/v1/pools/mini-v1/layout")
+    assert r.status_code == 200 and r.headers["x-plada-layout-id"] == pool.layout.layout_id
+    groups = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert groups.dtype == np.int32 and len(groups) == 70_000
+    assert_problem(httpx.get(f"{api_stack.url}/v1/pools/nope/layout"), 404, "unknown_pool")

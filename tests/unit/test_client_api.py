@@ -143,3 +143,55 @@ def test_503_is_retried() -> None:
     answers = iter([httpx.Response(503), httpx.Response(200, json={"data": [], "count": 0})])
     with PladaClient("http://plada.test", transport=httpx.MockTransport(lambda _r: next(answers))) as c:
         assert c.tasks() == []
+
+
+def _layout_server(payload_data: bytes, groups: np.ndarray, layout_id: str) -> httpx.MockTransport:
+    import io
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/layout"):
+            buf = io.BytesIO()
+            np.save(buf, groups.astype("<i4"))
+            return httpx.Response(200, content=buf.getvalue(), headers={"X-Plada-Layout-Id": layout_id})
+        sha = payload_sha256(payload_data)
+        return httpx.Response(200, content=payload_data, headers={"ETag": f'"{sha}"', "X-Plada-Version": "1"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_fetch_installs_the_servers_cluster_layout_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The server coded the payload in its pool's cluster order; the client's copy has no clusters yet."""
+    from plada.shared.pool import PoolLayout, open_pool, write_array_pool
+
+    rng = np.random.default_rng(0)
+    pool = write_array_pool(
+        tmp_path / "pool", "p", rng.integers(0, 255, (500, 8, 8), dtype=np.uint8), [f"k{i}" for i in range(500)]
+    )
+    clusters = rng.integers(0, 7, 500)
+    layout = PoolLayout.from_groups(clusters)
+    idx = np.flatnonzero(clusters == 3)
+    p = Payload(
+        indices=idx,
+        labels=np.zeros(len(idx), np.int64),
+        classes=("a", "b"),
+        pool_id=pool.pool_id,
+        n_pool=500,
+        task="t",
+        version=1,
+    )
+    data = encode_payload(p, codec="entropy-v1", layout=layout)
+    assert "layout" in __import__("plada.shared.payload", fromlist=["x"]).read_header(data)[0]["codec"]
+    with PladaClient("http://plada.test", transport=_layout_server(data, clusters, layout.layout_id)) as c:
+        got, _ = c.fetch("t", pool=pool)
+        assert np.array_equal(got.indices, idx)
+        assert open_pool(tmp_path / "pool").layout.layout_id == layout.layout_id  # type: ignore[union-attr]
+        wrong = rng.integers(0, 7, 500)
+    other = write_array_pool(
+        tmp_path / "pool2", "p", np.asarray(pool.batch(np.arange(500)))[..., 0], [f"k{i}" for i in range(500)]
+    )
+    with (
+        PladaClient("http://plada.test", transport=_layout_server(data, wrong, layout.layout_id)) as c,
+        pytest.raises(VerificationError, match="does not match"),
+    ):
+        c.fetch("t", pool=other)
+    assert other.layout is None

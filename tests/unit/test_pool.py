@@ -112,3 +112,23 @@ def test_missing_fashion_source_says_what_to_install(tmp_path: Path, monkeypatch
     with pytest.raises(PoolSourceMissingError, match="apt-get install dataset-fashion-mnist"):
         build_mini_world(tmp_path / "w", log=lambda _m: None)
     assert not (tmp_path / "w" / "BUILD.json").exists()
+
+
+def test_cluster_command_stores_a_layout_without_changing_pool_id(tmp_path: Path) -> None:
+    import json as _json
+    import subprocess
+    import sys
+
+    pool = write_array_pool(tmp_path / "p", "tiny", _images(300), [f"k{i}" for i in range(300)])
+    assert pool.layout is None
+    r = subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", "pool", "cluster", str(tmp_path / "p"), "--k", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout)
+    again = open_pool(tmp_path / "p")
+    assert again.pool_id == pool.pool_id and again.manifest.clusters is not None
+    assert again.layout is not None and again.layout.layout_id == out["layout_id"] and len(again.layout.bounds) == 5

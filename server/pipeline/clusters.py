@@ -1,0 +1,48 @@
+"""A coding order for a pool, computed once: items grouped by embedding cluster.
+
+Payload indices cluster in embedding space (a task keeps items that look alike), so coding them in cluster
+order makes gaps short and labels repetitive. Without a backbone the embedding is PCA of the pixels; a pool
+with cached backbone features would cluster those instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from plada.shared.pool import Pool
+
+
+def pixel_clusters(
+    pool: Pool,
+    *,
+    k: int = 64,
+    dims: int = 32,
+    seed: int = 0,
+    chunk: int = 8192,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Cluster id per item: PCA(dims) of downscaled pixels, then mini-batch k-means with k clusters."""
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import IncrementalPCA
+
+    n = len(pool)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}")
+
+    def rows(start: int) -> np.ndarray:
+        x = pool.batch(np.arange(start, min(start + chunk, n))).astype(np.float32) / 255.0
+        return x.reshape(len(x), -1)
+
+    pca = IncrementalPCA(n_components=min(dims, rows(0).shape[1]))
+    for s in range(0, n, chunk):
+        block = rows(s)
+        if len(block) >= pca.n_components:
+            pca.partial_fit(block)
+    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
+    z = np.concatenate([pca.transform(rows(s)) for s in range(0, n, chunk)])
+    labels = km.fit_predict(z)
+    if progress:
+        progress(n, n)
+    return labels.astype(np.int32)
