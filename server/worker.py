@@ -85,9 +85,13 @@ class Worker:
         self._stop.set()
 
     def _pool(self, path: str) -> Pool:
-        if path not in self._pools:
-            self._pools[path] = open_pool(Path(path))
-        return self._pools[path]
+        """Opened once per manifest version: a re-clustered pool must not be coded in a stale layout."""
+        key = f"{path}@{(Path(path) / 'manifest.npz').stat().st_mtime_ns}"
+        if key not in self._pools:
+            self._pools = {key: open_pool(Path(path))} | {
+                k: v for k, v in self._pools.items() if k.split("@")[0] != path
+            }
+        return self._pools[key]
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue was empty."""
