@@ -25,10 +25,17 @@ EXAMPLES = """examples:
 """
 
 
+def _quiet() -> bool:
+    """Progress bars only on a terminal: piped stderr keeps to one line per error."""
+    return not sys.stderr.isatty()
+
+
 def _bar(desc: str, unit: str = "") -> Callable[[float, str], None]:
     from tqdm import tqdm
 
-    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {postfix}")
+    bar = tqdm(
+        total=1000, desc=desc, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {postfix}", disable=_quiet()
+    )
 
     def update(frac: float, msg: str) -> None:
         bar.n = int(1000 * min(max(frac, 0.0), 1.0))
@@ -56,7 +63,7 @@ def cmd_verify_pool(args: argparse.Namespace) -> int:
     from plada.shared.pool import verify_pool
 
     pool = _open_pool(args.pool)
-    bar = tqdm(total=len(pool), desc="verifying", unit="img", file=sys.stderr, leave=False)
+    bar = tqdm(total=len(pool), desc="verifying", unit="img", file=sys.stderr, leave=False, disable=_quiet())
 
     def prog(done: int, _total: int) -> None:
         bar.n = done

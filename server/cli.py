@@ -96,7 +96,9 @@ def _progress_printer(label: str) -> Callable[[int, int], None]:
 
     def update(done: int, total: int) -> None:
         if "b" not in bar:
-            bar["b"] = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=False)
+            bar["b"] = tqdm(
+                total=total, desc=label, unit="img", file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
+            )
         bar["b"].n = done
         bar["b"].refresh()
         if done >= total:

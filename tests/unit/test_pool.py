@@ -132,3 +132,25 @@ def test_cluster_command_stores_a_layout_without_changing_pool_id(tmp_path: Path
     again = open_pool(tmp_path / "p")
     assert again.pool_id == pool.pool_id and again.manifest.clusters is not None
     assert again.layout is not None and again.layout.layout_id == out["layout_id"] and len(again.layout.bounds) == 5
+
+
+def test_verify_pool_cli(tmp_path: Path) -> None:
+    import json as _json
+    import subprocess
+    import sys
+
+    pool = write_array_pool(tmp_path / "p", "tiny", _images(), [f"k{i}" for i in range(20)])
+    cmd = [sys.executable, "-m", "plada.client.cli", "verify-pool", str(tmp_path / "p")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and _json.loads(r.stdout) == {
+        "pool": "tiny",
+        "pool_id": pool.pool_id,
+        "n_items": 20,
+        "verified": True,
+    }
+    arr = np.load(tmp_path / "p" / "images.npy")
+    arr[2, 0, 0] ^= 1
+    np.save(tmp_path / "p" / "images.npy", arr)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.strip().count("\n") == 0
+    assert "1 of 20 items differ" in r.stderr and "k2" in r.stderr
