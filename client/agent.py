@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from plada.client.api import PladaClient
 from plada.client.cache import PayloadCache
 from plada.client.train import TrainConfig, load_eval_split, train_student
 from plada.shared.errors import ClientError, PladaError, ServerResponseError
+from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool, atomic_write_bytes
 
 log = logging.getLogger("plada.agent")
@@ -60,8 +60,6 @@ class Agent:
         """Train the task's latest version if it is new; True when something was trained."""
         payload, data = self.client.fetch(task, pool=self.pool, cache=self.cache)
         trained: dict[str, list[str]] = self.state.setdefault("trained", {})
-        from plada.shared.payload import payload_sha256
-
         sha = payload_sha256(data)
         if sha in trained.get(task, []):
             return False
@@ -102,9 +100,3 @@ class Agent:
             backoff = 1.0 if ok else min(backoff * 2, 60.0)
             self._stop.wait(self.config.poll_s if ok else min(backoff, self.config.poll_s))
         return done
-
-
-def run_agent_forever(agent: Agent) -> None:  # pragma: no cover - thin loop for the CLI
-    while True:
-        agent.run()
-        time.sleep(1)

@@ -56,26 +56,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
     )
-    _Server(config, Path(args.port_file) if args.port_file else None).run()
+    _port_server(config, Path(args.port_file) if args.port_file else None).run()
     return 0
 
 
-class _Server:
-    """uvicorn.Server that writes the bound port to a file once listening (for ``--port 0``)."""
+def _port_server(config: Any, port_file: Path | None) -> Any:
+    """A uvicorn.Server that writes the bound port to a file once listening (for ``--port 0``)."""
+    import uvicorn
 
-    def __new__(cls, config: Any, port_file: Path | None) -> Any:
-        import uvicorn
+    from plada.shared.pool import atomic_write_bytes
 
-        from plada.shared.pool import atomic_write_bytes
+    class PortServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if port_file is not None and self.servers:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                atomic_write_bytes(port_file, str(port).encode())
 
-        class PortServer(uvicorn.Server):
-            async def startup(self, sockets: Any = None) -> None:
-                await super().startup(sockets=sockets)
-                if port_file is not None and self.servers:
-                    port = self.servers[0].sockets[0].getsockname()[1]
-                    atomic_write_bytes(port_file, str(port).encode())
-
-        return PortServer(config)
+    return PortServer(config)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

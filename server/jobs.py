@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from plada.server.db import JobRow, TaskRow, VersionRow, now
+from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, now
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ def _expire_exhausted(session: Session, t: float) -> None:
 
 def claim_job(factory: sessionmaker[Session], *, worker_id: str, lease_s: float) -> ClaimedJob | None:
     """Atomically take the oldest claimable job, or return None when the queue is empty."""
-    from plada.server.db import PoolRow
-
     for _ in range(5):
         with factory.begin() as s:
             t = now()

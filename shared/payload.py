@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -101,18 +101,7 @@ class Payload:
         if self.tiers is None:
             return self
         keep = self.tiers <= max_tier
-        return Payload(
-            indices=self.indices[keep],
-            labels=self.labels[keep],
-            classes=self.classes,
-            pool_id=self.pool_id,
-            n_pool=self.n_pool,
-            task=self.task,
-            version=self.version,
-            pool_name=self.pool_name,
-            meta=self.meta,
-            tiers=self.tiers[keep],
-        )
+        return replace(self, indices=self.indices[keep], labels=self.labels[keep], tiers=self.tiers[keep])
 
     def __len__(self) -> int:
         return len(self.indices)
