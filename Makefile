@@ -35,6 +35,7 @@ system-deps:
 
 world: install system-deps
 	$(BIN)/plada-server pool build mini-v1 --out $(WORLD) >/dev/null
+	$(BIN)/plada-server pool embed $(WORLD)/pools/mini-v1 >/dev/null
 
 demo: world
 	$(BIN)/python bench/demo.py --world $(WORLD)

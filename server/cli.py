@@ -155,6 +155,29 @@ def cmd_pool_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool_embed(args: argparse.Namespace) -> int:
+    from plada.server.pipeline.features import build_feature_index, open_feature_index
+    from plada.shared.nn import pick_device
+    from plada.shared.pool import open_pool
+
+    pool = open_pool(Path(args.dir))
+    index = None if args.force else open_feature_index(pool, args.name)
+    reused = index is not None
+    if index is None:
+        bar = _progress_printer("embedding")
+        index = build_feature_index(
+            pool,
+            args.name,
+            epochs=args.epochs,
+            train_items=args.train_items,
+            seed=args.seed,
+            device=pick_device(args.device),
+            progress=lambda f, _m: bar(round(1000 * f), 1000),
+        )
+    print(json.dumps({"pool": pool.name, "index": index.name, "reused": reused, **index.info}, indent=2))
+    return 0
+
+
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from plada.server import repo
     from plada.server.db import init_db, make_engine
@@ -228,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=64, help="number of clusters")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_pool_cluster)
+    p = psub.add_parser(
+        "embed",
+        help="cache features for every pool item once (a backbone trained on the manifest groups), so tasks can "
+        "use a 'probe' teacher and feature selectors without a pool forward pass",
+    )
+    p.add_argument("dir", help="pool folder")
+    p.add_argument("--name", default="default", help="index name (several backbones can coexist)")
+    p.add_argument("--epochs", type=int, default=3, help="backbone training epochs")
+    p.add_argument("--train-items", type=int, default=20_000, help="items sampled to train the backbone")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--force", action="store_true", help="rebuild even if a matching index exists")
+    p.set_defaults(fn=cmd_pool_embed)
     p = psub.add_parser("add", help="register a pool folder in the database")
     _common(p)
     p.add_argument("dir")

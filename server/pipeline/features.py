@@ -1,0 +1,189 @@
+"""Cached pool features: embed a pool once with a backbone, then every task scores it without a forward pass.
+
+A feature index lives inside the pool folder (``features/<name>/``): ``features.npy`` (N, D) float16, opened
+memory-mapped; ``backbone.pt`` (the weights that made them, so target images are embedded the same way) and
+``index.json`` (name, arch, pool_id, dim, a model id = sha256 of the weights). An index whose pool_id differs
+from its pool's is refused, so stale features can never score a changed pool.
+
+Where a pool ships no backbone, ``build_feature_index`` trains one on the manifest's groups (for ImageNet:
+the synset folders, which is how ImageNet backbones are trained anyway). For the mini world that is a small
+CNN taught to tell the 21 source groups apart (10 clothes, 10 animals, one "MNIST digit" group: digits carry
+no class in the pool).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from plada.shared import nn as pnn
+from plada.shared.errors import PoolError
+from plada.shared.pool import Pool, atomic_write_bytes
+
+INDEX_DIR = "features"
+DEFAULT_INDEX = "default"
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class FeatureIndex:
+    root: Path
+    info: dict[str, Any]
+    features: np.ndarray  # (N, D) float16, memory-mapped
+
+    @property
+    def name(self) -> str:
+        return str(self.info["name"])
+
+    @property
+    def model_id(self) -> str:
+        return str(self.info["model_id"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def backbone(self, device: torch.device) -> nn.Module:
+        state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)
+        model = pnn.create_model(
+            self.info["arch"], in_chans=int(self.info["in_chans"]), num_classes=int(self.info["n_groups"]), seed=None
+        )
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+    def embed(self, x: np.ndarray, *, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+        """Features of images that are not in the pool (the publisher's), made exactly like the pool's."""
+        model = self.backbone(device)
+        h, w, c = self.info["image_shape"]
+        _, feats = pnn.predict(
+            model,
+            (x[i : i + batch_size] for i in range(0, len(x), batch_size)),
+            size=(h, w),
+            channels=c,
+            device=device,
+            want_features=True,
+        )
+        assert feats is not None
+        return feats.astype(np.float32)
+
+
+def index_dir(pool: Pool, name: str = DEFAULT_INDEX) -> Path:
+    return pool.root / INDEX_DIR / name
+
+
+def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | None:
+    """The pool's feature index ``name`` (default: the only or the ``default`` one), or None if it has none."""
+    base = pool.root / INDEX_DIR
+    if name is None:
+        names = sorted(p.name for p in base.iterdir() if (p / "index.json").is_file()) if base.is_dir() else []
+        if not names:
+            return None
+        name = DEFAULT_INDEX if DEFAULT_INDEX in names else names[0]
+    d = base / name
+    if not (d / "index.json").is_file():
+        return None
+    info = json.loads((d / "index.json").read_text())
+    if info.get("pool_id") != pool.pool_id:
+        raise PoolError(
+            f"feature index {name!r} of pool {pool.name} was built for pool {str(info.get('pool_id'))[:16]}…, "
+            f"not {pool.pool_id[:16]}…; rebuild it with 'plada-server pool embed {pool.name}'"
+        )
+    feats = np.load(d / "features.npy", mmap_mode="r", allow_pickle=False)
+    if feats.shape[0] != len(pool):
+        raise PoolError(f"feature index {name!r} has {feats.shape[0]} rows, pool {pool.name} has {len(pool)} items")
+    return FeatureIndex(root=d, info=info, features=feats)
+
+
+def build_feature_index(
+    pool: Pool,
+    name: str = DEFAULT_INDEX,
+    *,
+    arch: str = "smallcnn",
+    epochs: int = 3,
+    train_items: int = 20_000,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> FeatureIndex:
+    """Train a backbone on the manifest groups (a sample of ``train_items``), then embed every pool item.
+
+    Written to a temporary folder and renamed into place: an interrupted build leaves no index behind.
+    """
+    report = progress or (lambda _f, _m: None)
+    device = device or pnn.pick_device()
+    groups = pool.manifest.groups
+    if groups is None:
+        raise PoolError(f"pool {pool.name} has no groups in its manifest to train a backbone on")
+    t0 = time.perf_counter()
+    n = len(pool)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(train_items, n), replace=False))
+    _, inv = np.unique(groups, return_inverse=True)
+    n_groups = int(inv.max()) + 1
+    h, w, c = pool.image_shape
+    model = pnn.create_model(arch, in_chans=c, num_classes=n_groups, seed=seed)
+    pnn.fit(
+        model,
+        pool.batch(sample),
+        inv[sample].astype(np.int64),
+        pnn.FitConfig(epochs=epochs, batch_size=256, lr=2e-3, seed=seed),
+        size=(h, w),
+        channels=c,
+        device=device,
+        progress=lambda f, m: report(0.7 * f, f"backbone: {m}"),
+    )
+    t1 = time.perf_counter()
+    chunk = 4096
+
+    def batches() -> Any:
+        for s in range(0, n, chunk):
+            yield pool.batch(np.arange(s, min(s + chunk, n)))
+            report(0.7 + 0.3 * min(s + chunk, n) / n, f"embedding: {min(s + chunk, n):,}/{n:,}")
+
+    _, feats = pnn.predict(model, batches(), size=(h, w), channels=c, device=device, want_features=True)
+    if feats is None:
+        raise PoolError(f"backbone {arch!r} exposes no features; use 'smallcnn'")
+    buf = io.BytesIO()
+    torch.save(model.cpu().state_dict(), buf)
+    weights = buf.getvalue()
+    final = index_dir(pool, name)
+    tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        np.save(tmp / "features.npy", feats.astype(np.float16))
+        atomic_write_bytes(tmp / "backbone.pt", weights)
+        info = {
+            "name": name,
+            "arch": arch,
+            "pool_id": pool.pool_id,
+            "n_items": n,
+            "dim": int(feats.shape[1]),
+            "in_chans": c,
+            "image_shape": [h, w, c],
+            "n_groups": n_groups,
+            "model_id": hashlib.sha256(weights).hexdigest()[:32],
+            "trained_on": {"groups": n_groups, "items": len(sample), "epochs": epochs, "seed": seed},
+            "seconds": {"train": round(t1 - t0, 1), "embed": round(time.perf_counter() - t1, 1)},
+        }
+        atomic_write_bytes(tmp / "index.json", json.dumps(info, indent=2).encode())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    index = open_feature_index(pool, name)
+    assert index is not None
+    return index
