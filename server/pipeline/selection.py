@@ -18,8 +18,13 @@ from plada.server.pipeline import scoring
 
 @dataclass(frozen=True)
 class ScoreInputs:
+    """What a selector may look at. Features are the pool's cached backbone features when it has an index,
+    else the teacher's penultimate features; ``target_features`` are the publisher's training images (never
+    the held-out validation part) embedded the same way."""
+
     logits: np.ndarray  # (N, k) teacher logits over the pool
-    features: np.ndarray | None = None
+    features: np.ndarray | None = None  # (N, D)
+    target_features: np.ndarray | None = None  # (n, D)
     seed: int = 0
 
 
@@ -78,6 +83,27 @@ def _random(inputs: ScoreInputs) -> np.ndarray:
     return np.random.default_rng(inputs.seed).random(len(inputs.logits))
 
 
+def _need_features(inputs: ScoreInputs, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if inputs.features is None or inputs.target_features is None:
+        raise ValueError(f"selector {name!r} needs pool and target features")
+    return inputs.features, inputs.target_features
+
+
+@register_selector("domain")
+def _domain(inputs: ScoreInputs, negatives: int = 20_000, steps: int = 300) -> np.ndarray:
+    """Density ratio target/pool from a logistic classifier on features: the pool items most like the target
+    domain first, whatever the teacher thinks of them (energy cannot tell a confident mistake from a match)."""
+    pool_f, tgt_f = _need_features(inputs, "domain")
+    return -scoring.domain_logit(pool_f, tgt_f, negatives=negatives, steps=steps, seed=inputs.seed)
+
+
+@register_selector("knn")
+def _knn(inputs: ScoreInputs, k: int = 5) -> np.ndarray:
+    """Mean cosine similarity to the ``k`` nearest target images (faiss when installed): nearest first."""
+    pool_f, tgt_f = _need_features(inputs, "knn")
+    return -scoring.knn_similarity(pool_f, tgt_f, k=k)
+
+
 def safety_net_quotas(counts: np.ndarray, budget: int, *, alpha: float, share: float) -> np.ndarray:
     """K_c = min(N_c, round(s·B·N_c^α / Σ_{N>0} N^α)); classes with N_c = 0 get 0."""
     counts = np.asarray(counts, dtype=np.float64)
@@ -91,17 +117,46 @@ def safety_net_quotas(counts: np.ndarray, budget: int, *, alpha: float, share: f
     return np.minimum(raw, counts.astype(np.int64))
 
 
-def select(
-    scores: np.ndarray, labels: np.ndarray, budget: int, *, n_classes: int, alpha: float = 0.5, share: float = 0.0
+def diversified_order(
+    scores: np.ndarray, labels: np.ndarray, strata: np.ndarray, budget: int, *, breadth: float
 ) -> np.ndarray:
-    """Indices (sorted) of the ``budget`` items to keep: quotas first, then the global ranking."""
-    n = len(scores)
-    budget = int(min(max(budget, 0), n))
+    """A ranking that spreads picks over strata (feature clusters): among the ``breadth``·B best-scored
+    items, the best of every (label, stratum) comes first, then every second best, and so on; the rest of
+    the pool follows in score order. Relevance still gates what is eligible; diversity orders within it."""
     order = np.argsort(scores, kind="stable")
+    m = int(min(len(order), max(budget, round(breadth * budget))))
+    top = order[:m]
+    cell = labels[top].astype(np.int64) * (int(strata.max()) + 1) + strata[top]
+    # rank of each item inside its cell (top is already in score order, so a stable sort keeps that order)
+    by_cell = np.argsort(cell, kind="stable")
+    sorted_cells = cell[by_cell]
+    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+    rank_sorted = np.arange(m) - np.repeat(starts, np.diff(np.r_[starts, m]))
+    within = np.empty(m, dtype=np.int64)
+    within[by_cell] = rank_sorted
+    return np.concatenate([top[np.lexsort((np.arange(m), within))], order[m:]])
+
+
+def select(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    budget: int,
+    *,
+    n_classes: int,
+    alpha: float = 0.5,
+    share: float = 0.0,
+    order: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices (sorted) of the ``budget`` items to keep: quotas first, then the ranking (``order``, by default
+    ascending score)."""
+    n = len(scores)
+    if order is None:
+        order = np.argsort(scores, kind="stable")
+    budget = int(min(max(budget, 0), len(order)))  # an order may leave items out (e.g. excluded duplicates)
     if share <= 0:
         return np.sort(order[:budget])
     chosen = np.zeros(n, dtype=bool)
-    quotas = safety_net_quotas(np.bincount(labels, minlength=n_classes), budget, alpha=alpha, share=share)
+    quotas = safety_net_quotas(np.bincount(labels[order], minlength=n_classes), budget, alpha=alpha, share=share)
     ranked_labels = labels[order]
     for c in np.flatnonzero(quotas):
         chosen[order[ranked_labels == c][: quotas[c]]] = True
