@@ -127,14 +127,17 @@ def complete_job(
     sha256: str,
     n_items: int,
     metrics: dict[str, Any],
+    message: str = "done",
 ) -> bool:
-    """Publish the version and finish the job in one transaction; nothing is written if we lost the lease."""
+    """Publish the version and finish the job in one transaction; nothing is written if we lost the lease.
+
+    ``message`` is what a publisher reads first: "done", or a warning such as a far-OOD prediction."""
     with factory.begin() as s:
         t = now()
         res = s.execute(
             update(JobRow)
             .where(_owned(job.id, worker_id))
-            .values(state="succeeded", progress=1.0, message="done", updated_at=t, lease_until=None)
+            .values(state="succeeded", progress=1.0, message=message[:2000], updated_at=t, lease_until=None)
         )
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return False

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server import repo
 from plada.server.db import JobRow, TaskRow, VersionRow
+from plada.server.pipeline.selection import list_selectors
 from plada.server.settings import Settings
 from plada.server.uploads import read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
@@ -24,12 +25,19 @@ def parse_spec(raw: str) -> TaskSpec:
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     try:
-        return TaskSpec.model_validate(obj)
+        spec = TaskSpec.model_validate(obj)
     except ValidationError as exc:
         parts = [f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
         raise InvalidSpecError(
             "invalid spec: " + "; ".join(parts), errors=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         ) from exc
+    known = ["auto", *list_selectors()]
+    if spec.selector.name not in known:  # the registry lives on the server, so the schema cannot check this
+        msg = f"unknown selector {spec.selector.name!r}; known: {', '.join(known)}"
+        raise InvalidSpecError(
+            f"invalid spec: selector.name: {msg}", errors=[{"loc": ["selector", "name"], "msg": msg}]
+        )
+    return spec
 
 
 def publish(

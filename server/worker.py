@@ -117,6 +117,9 @@ class Worker:
                 sha256=result.sha256,
                 n_items=len(result.payload),
                 metrics=metrics,
+                message="done; warning: " + " ".join(result.metrics["warnings"])
+                if result.metrics.get("warnings")
+                else "done",
             )
             log.info(
                 "job %s: %s (%d bytes, %d items)",

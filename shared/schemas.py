@@ -19,7 +19,12 @@ class _Strict(BaseModel):
 class TeacherOptions(_Strict):
     """How the server trains its teacher on the publisher's labelled data."""
 
-    arch: str = Field("smallcnn", description="'smallcnn' (built in) or a timm model name", max_length=100)
+    arch: str = Field(
+        "smallcnn",
+        description="'smallcnn' (built in), 'probe' (a head on the pool's cached features: no pool forward pass) "
+        "or a timm model name",
+        max_length=100,
+    )
     epochs: int = Field(10, ge=1, le=300)
     batch_size: int = Field(128, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=1.0)
@@ -28,12 +33,37 @@ class TeacherOptions(_Strict):
 
 
 class SelectorOptions(_Strict):
-    """Which pool items to keep. ``safety_net_share`` > 0 reserves that share of the budget for class quotas."""
+    """Which pool items to keep.
 
-    name: str = Field("energy", description="a registered selector: energy, entropy, msp, random")
+    ``auto`` (the default) lets the server try several recipes and ship the one whose proxy student scores
+    best on the publisher's held-out images. A named selector uses that recipe alone; ``safety_net_share``
+    > 0 then reserves that share of the budget for per-class quotas K_c ∝ N_c^α.
+    """
+
+    name: str = Field(
+        "auto",
+        description="'auto' or a registered selector: energy, opposite-energy, entropy, msp, random, domain, knn",
+        max_length=64,
+    )
     safety_net_alpha: float = Field(0.5, ge=-2.0, le=2.0, description="quota exponent α in K_c ∝ N_c^α")
     safety_net_share: float = Field(0.0, ge=0.0, le=1.0, description="share s of the budget given to quotas")
+    diversity: float = Field(
+        0.0, ge=0.0, le=20.0, description="0 = off; b > 0 spreads picks over feature clusters among the b·B best"
+    )
+    exclude_duplicates: bool = Field(
+        False, description="never select pool items the leakage audit flags as (near-)duplicates of the upload"
+    )
+    validate_candidates: bool = Field(
+        True, description="train a short proxy student per candidate to predict client accuracy (auto needs it)"
+    )
+    proxy_epochs: int = Field(6, ge=1, le=50, description="epochs of each proxy student (fewer for big selections)")
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _auto_validates(self) -> SelectorOptions:
+        if self.name == "auto" and not self.validate_candidates:
+            raise ValueError("selector 'auto' chooses by validation; it cannot run with validate_candidates=false")
+        return self
 
 
 class TaskSpec(_Strict):

@@ -1,6 +1,8 @@
 """The whole server pipeline as one pure function: target arrays + pool in, payload bytes + metrics out.
 
-The worker wraps it with the database; benchmarks call it directly.
+Stages: split the publisher's data (train / held-out validation) → teacher → pool logits (+ features) →
+leakage audit → candidate selections under the budget → proxy students on the validation images → the
+winning payload. The worker wraps it with the database; benchmarks call it directly.
 """
 
 from __future__ import annotations
@@ -9,21 +11,42 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from plada.server.pipeline.selection import ScoreInputs, create_selector, largest_fitting, select
-from plada.server.pipeline.teacher import score_pool, train_teacher
+from plada.server.pipeline.clusters import feature_strata
+from plada.server.pipeline.features import FeatureIndex, open_feature_index
+from plada.server.pipeline.leakage import LeakageReport, audit_leakage
+from plada.server.pipeline.selection import (
+    ScoreInputs,
+    create_selector,
+    diversified_order,
+    largest_fitting,
+    list_selectors,
+    select,
+)
+from plada.server.pipeline.teacher import score_pool, stratified_split, train_probe, train_teacher
+from plada.server.pipeline.validate import (
+    DEFAULT_CANDIDATES,
+    FEATURE_SELECTORS,
+    Candidate,
+    ProxyConfig,
+    Trial,
+    choose,
+    proxy_accuracy,
+)
+from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
 from plada.shared.payload import Payload, encode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool
-from plada.shared.schemas import TaskSpec
+from plada.shared.schemas import SelectorOptions, TaskSpec
 
 StageProgress = Callable[[float, str], None]
-_TEACHER_SHARE, _SCORE_SHARE = 0.6, 0.3
+# progress shares of the stages (they add to 1 with the final encode)
+_TEACHER, _SCORE, _VALIDATE = 0.35, 0.2, 0.4
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,207 @@ class PipelineResult:
     data: bytes
     sha256: str
     metrics: dict[str, Any]
+    built: list[Built] = field(default_factory=list)  # every candidate's payload (the benchmark trains on them)
+
+
+@dataclass
+class TeacherOutput:
+    """What the rest of the pipeline needs from a teacher, whichever kind it was."""
+
+    arch: str
+    logits: np.ndarray  # (N, k) over the pool
+    pool_features: np.ndarray | None
+    target_features: np.ndarray | None  # every upload image, embedded like the pool
+    feature_source: str
+    val_accuracy: float
+    train_accuracy: float
+    n_train: int
+    n_val: int
+    classify: Callable[[np.ndarray], np.ndarray] | None = None  # images → logits (benchmarks measure the teacher)
+
+
+def _features_source(index: FeatureIndex) -> str:
+    return f"index {index.name} ({index.info['arch']}, model {index.model_id[:12]})"
+
+
+def run_teacher(
+    pool: Pool,
+    x: np.ndarray,
+    y: np.ndarray,
+    tr: np.ndarray,
+    va: np.ndarray,
+    spec: TaskSpec,
+    index: FeatureIndex | None,
+    *,
+    device: torch.device,
+    report: StageProgress,
+) -> TeacherOutput:
+    """A probe head on the pool's cached features (no pool forward pass), or a CNN/timm model trained on
+    pixels that then labels the pool in chunks. Either way the held-out part is only used to measure."""
+    k = len(spec.classes)
+    if spec.teacher.arch == "probe":
+        if index is None:
+            raise InvalidSpecError(
+                f"teacher 'probe' needs cached features for pool {pool.name}: run 'plada-server pool embed {pool.name}'"
+            )
+        report(0.0, "teacher: embedding the upload with the pool's backbone")
+        tf = index.embed(x, device=device)
+        head = train_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
+        report(_TEACHER, "teacher: probe trained")
+        logits = head.logits(index.features)
+        report(_TEACHER + _SCORE, "pool scored from cached features")
+
+        def acc(rows: np.ndarray) -> float:
+            return float((head.logits(tf[rows]).argmax(1) == y[rows]).mean()) if len(rows) else float("nan")
+
+        return TeacherOutput(
+            "probe",
+            logits,
+            index.features,
+            tf,
+            _features_source(index),
+            acc(va),
+            acc(tr),
+            len(tr),
+            len(va),
+            classify=lambda imgs: head.logits(index.embed(imgs, device=device)),
+        )
+    teacher = train_teacher(
+        x,
+        y,
+        k,
+        spec.teacher,
+        image_shape=pool.image_shape,
+        device=device,
+        progress=lambda f, m: report(_TEACHER * f, f"teacher: {m}"),
+    )
+    logits, feats = score_pool(
+        teacher,
+        pool.batch,
+        len(pool),
+        progress=lambda d, n: report(_TEACHER + _SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
+    )
+    if index is not None:
+        pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)
+    elif feats is not None:
+        h, w, c = pool.image_shape
+        _, target_f = pnn.predict(
+            teacher.model,
+            (x[i : i + 1024] for i in range(0, len(x), 1024)),
+            size=(h, w),
+            channels=c,
+            device=device,
+            want_features=True,
+        )
+        pool_f, source = feats, "teacher penultimate layer"
+    else:
+        pool_f = target_f = None
+        source = "none"
+    h, w, c = pool.image_shape
+
+    def classify(imgs: np.ndarray) -> np.ndarray:
+        z, _ = pnn.predict(
+            teacher.model,
+            (imgs[i : i + 1024] for i in range(0, len(imgs), 1024)),
+            size=(h, w),
+            channels=c,
+            device=device,
+        )
+        return z
+
+    return TeacherOutput(
+        spec.teacher.arch,
+        logits,
+        pool_f,
+        target_f,
+        source,
+        teacher.val_accuracy,
+        teacher.train_accuracy,
+        teacher.n_train,
+        teacher.n_val,
+        classify=classify,
+    )
+
+
+def candidates_for(sel: SelectorOptions, have_features: bool) -> list[Candidate]:
+    """``auto`` → the default field (feature rules only when features exist); a name → that one recipe."""
+    if sel.name == "auto":
+        return [c for c in DEFAULT_CANDIDATES if have_features or c.selector not in FEATURE_SELECTORS]
+    if sel.name not in list_selectors():
+        raise InvalidSpecError(f"unknown selector {sel.name!r}; known: auto, {', '.join(list_selectors())}")
+    if sel.name in FEATURE_SELECTORS and not have_features:
+        raise InvalidSpecError(f"selector {sel.name!r} needs features; this teacher and pool provide none")
+    return [Candidate(sel.name, share=sel.safety_net_share, alpha=sel.safety_net_alpha, diversity=sel.diversity)]
+
+
+@dataclass
+class Prepared:
+    """Everything before the budget is applied: the teacher's view of the pool, the split, the audit. One
+    ``Prepared`` serves any number of budgets and candidate sets (the benchmark reuses it)."""
+
+    pool: Pool
+    x: np.ndarray
+    y: np.ndarray
+    tr: np.ndarray
+    va: np.ndarray
+    teacher: TeacherOutput
+    labels: np.ndarray
+    leak: LeakageReport
+    inputs: ScoreInputs
+    seconds: float
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    strata: np.ndarray | None = None
+    proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
+
+    def scores_of(self, name: str) -> np.ndarray:
+        if name not in self.scores:
+            self.scores[name] = np.asarray(create_selector(name)(self.inputs), dtype=np.float64)
+        return self.scores[name]
+
+    def order_of(self, cand: Candidate, count: int, eligible: np.ndarray) -> np.ndarray:
+        sc = self.scores_of(cand.selector)
+        if cand.diversity > 0 and self.teacher.pool_features is not None:
+            if self.strata is None:
+                self.strata = feature_strata(self.teacher.pool_features, seed=self.inputs.seed)
+            order = diversified_order(sc, self.labels, self.strata, count, breadth=cand.diversity)
+        else:
+            order = np.argsort(sc, kind="stable")
+        return order if eligible.all() else order[eligible[order]]
+
+
+def prepare(
+    pool: Pool,
+    x: np.ndarray,
+    y: np.ndarray,
+    spec: TaskSpec,
+    *,
+    device: torch.device,
+    progress: StageProgress | None = None,
+) -> Prepared:
+    """Split, teacher, pool logits and features, leakage audit."""
+    report = progress or (lambda _f, _m: None)
+    t0 = time.perf_counter()
+    tr, va = stratified_split(y, spec.teacher.val_fraction, spec.teacher.seed)
+    index = open_feature_index(pool)
+    out = run_teacher(pool, x, y, tr, va, spec, index, device=device, report=report)
+    report(_TEACHER + _SCORE, "leakage audit")
+    leak = audit_leakage(pool, x, pool_features=out.pool_features, target_features=out.target_features)
+    inputs = ScoreInputs(
+        logits=out.logits,
+        features=out.pool_features,
+        target_features=out.target_features[tr] if out.target_features is not None else None,
+        seed=spec.selector.seed,
+    )
+    labels = out.logits.argmax(axis=1).astype(np.int64)
+    return Prepared(pool, x, y, tr, va, out, labels, leak, inputs, time.perf_counter() - t0)
+
+
+@dataclass
+class Built:
+    candidate: Candidate
+    payload: Payload
+    data: bytes
+    val_accuracy: float | None = None
 
 
 def run_pipeline(
@@ -44,37 +268,40 @@ def run_pipeline(
     device: torch.device,
     progress: StageProgress | None = None,
 ) -> PipelineResult:
-    """Train the teacher, score the pool, keep the best items under the spec's budget, encode the payload."""
-    report = progress or (lambda _f, _m: None)
-    t0 = time.perf_counter()
-    k = len(spec.classes)
-    teacher = train_teacher(
-        x,
-        y,
-        k,
-        spec.teacher,
-        image_shape=pool.image_shape,
-        device=device,
-        progress=lambda f, m: report(_TEACHER_SHARE * f, f"teacher: {m}"),
-    )
-    t1 = time.perf_counter()
-    logits, feats = score_pool(
-        teacher,
-        pool.batch,
-        len(pool),
-        progress=lambda d, n: report(_TEACHER_SHARE + _SCORE_SHARE * d / n, f"scoring pool: {d:,}/{n:,}"),
-    )
-    t2 = time.perf_counter()
-    report(_TEACHER_SHARE + _SCORE_SHARE, "selecting")
-    sel = spec.selector
-    scores = create_selector(sel.name)(ScoreInputs(logits=logits, features=feats, seed=sel.seed))
-    labels = logits.argmax(axis=1).astype(np.int64)
+    """Teacher, leakage audit, candidate selections under the spec's budget, validation, the payload."""
+    prep = prepare(pool, x, y, spec, device=device, progress=progress)
+    return finish(prep, spec, version=version, device=device, progress=progress)
 
-    def build(count: int) -> tuple[Payload, bytes]:
-        kept = select(scores, labels, count, n_classes=k, alpha=sel.safety_net_alpha, share=sel.safety_net_share)
+
+def finish(
+    prep: Prepared,
+    spec: TaskSpec,
+    *,
+    version: int,
+    device: torch.device,
+    progress: StageProgress | None = None,
+    candidates: list[Candidate] | None = None,
+) -> PipelineResult:
+    """Apply the budget to each candidate, validate them with proxy students, pick, encode, report."""
+    report = progress or (lambda _f, _m: None)
+    pool, out, labels = prep.pool, prep.teacher, prep.labels
+    sel = spec.selector
+    k = len(spec.classes)
+    t1 = time.perf_counter()
+    have_features = out.pool_features is not None and out.target_features is not None
+    cands = candidates if candidates is not None else candidates_for(sel, have_features)
+    eligible = np.ones(len(pool), dtype=bool)
+    if sel.exclude_duplicates:
+        eligible[prep.leak.pool_indices] = False
+    n_eligible = int(eligible.sum())
+
+    def build(cand: Candidate, count: int) -> tuple[Payload, bytes]:
+        sc = prep.scores_of(cand.selector)
+        order = prep.order_of(cand, count, eligible)
+        kept = select(sc, labels, count, n_classes=k, alpha=cand.alpha, share=cand.share, order=order)
         tiers = None
         if spec.tiers > 1 and len(kept):  # tier 0 = the best-scored share of the kept items
-            rank = np.argsort(np.argsort(scores[kept], kind="stable"), kind="stable")
+            rank = np.argsort(np.argsort(sc[kept], kind="stable"), kind="stable")
             tiers = rank * spec.tiers // len(kept)
         p = Payload(
             tiers=tiers,
@@ -86,37 +313,78 @@ def run_pipeline(
             task=spec.name,
             version=version,
             pool_name=pool.name,
-            meta={"selector": sel.name},
+            meta={"selector": cand.selector},
         )
         return p, encode_payload(p, codec=spec.codec, layout=pool.layout)
 
-    if spec.max_bytes is not None:
-        count, size = largest_fitting(len(pool), lambda c: len(build(c)[1]), spec.max_bytes)
+    def count_for(cand: Candidate) -> int:
+        if spec.max_bytes is None:
+            assert spec.keep is not None
+            return min(n_eligible, max(1, round(spec.keep * len(pool))))
+        count, size = largest_fitting(n_eligible, lambda c: len(build(cand, c)[1]), spec.max_bytes)
         if count == 0:
             raise InvalidSpecError(
                 f"max_bytes {spec.max_bytes} is smaller than the payload with a single item "
-                f"({len(build(1)[1])} bytes; the header with class names alone is {size})"
+                f"({len(build(cand, 1)[1])} bytes; the header with class names alone is {size})"
             )
+        return count
+
+    built = [Built(c, *build(c, count_for(c))) for c in cands]
+    t2 = time.perf_counter()
+    proxy = ProxyConfig(epochs=sel.proxy_epochs, seed=sel.seed)
+    trials: list[Trial] = []
+    va = prep.va
+    if sel.validate_candidates and len(va) > 0:
+        for i, b in enumerate(built):
+            base = _TEACHER + _SCORE + _VALIDATE * i / len(built)
+            msg = f"validating {i + 1}/{len(built)}: {b.candidate.label}"
+            key = (payload_sha256(b.data), proxy)  # the same selection is never trained twice
+            if key not in prep.proxy_cache:
+                prep.proxy_cache[key] = proxy_accuracy(
+                    pool,
+                    b.payload.indices,
+                    b.payload.labels,
+                    prep.x[va],
+                    prep.y[va],
+                    k,
+                    proxy,
+                    device=device,
+                    progress=lambda f, m, base=base, msg=msg: report(base + _VALIDATE * f / len(built), f"{msg} ({m})"),
+                )
+            b.val_accuracy = prep.proxy_cache[key]
+            trials.append(Trial(b.candidate, b.payload.indices, len(b.data), b.val_accuracy))
+        winner = choose(trials)
+        chosen = next(b for b in built if b.candidate is winner.candidate)
     else:
-        assert spec.keep is not None
-        count = max(1, round(spec.keep * len(pool)))
-    payload, data = build(count)
+        chosen = built[0]
     t3 = time.perf_counter()
+    cand, payload, data, predicted = chosen.candidate, chosen.payload, chosen.data, chosen.val_accuracy
+    warnings: list[str] = []
+    if predicted is not None and predicted < max(1.5 / k, 0.5 * out.val_accuracy):
+        warnings.append(
+            f"predicted client accuracy {predicted:.1%} is far below the teacher's {out.val_accuracy:.1%}: "
+            f"pool {pool.name} seems to hold little of this task's domain (far out of distribution); "
+            "consider a larger budget, another pool, or sending labelled target data instead"
+        )
     prefixes = Counter(str(pool.manifest.keys[i]).split("/", 1)[0] for i in payload.indices)
     metrics: dict[str, Any] = {
         "teacher": {
-            "arch": spec.teacher.arch,
-            "val_accuracy": teacher.val_accuracy,
-            "train_accuracy": teacher.train_accuracy,
-            "n_train": teacher.n_train,
-            "n_val": teacher.n_val,
-            "epochs": spec.teacher.epochs,
+            "arch": out.arch,
+            "val_accuracy": out.val_accuracy,
+            "train_accuracy": out.train_accuracy,
+            "n_train": out.n_train,
+            "n_val": out.n_val,
+            "epochs": spec.teacher.epochs if out.arch != "probe" else None,
+            "features": out.feature_source,
             "split": "server validation",
         },
         "selection": {
-            "selector": sel.name,
-            "safety_net_share": sel.safety_net_share,
-            "safety_net_alpha": sel.safety_net_alpha,
+            "mode": "auto" if sel.name == "auto" else "fixed",
+            "selector": cand.selector,
+            "label": cand.label,
+            "safety_net_share": cand.share,
+            "safety_net_alpha": cand.alpha,
+            "diversity": cand.diversity,
             "keep_fraction": len(payload) / len(pool),
             "n_kept": len(payload),
             "max_bytes": spec.max_bytes,
@@ -124,6 +392,16 @@ def run_pipeline(
             "tiers": payload.n_tiers,
             "kept_by_source": dict(prefixes.most_common(20)),
         },
+        "validation": {
+            "split": "server validation (the publisher's held-out images; never the client's test data)",
+            "n_val": len(va),
+            "proxy_student": {"arch": "smallcnn", "epochs": proxy.epochs, "max_samples": proxy.max_samples},
+            "candidates": [t.summary() for t in trials],
+            "chosen": cand.label,
+            "predicted_client_accuracy": predicted,
+        },
+        "leakage": prep.leak.as_metrics(excluded=sel.exclude_duplicates),
+        "warnings": warnings,
         "payload": {
             "bytes": len(data),
             "sha256": payload_sha256(data),
@@ -132,12 +410,12 @@ def run_pipeline(
             "paper_codec_bytes": len(encode_payload(dataclasses.replace(payload, tiers=None), codec="paper-v1")),
         },
         "timing_s": {
-            "teacher": round(t1 - t0, 3),
-            "scoring": round(t2 - t1, 3),
-            "selection_encode": round(t3 - t2, 3),
-            "total": round(t3 - t0, 3),
+            "teacher_scoring_audit": round(prep.seconds, 3),
+            "select_encode": round(t2 - t1, 3),
+            "validation": round(t3 - t2, 3),
+            "total": round(prep.seconds + time.perf_counter() - t1, 3),
         },
         "device": str(device),
     }
     report(1.0, "done")
-    return PipelineResult(payload=payload, data=data, sha256=payload_sha256(data), metrics=metrics)
+    return PipelineResult(payload=payload, data=data, sha256=payload_sha256(data), metrics=metrics, built=built)

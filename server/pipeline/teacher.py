@@ -99,3 +99,53 @@ def score_pool(
         want_features=True,
         progress=tick,
     )
+
+
+class ProbeHead(nn.Module):
+    """A teacher that is a head on cached backbone features: standardise, then one hidden layer."""
+
+    def __init__(self, mu: np.ndarray, sd: np.ndarray, n_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32))
+        self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
+        d = len(mu)
+        self.net = nn.Sequential(nn.Dropout(0.1), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net((f - self.mu) / self.sd)
+
+    @torch.no_grad()
+    def logits(self, feats: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        self.eval()
+        out = [
+            self(torch.from_numpy(np.asarray(feats[s : s + chunk], dtype=np.float32))).numpy()
+            for s in range(0, len(feats), chunk)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.net[-1].out_features), np.float32)
+
+
+def train_probe(
+    f_train: np.ndarray, y_train: np.ndarray, n_classes: int, *, epochs: int = 60, seed: int = 0
+) -> ProbeHead:
+    """Fit the head with AdamW on minibatches; seconds on a CPU because there is no backbone forward pass."""
+    torch.manual_seed(seed)
+    f = np.asarray(f_train, dtype=np.float32)
+    head = ProbeHead(f.mean(0), f.std(0) + 1e-6, n_classes)
+    x = torch.from_numpy(f)
+    y = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
+    opt = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    bs = 256
+    steps = epochs * max(1, -(-len(x) // bs))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    head.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for s in range(0, len(x), bs):
+            idx = perm[s : s + bs]
+            loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+    return head.eval()

@@ -1,0 +1,141 @@
+"""Server-side validation: simulate the client for each candidate selection and keep the best one.
+
+No single selection rule wins on every task (energy collapses onto confident mistakes far from the target
+domain, a domain classifier can collapse onto few classes, random wastes budget when the target is a small
+corner of the pool). So the worker tries a few candidates, trains a short *proxy student* on each one's
+items with the teacher's labels — exactly what a client will do, only shorter — and scores it on the
+publisher's held-out validation images, which neither the teacher nor any selector has seen. The best
+validation accuracy wins; candidates within ``tolerance`` of it are treated as tied and the smallest payload
+among them is shipped. Test data is never looked at: the server has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from plada.shared import nn as pnn
+from plada.shared.pool import Pool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One selection recipe: a relevance score, class quotas (Safety-Net share/α) and optional diversity."""
+
+    selector: str
+    share: float = 0.0
+    alpha: float = 0.5
+    diversity: float = 0.0  # 0 = plain ranking; b > 0 = spread picks over clusters among the b·B best
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        parts = [self.selector]
+        if self.share > 0:
+            parts.append(f"quota s={self.share:g} α={self.alpha:g}")
+        if self.diversity > 0:
+            parts.append(f"diverse×{self.diversity:g}")
+        return " + ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector,
+            "safety_net_share": self.share,
+            "safety_net_alpha": self.alpha,
+            "diversity": self.diversity,
+            **({"options": self.options} if self.options else {}),
+        }
+
+
+# The default field: the paper's recipe, its Safety-Net variant, the random baseline and plada's
+# feature-based rules with class-balanced quotas (α = 0: equal per class) with and without diversity.
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("energy"),
+    Candidate("energy", share=0.5, alpha=0.5),
+    Candidate("random"),
+    Candidate("domain", share=1.0, alpha=0.0),
+    Candidate("knn", share=1.0, alpha=0.0),
+    Candidate("domain", share=1.0, alpha=0.0, diversity=3.0),
+)
+FEATURE_SELECTORS = frozenset({"domain", "knn"})
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    epochs: int = 6
+    max_samples: int = 24_000  # epochs shrink for large selections so a candidate costs about the same
+    batch_size: int = 128
+    seed: int = 0
+
+    def epochs_for(self, n_items: int) -> int:
+        return int(min(self.epochs, max(2, round(self.max_samples / max(n_items, 1)))))
+
+
+def proxy_accuracy(
+    pool: Pool,
+    kept: np.ndarray,
+    labels: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    cfg: ProxyConfig,
+    *,
+    device: torch.device,
+    progress: pnn.Progress | None = None,
+) -> float:
+    """Train a fresh small student on ``pool[kept]`` with ``labels`` and return its validation accuracy."""
+    if len(kept) == 0:
+        return 0.0
+    h, w, c = pool.image_shape
+    model = pnn.create_model("smallcnn", in_chans=c, num_classes=n_classes, seed=cfg.seed)
+    fit = pnn.FitConfig(epochs=cfg.epochs_for(len(kept)), batch_size=cfg.batch_size, seed=cfg.seed)
+    pnn.fit(model, pool.batch(kept), labels, fit, size=(h, w), channels=c, device=device, progress=progress)
+    return pnn.accuracy(model, x_val, y_val, size=(h, w), channels=c, device=device)
+
+
+@dataclass
+class Trial:
+    candidate: Candidate
+    kept: np.ndarray
+    n_bytes: int
+    val_accuracy: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.candidate.label,
+            **self.candidate.as_dict(),
+            "n_kept": len(self.kept),
+            "bytes": self.n_bytes,
+            "val_accuracy": round(self.val_accuracy, 4),
+            **self.extra,
+        }
+
+
+def choose(trials: list[Trial], tolerance: float = 0.005) -> Trial:
+    """Best validation accuracy; near-ties (within ``tolerance``) go to the smaller payload, then list order."""
+    best = max(t.val_accuracy for t in trials)
+    tied = [t for t in trials if t.val_accuracy >= best - tolerance]
+    return min(tied, key=lambda t: t.n_bytes)
+
+
+def run_trials(
+    candidates: list[Candidate],
+    build: Callable[[Candidate], tuple[np.ndarray, np.ndarray, int]],
+    evaluate: Callable[[np.ndarray, np.ndarray, int], float],
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Trial]:
+    """``build(c)`` → (kept, labels, bytes); ``evaluate(kept, labels, i)`` → validation accuracy."""
+    trials: list[Trial] = []
+    for i, cand in enumerate(candidates):
+        if progress:
+            progress(i, len(candidates), cand.label)
+        kept, labels, n_bytes = build(cand)
+        trials.append(Trial(cand, kept, n_bytes, evaluate(kept, labels, i)))
+    if progress:
+        progress(len(candidates), len(candidates), "done")
+    return trials
