@@ -42,15 +42,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iterator
 
 
 def digits_spec(classes: list[str], **kw: object) -> TaskSpec:
-    # Safety-Net quotas as in the demo: plain energy ranking can give nearly every kept item one label
-    base = {
-        "name": "digits",
-        "classes": classes,
-        "pool_id": "mini-v1",
-        "keep": 0.05,
-        "selector": {"safety_net_share": 0.5, "safety_net_alpha": 0.5},
-        "teacher": {"epochs": 8},
-    }
+    # the default selector: auto, i.e. the worker validates every candidate with a proxy student
+    base = {"name": "digits", "classes": classes, "pool_id": "mini-v1", "keep": 0.05, "teacher": {"epochs": 8}}
     return TaskSpec.model_validate(base | kw)
 
 
@@ -86,6 +79,11 @@ def test_worker_publishes_a_version(published: dict[str, object], pool) -> None:
     assert 190 <= m["teacher"]["n_val"] <= 210  # 20 % held out per class
     assert m["teacher"]["val_accuracy"] > 0.5
     assert version.size_bytes < 1_000_000  # type: ignore[attr-defined]
+    v = m["validation"]
+    assert len(v["candidates"]) == 6 and v["chosen"] == m["selection"]["label"]
+    best = max(c["val_accuracy"] for c in v["candidates"])
+    assert v["predicted_client_accuracy"] >= best - 0.005
+    assert m["leakage"]["exact_duplicates"] == 0  # sklearn digits are not in the pool
 
 
 def test_cli_pull_inspect_train_evaluate(
@@ -128,9 +126,10 @@ def test_cli_pull_inspect_train_evaluate(
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_test"] == 797 and metrics["config"]["epochs"] == 5
-    # chance is 10 % on 797 balanced test digits (σ ≈ 1.1 points): demand clearly better than chance
+    # chance is 10 % on 797 test digits (σ ≈ 1.8 points at 50 %); the paper's energy + Safety-Net recipe
+    # measured 0.26 here, selector auto 0.52: demand well above what the paper's recipe reaches
     print(f"\ndigits student accuracy on the client test split: {metrics['test_accuracy']:.4f}")
-    assert metrics["test_accuracy"] > 0.15, metrics
+    assert metrics["test_accuracy"] > 0.35, metrics
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "model.pt").is_file()
 
 
@@ -231,7 +230,12 @@ def test_killed_worker_loses_its_lease_and_another_finishes(
         w.wait(timeout=60)
     victim = stack.start_worker()
     with PladaClient(stack.url) as c:
-        spec = digits_spec(task_classes["digits"], name="digits-crash", teacher={"epochs": 3})
+        spec = digits_spec(
+            task_classes["digits"],
+            name="digits-crash",
+            teacher={"epochs": 3},
+            selector={"name": "energy", "safety_net_share": 0.5, "validate_candidates": False},
+        )
         resp = c.publish(spec, world_dir / "tasks" / "digits" / "train.npz")
         deadline = time.monotonic() + 120
         while c.job(resp.job.id).progress <= 0.05:

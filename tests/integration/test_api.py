@@ -68,6 +68,7 @@ def test_health_and_pools(api_stack: LocalStack, pool) -> None:  # type: ignore[
     [
         ("{malformed", GOOD, 422, "invalid_spec"),
         (SPEC | {"classes": ["only-one"]}, GOOD, 422, "invalid_spec"),
+        (SPEC | {"selector": {"name": "nope"}}, GOOD, 422, "invalid_spec"),
         (SPEC | {"keep": 0.1, "max_bytes": 5000}, GOOD, 422, "invalid_spec"),
         (SPEC | {"pool_id": "imagenet-21k"}, GOOD, 404, "unknown_pool"),
         (SPEC | {"keep": None, "max_bytes": 128}, GOOD, 422, "invalid_spec"),

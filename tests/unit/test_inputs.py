@@ -19,7 +19,7 @@ SHAPE = (28, 28, 1)
 
 def test_defaults() -> None:
     spec = parse_spec(json.dumps(BASE))
-    assert spec.keep == 0.01 and spec.max_bytes is None and spec.selector.name == "energy"
+    assert spec.keep == 0.01 and spec.max_bytes is None and spec.selector.name == "auto"
 
 
 @pytest.mark.parametrize(

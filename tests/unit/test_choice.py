@@ -1,0 +1,190 @@
+"""Selection beyond energy: feature selectors, diversity, exclusion, leakage audit, cached features, and the
+server-side validation that picks among candidates (real torch training on a tiny real pool)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from plada.server.pipeline.features import build_feature_index, open_feature_index
+from plada.server.pipeline.leakage import audit_leakage
+from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
+from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose
+from plada.shared.errors import InvalidSpecError, PoolError
+from plada.shared.pool import Pool, write_array_pool
+from plada.shared.schemas import TaskSpec
+
+CPU = torch.device("cpu")
+
+
+def _domain_images(n: int, domain: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Domain 0: a bright horizontal bar whose row encodes the class; domain 1: vertical bars (other task)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, (n, 16, 16), dtype=np.uint8)
+    y = rng.integers(0, 4, n)
+    if domain == 0:
+        x[np.arange(n), 2 + 3 * y, :] = 255
+    else:
+        x[np.arange(n), :, 2 + 3 * y] = 255
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def two_domain_pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
+    """1,000 target-domain items then 3,000 of another domain; groups = domain × class (like synset folders)."""
+    xa, ya = _domain_images(1_000, 0, 0)
+    xb, yb = _domain_images(3_000, 1, 1)
+    x = np.concatenate([xa, xb])
+    groups = np.concatenate([ya, 4 + yb]).astype(np.int32)
+    keys = [f"a/{i}" for i in range(1_000)] + [f"b/{i}" for i in range(3_000)]
+    return write_array_pool(tmp_path_factory.mktemp("pool") / "p", "two", x, keys, groups=groups)
+
+
+def _spec(**kw: object) -> TaskSpec:
+    base = {"name": "bars", "classes": ["a", "b", "c", "d"], "pool_id": "two", "teacher": {"epochs": 2}}
+    return TaskSpec.model_validate(base | kw)
+
+
+def test_feature_selectors_find_the_target_domain_where_energy_is_fooled() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.normal(0, 1, (200, 8)) + 3.0  # the target domain sits around +3
+    pool_f = np.concatenate([rng.normal(0, 1, (300, 8)) + 3.0, rng.normal(0, 1, (700, 8)) - 3.0])
+    logits = np.zeros((1_000, 4))
+    logits[300:, 0] = 9.0  # the teacher is confidently wrong on the other domain: lowest energy there
+    inputs = ScoreInputs(logits=logits, features=pool_f, target_features=target, seed=0)
+    for name in ("domain", "knn"):
+        kept = select(create_selector(name)(inputs), logits.argmax(1), 200, n_classes=4)
+        assert (kept < 300).mean() > 0.95, name
+    kept = select(create_selector("energy")(inputs), logits.argmax(1), 200, n_classes=4)
+    assert (kept >= 300).all()
+    with pytest.raises(ValueError, match="needs pool and target features"):
+        create_selector("knn")(ScoreInputs(logits=logits))
+
+
+def test_diversified_order_spreads_over_strata_within_the_relevant_items() -> None:
+    n = 1_000
+    scores = np.arange(n, dtype=np.float64)  # item i is the i-th best
+    labels = np.zeros(n, dtype=np.int64)
+    strata = np.repeat(np.arange(10), 100).astype(np.int32)  # the 100 best all sit in stratum 0
+    order = diversified_order(scores, labels, strata, budget=20, breadth=50)
+    assert np.bincount(strata[order[:20]]).tolist() == [2] * 10  # two from each stratum, not 20 from one
+    assert sorted(order.tolist()) == list(range(n))
+    narrow = diversified_order(scores, labels, strata, budget=20, breadth=10)[:20]
+    assert (narrow < 200).all() and np.bincount(strata[narrow]).tolist() == [10, 10]  # only the 10·B best
+    plain = select(scores, labels, 20, n_classes=1)
+    assert len(np.unique(strata[plain])) == 1
+
+
+def test_select_never_returns_items_left_out_of_the_order() -> None:
+    scores = np.arange(100, dtype=np.float64)
+    labels = np.arange(100) % 3
+    order = np.argsort(scores)[10:]  # the 10 best are excluded
+    for share in (0.0, 1.0):
+        kept = select(scores, labels, 30, n_classes=3, share=share, alpha=0.0, order=order)
+        assert len(kept) == 30 and kept.min() >= 10
+
+
+def test_choose_prefers_accuracy_then_bytes_among_near_ties() -> None:
+    idx = np.arange(3)
+    trials = [
+        Trial(Candidate("energy"), idx, 900, 0.70),
+        Trial(Candidate("random"), idx, 800, 0.801),
+        Trial(Candidate("domain"), idx, 500, 0.798),
+        Trial(Candidate("knn"), idx, 400, 0.75),
+    ]
+    assert choose(trials).candidate.selector == "domain"  # within 0.005 of the best and smaller
+    assert choose(trials, tolerance=0.0).candidate.selector == "random"
+
+
+def test_leakage_audit_finds_exact_and_near_copies(two_domain_pool: Pool) -> None:
+    pool = two_domain_pool
+    fresh, _ = _domain_images(50, 0, 99)
+    exact = pool.batch(np.arange(0, 10))[..., 0]
+    near = pool.batch(np.arange(10, 17))[..., 0].astype(np.int16) + 2  # a faint brightness change
+    x = np.concatenate([fresh, exact, np.clip(near, 0, 255).astype(np.uint8)])
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float32)  # noqa: E731 - pixels as features
+    rep = audit_leakage(pool, x, pool_features=flat(pool.batch(np.arange(len(pool)))), target_features=flat(x))
+    assert rep.exact == 10 and rep.near == 7
+    assert set(range(17)) <= set(rep.pool_indices.tolist())
+    assert rep.as_metrics(excluded=True)["pool_items_flagged"] == len(rep.pool_indices)
+
+
+def test_feature_index_is_built_atomically_and_refused_when_stale(two_domain_pool: Pool) -> None:
+    index = build_feature_index(two_domain_pool, "t", epochs=1, train_items=800, device=CPU)
+    assert index.features.shape == (len(two_domain_pool), index.dim) and index.features.dtype == np.float16
+    assert not list((two_domain_pool.root / "features").glob(".*tmp*"))
+    again = open_feature_index(two_domain_pool, "t")
+    assert again is not None and again.model_id == index.model_id
+    emb = index.embed(two_domain_pool.batch(np.arange(5)), device=CPU)
+    assert np.allclose(emb, np.asarray(index.features[:5], dtype=np.float32), atol=0.05)
+    info_path = index.root / "index.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps(info | {"pool_id": "0" * 64}))
+    try:
+        with pytest.raises(PoolError, match="rebuild it"):
+            open_feature_index(two_domain_pool, "t")
+    finally:
+        info_path.write_text(json.dumps(info))
+
+
+def test_auto_validates_every_candidate_and_ships_the_best(two_domain_pool: Pool) -> None:
+    if open_feature_index(two_domain_pool, "default") is None:
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+    x, y = _domain_images(300, 0, 7)
+    res = run_pipeline(two_domain_pool, x, y, _spec(keep=0.05), version=1, device=CPU)
+    v = res.metrics["validation"]
+    labels = [c["label"] for c in v["candidates"]]
+    assert labels == [c.label for c in DEFAULT_CANDIDATES]
+    best = max(c["val_accuracy"] for c in v["candidates"])
+    chosen = next(c for c in v["candidates"] if c["label"] == v["chosen"])
+    assert chosen["val_accuracy"] >= best - 0.005 and v["predicted_client_accuracy"] == pytest.approx(
+        chosen["val_accuracy"], abs=1e-4
+    )
+    assert res.metrics["selection"]["mode"] == "auto" and res.metrics["selection"]["label"] == v["chosen"]
+    assert res.metrics["teacher"]["features"].startswith("index default")
+    assert v["n_val"] == res.metrics["teacher"]["n_val"] > 0 and "never the client's test data" in v["split"]
+    # the target domain is the first 1,000 items: the winner must have found it
+    assert (res.payload.indices < 1_000).mean() > 0.9
+
+
+def test_probe_teacher_scores_from_cached_features_and_excludes_duplicates(two_domain_pool: Pool) -> None:
+    if open_feature_index(two_domain_pool, "default") is None:
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+    fresh, yf = _domain_images(300, 0, 8)
+    dup_idx = np.arange(100, 140)
+    x = np.concatenate([fresh, two_domain_pool.batch(dup_idx)[..., 0]])
+    y = np.concatenate([yf, np.asarray(two_domain_pool.manifest.groups)[dup_idx] % 4])
+    spec = _spec(
+        keep=0.2,
+        teacher={"arch": "probe"},
+        selector={"name": "domain", "exclude_duplicates": True, "validate_candidates": False},
+    )
+    res = run_pipeline(two_domain_pool, x, y, spec, version=1, device=CPU)
+    m = res.metrics
+    assert m["teacher"]["arch"] == "probe" and m["teacher"]["epochs"] is None
+    assert m["leakage"]["exact_duplicates"] == 40 and m["leakage"]["excluded"] is True
+    assert not set(dup_idx.tolist()) & set(res.payload.indices.tolist())
+    assert m["validation"]["candidates"] == [] and m["validation"]["predicted_client_accuracy"] is None
+
+
+def test_probe_without_index_and_unknown_selector_are_spec_errors(tmp_path: object) -> None:
+    x, _ = _domain_images(200, 0, 3)
+    bare = write_array_pool(tmp_path / "bare", "bare", x, [f"k{i}" for i in range(200)])  # type: ignore[operator]
+    xt, yt = _domain_images(80, 0, 4)
+    with pytest.raises(InvalidSpecError, match="pool embed"):
+        run_pipeline(bare, xt, yt, _spec(keep=0.1, teacher={"arch": "probe"}), version=1, device=CPU)
+    with pytest.raises(InvalidSpecError, match="unknown selector"):
+        run_pipeline(bare, xt, yt, _spec(keep=0.1, selector={"name": "nope"}), version=1, device=CPU)
+
+
+def test_far_out_of_distribution_task_is_flagged(two_domain_pool: Pool) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 255, (600, 16, 16), dtype=np.uint8)  # noise with random labels: nothing to learn
+    y = rng.integers(0, 4, 600)
+    spec = _spec(keep=0.05, selector={"name": "random"})
+    res = run_pipeline(two_domain_pool, x, y, spec, version=1, device=CPU)
+    assert res.metrics["warnings"] and "far below" in res.metrics["warnings"][0]
