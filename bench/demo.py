@@ -7,8 +7,9 @@
 3. publishes the three tasks over REST (each publisher's train split only);
 4. for each task: waits for the job, pulls + verifies the payload, trains a student on the local pool and
    evaluates it on the client's held-out test split;
-5. stops everything and prints: task, keep %, kept items, payload bytes, teacher accuracy (server validation
-   split), student accuracy (client test split) and wall time.
+5. stops everything and prints: task, keep %, kept items, payload bytes, the selection the server chose,
+   teacher accuracy and predicted client accuracy (both on the server's validation split), student accuracy
+   (client test split) and wall time.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from tqdm import tqdm
 
 from plada.client import PladaClient, TrainConfig, load_eval_split, train_student
 from plada.server.local import LocalStack
+from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.shared.datasets.mini import TASKS, build_mini_world, default_world_dir
 from plada.shared.schemas import TaskSpec
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def main() -> int:
@@ -33,9 +39,10 @@ def main() -> int:
     ap.add_argument("--world", type=Path, default=default_world_dir())
     ap.add_argument("--out", type=Path, default=Path("demo-out"))
     ap.add_argument("--keep", type=float, default=0.05, help="fraction of the pool kept per task")
-    ap.add_argument("--selector", default="energy")
-    # The paper's Safety-Net (per-class quotas K_c ∝ N_c^α over a share s of the budget). s = α = 0.5 is set
-    # a priori, not tuned on any split: without quotas energy ranking can give every kept item one label.
+    ap.add_argument(
+        "--selector", default="auto", help="auto (the server validates candidates and ships the best) or a name"
+    )
+    # With a named selector: the paper's Safety-Net (per-class quotas K_c ∝ N_c^α over a share s of the budget).
     ap.add_argument("--safety-net-share", type=float, default=0.5)
     ap.add_argument("--safety-net-alpha", type=float, default=0.5)
     ap.add_argument("--teacher-epochs", type=int, default=10)
@@ -44,6 +51,9 @@ def main() -> int:
     args = ap.parse_args()
     t_start = time.perf_counter()
     pool = build_mini_world(args.world, log=lambda m: print(m, file=sys.stderr))
+    if open_feature_index(pool) is None:  # `make world` embeds the pool; a bare run does it here, once
+        print("embedding pool mini-v1 once (feature index for the selectors)", file=sys.stderr)
+        build_feature_index(pool)
     if args.out.exists():
         shutil.rmtree(args.out)
     rows = []
@@ -61,7 +71,9 @@ def main() -> int:
                     classes=classes,
                     pool_id=pool.name,
                     keep=args.keep,
-                    selector={
+                    selector={"name": args.selector}
+                    if args.selector == "auto"
+                    else {
                         "name": args.selector,
                         "safety_net_share": args.safety_net_share,
                         "safety_net_alpha": args.safety_net_alpha,
@@ -106,7 +118,9 @@ def main() -> int:
                         "keep %": f"{100 * sel['keep_fraction']:.2f}",
                         "kept items": f"{len(payload):,}",
                         "payload bytes": f"{len(data):,}",
+                        "selection": sel["label"],
                         "teacher acc (server val)": f"{100 * info.metrics['teacher']['val_accuracy']:.1f}",
+                        "predicted acc (server val)": _pct(info.metrics["validation"]["predicted_client_accuracy"]),
                         "student acc (client test)": f"{100 * m['test_accuracy']:.1f}",
                         "server s": f"{info.metrics['timing_s']['total']:.0f}",
                         "client s": f"{m['wall_s']:.0f}",
@@ -126,7 +140,9 @@ def main() -> int:
     for r in rows:
         print(" | ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)))
     print(
-        f"\nselector {args.selector} + Safety-Net s={args.safety_net_share} α={args.safety_net_alpha}, "
+        f"\nselector {args.selector}"
+        + ("" if args.selector == "auto" else f" + Safety-Net s={args.safety_net_share} α={args.safety_net_alpha}")
+        + ", "
         f"keep {args.keep:.0%}, teacher {args.teacher_epochs} epochs, "
         f"student {args.student_epochs} epochs (smallcnn, CPU); every payload < 1 MB; "
         f"total {time.perf_counter() - t_start:.0f} s"
