@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from plada.client.api import PladaClient
-from plada.client.cache import PayloadCache
 from plada.client.train import TrainConfig, load_eval_split, train_student
 from plada.shared.errors import ClientError, PladaError, ServerResponseError
-from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool, atomic_write_bytes
 
 log = logging.getLogger("plada.agent")
@@ -32,14 +31,13 @@ class AgentConfig:
     poll_s: float = 30.0
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_splits: dict[str, Path] = field(default_factory=dict)
+    report: bool = True  # post each training result to the server (POST .../versions/{v}/reports)
+    client_id: str = field(default_factory=socket.gethostname)
 
 
 class Agent:
-    def __init__(
-        self, client: PladaClient, pool: Pool, config: AgentConfig, *, cache: PayloadCache | None = None
-    ) -> None:
+    def __init__(self, client: PladaClient, pool: Pool, config: AgentConfig) -> None:
         self.client, self.pool, self.config = client, pool, config
-        self.cache = cache or PayloadCache()
         self.state_path = config.out_dir / STATE_FILE
         self.state: dict[str, Any] = self._load_state()
         self._stop = threading.Event()
@@ -58,9 +56,10 @@ class Agent:
 
     def poll_task(self, task: str, on_result: Callable[[dict[str, Any]], None] | None = None) -> bool:
         """Train the task's latest version if it is new; True when something was trained."""
-        payload, data = self.client.fetch(task, pool=self.pool, cache=self.cache)
+        payload = self.client.fetch(task, pool=self.pool)
         trained: dict[str, list[str]] = self.state.setdefault("trained", {})
-        sha = payload_sha256(data)
+        sha = payload.sha256
+        assert sha is not None
         if sha in trained.get(task, []):
             return False
         log.info("task %s: new version %d (%d items), training", task, payload.version, len(payload))
@@ -68,12 +67,33 @@ class Agent:
         if task in self.config.eval_splits:
             split = load_eval_split(self.config.eval_splits[task], list(payload.classes))
         out = self.config.out_dir / task / f"v{payload.version}"
-        metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split, payload_bytes=data)
+        metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split)
         trained.setdefault(task, []).append(sha)
         self._save_state()
+        if self.config.report:
+            self._report(task, payload.version, metrics)
         if on_result:
             on_result(metrics)
         return True
+
+    def _report(self, task: str, version: int, metrics: dict[str, Any]) -> None:
+        """Best effort: a server that cannot take the report must not make the client retrain."""
+        try:
+            self.client.report(
+                task,
+                version,
+                {
+                    "client_id": self.config.client_id[:128] or "client",
+                    "student_arch": self.config.train.arch,
+                    "epochs": self.config.train.epochs,
+                    "accuracy": metrics.get("test_accuracy"),
+                    "n_test": metrics.get("n_test"),
+                    "wall_s": float(metrics.get("wall_s", 0.0)),
+                    "extra": {"n_items": metrics.get("n_items"), "device": metrics.get("device")},
+                },
+            )
+        except PladaError as exc:
+            log.warning("task %s v%d: could not report the result: %s", task, version, exc.message)
 
     def run(self, *, max_rounds: int | None = None) -> int:
         """Poll every task each round; returns the number of trainings done."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import numpy as np
 
 from plada.client.cache import PayloadCache
 from plada.shared.errors import (
+    OfflineError,
     PipelineError,
     PoolMismatchError,
     ServerResponseError,
@@ -28,8 +31,18 @@ from plada.shared.errors import (
 )
 from plada.shared.payload import Payload, decode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool, PoolLayout
-from plada.shared.schemas import JobInfo, PoolInfo, PublishResponse, TaskInfo, TaskSpec, VersionInfo
+from plada.shared.schemas import (
+    JobInfo,
+    PoolInfo,
+    PublishResponse,
+    ReportIn,
+    ReportInfo,
+    TaskInfo,
+    TaskSpec,
+    VersionInfo,
+)
 
+log = logging.getLogger("plada.client")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
 _RETRY_STATUS = {429, 502, 503, 504}
@@ -56,20 +69,31 @@ def check_pool(payload: Payload | dict[str, Any], pool: Pool) -> None:
 
 
 class PladaClient:
+    """The HTTP API as Python: list tasks and versions, fetch verified payloads through a local cache, publish.
+
+    ``cache_dir`` defaults to ``$PLADA_CACHE`` or ``$XDG_CACHE_HOME/plada`` (``~/.cache/plada``). With
+    ``offline=True`` (default: ``PLADA_OFFLINE=1`` in the environment) nothing touches the network: ``fetch``
+    answers from the cache or raises ``OfflineError``.
+    """
+
     def __init__(
         self,
         base_url: str,
-        *,
         token: str | None = None,
+        cache_dir: str | Path | None = None,
+        transport: httpx.BaseTransport | None = None,
+        *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
-        transport: httpx.BaseTransport | None = None,
+        offline: bool | None = None,
     ) -> None:
         headers = {"User-Agent": "plada-client"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
         self.retries = retries
+        self.cache = PayloadCache(Path(cache_dir) if cache_dir is not None else None)
+        self.offline = offline_mode() if offline is None else offline
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
 
     @property
@@ -87,6 +111,8 @@ class PladaClient:
         self.close()
 
     def _request(self, method: str, url: str, *, retry: bool = True, **kw: Any) -> httpx.Response:
+        if self.offline:
+            raise OfflineError(f"offline (PLADA_OFFLINE=1): not asking {self.base_url} for {method} {url}")
         attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
@@ -159,6 +185,19 @@ class PladaClient:
         resp = self._request("POST", "/v1/tasks", retry=False, data={"spec": body_spec}, files=files)
         return PublishResponse.model_validate(resp.json())
 
+    def report(self, task: str, version: int, report: ReportIn | dict[str, Any]) -> ReportInfo:
+        """Tell the publisher how a student trained on this version did (shown on the server's dashboard)."""
+        body = report if isinstance(report, ReportIn) else ReportIn.model_validate(report)
+        resp = self._request(
+            "POST", f"/v1/tasks/{task}/versions/{version}/reports", retry=False, json=body.model_dump(mode="json")
+        )
+        return ReportInfo.model_validate(resp.json())
+
+    def reports(self, task: str, version: int) -> list[ReportInfo]:
+        return [
+            ReportInfo.model_validate(r) for r in self._json(f"/v1/tasks/{task}/versions/{version}/reports")["data"]
+        ]
+
     def wait_job(
         self,
         job_id: int,
@@ -200,36 +239,52 @@ class PladaClient:
             )
         return Download(data=data, sha256=sha, version=ver)
 
-    def fetch(
-        self, task: str, version: int | str = "latest", *, pool: Pool | None = None, cache: PayloadCache | None = None
-    ) -> tuple[Payload, bytes]:
-        """Download (or reuse from ``cache`` via ETag) and fully verify a payload."""
+    def fetch(self, task: str, version: int | str = "latest", *, pool: Pool | None = None) -> Payload:
+        """A verified payload: from the cache when the server's ETag says it is current (or when offline),
+        else downloaded, checked against ``pool`` (pool_id, coding layout) and cached. ``payload.sha256`` is
+        its content address; the bytes are ``client.cache.get(payload.sha256)``."""
+        if self.offline:
+            ref = self.cache.find(task, version)
+            if ref is None:
+                raise OfflineError(
+                    f"offline (PLADA_OFFLINE=1) and no cached payload for {task!r} version {version}; "
+                    "pull it while online or 'plada-client import FILE'"
+                )
+            data = self.cache.get(ref["sha256"])
+            assert data is not None
+            log.info("offline: using cached payload %s v%s (%s)", task, ref.get("version"), ref["sha256"][:12])
+            return self._verify(task, data, ref["sha256"], pool)
         etag = None
-        if cache is not None:
-            ref = cache.ref(self.server_key, f"{task}@{version}")
-            if ref and cache.get(ref["sha256"]) is not None:
-                etag = ref["sha256"]
+        ref = self.cache.ref(self.server_key, f"{task}@{version}")
+        if ref and self.cache.get(ref["sha256"]) is not None:
+            etag = ref["sha256"]
         dl = self.download(task, version, etag=etag)
-        if dl.data is None:
-            assert cache is not None
-            data = cache.get(dl.sha256)
-            if data is None:  # the cache lost it in between: fetch without ETag
-                dl = self.download(task, version)
-                assert dl.data is not None
-                data = dl.data
-        else:
+        data = dl.data if dl.data is not None else self.cache.get(dl.sha256)
+        if data is None:  # the cache lost it in between: fetch without ETag
+            dl = self.download(task, version)
+            assert dl.data is not None
             data = dl.data
+        payload = self._verify(task, data, dl.sha256, pool)
+        self.cache.put(data)
+        self.cache.set_ref(self.server_key, f"{task}@{version}", sha=dl.sha256, version=payload.version)
+        self.cache.set_ref(self.server_key, f"{task}@{payload.version}", sha=dl.sha256, version=payload.version)
+        return payload
+
+    def _verify(self, task: str, data: bytes, sha: str, pool: Pool | None) -> Payload:
         if pool is not None:  # before decoding: a payload for another pool must say so, not fail to decode
             header = read_header(data)[0]
             check_pool(header, pool)
-            self.ensure_layout(header, pool)
-        payload = decode_payload(data, expected_sha256=dl.sha256, layout=pool.layout if pool is not None else None)
+            if not self.offline:
+                self.ensure_layout(header, pool)
+        payload = decode_payload(data, expected_sha256=sha, layout=pool.layout if pool is not None else None)
         if payload.task != task:
             raise VerificationError(f"server sent a payload for task {payload.task!r}, asked for {task!r}")
-        if cache is not None:
-            cache.put(data)
-            cache.set_ref(self.server_key, f"{task}@{version}", sha=dl.sha256, version=payload.version)
-        return payload, data
+        return payload
+
+
+def offline_mode() -> bool:
+    """``PLADA_OFFLINE`` set to 1/true/yes (as ``HF_HUB_OFFLINE``)."""
+    return os.environ.get("PLADA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _problem(resp: httpx.Response) -> ServerResponseError:

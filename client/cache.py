@@ -22,6 +22,9 @@ def default_cache_dir() -> Path:
 
 
 class PayloadCache:
+    """Payloads by content address (``payloads/<sha256>.plada``) and small refs naming them per server and
+    ``task@version`` (``refs/<server>/<task>@<version>.json``), like the Hugging Face hub cache."""
+
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
@@ -43,6 +46,13 @@ class PayloadCache:
             return None
         return data
 
+    @staticmethod
+    def _intact(path: Path) -> bool:
+        try:
+            return payload_sha256(path.read_bytes()) == path.stem
+        except OSError:
+            return False
+
     def put(self, data: bytes) -> str:
         sha = payload_sha256(data)
         if not self._blob(sha).is_file():
@@ -57,3 +67,87 @@ class PayloadCache:
 
     def set_ref(self, server_key: str, task: str, *, sha: str, version: int) -> None:
         atomic_write_bytes(self._ref(server_key, task), json.dumps({"sha256": sha, "version": version}).encode())
+
+    # -- listing, pruning, importing (``plada-client cache ls | prune``, ``plada-client import``) -------------
+
+    def refs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every ref as (server key, ``task@version``, {sha256, version})."""
+        out = []
+        base = self.root / "refs"
+        for path in sorted(base.glob("*/*.json")) if base.is_dir() else []:
+            try:
+                out.append((path.parent.name, path.stem, dict(json.loads(path.read_text()))))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
+    def find(self, task: str, version: int | str = "latest") -> dict[str, Any] | None:
+        """The cached ref for ``task`` at ``version`` from any server (or an import); for ``latest`` the highest
+        version cached. Used offline, where the server cannot be asked."""
+        best: dict[str, Any] | None = None
+        for _server, name, ref in self.refs():
+            t = name.rpartition("@")[0]
+            if t != task or self.get(ref.get("sha256", "")) is None:
+                continue
+            if version != "latest" and int(ref.get("version", -1)) != int(version):
+                continue
+            if best is None or int(ref.get("version", 0)) > int(best.get("version", 0)):
+                best = ref
+        return best
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One row per cached payload: sha256, task, version, pool, bytes, refs, and whether it verifies."""
+        from plada.shared.errors import PayloadError
+        from plada.shared.payload import read_header
+
+        by_sha: dict[str, list[str]] = {}
+        for server, name, ref in self.refs():
+            by_sha.setdefault(str(ref.get("sha256")), []).append(f"{server}/{name}")
+        rows = []
+        for path in sorted((self.root / "payloads").glob("*.plada")):
+            data = path.read_bytes()
+            row: dict[str, Any] = {"sha256": path.stem, "bytes": len(data), "path": str(path)}
+            try:
+                h = read_header(data)[0]
+                row |= {"task": h["task"], "version": h["version"], "pool": h.get("pool_name") or h["pool_id"][:16]}
+                row["ok"] = payload_sha256(data) == path.stem
+            except PayloadError:
+                row["ok"] = False
+            row["refs"] = by_sha.get(path.stem, [])
+            rows.append(row)
+        return rows
+
+    def prune(self, *, everything: bool = False, dry_run: bool = False) -> list[Path]:
+        """Remove payloads no ref points at, damaged payloads, refs to missing payloads and stray temp files;
+        with ``everything`` the whole cache. Returns what was (or would be) removed."""
+        doomed: list[Path] = []
+        if everything:
+            doomed = [p for p in self.root.rglob("*") if p.is_file()]
+        else:
+            live = {str(ref.get("sha256")) for _s, _n, ref in self.refs()}
+            for path in (self.root / "payloads").glob("*"):
+                if (
+                    path.name.startswith(".")
+                    or path.suffix != ".plada"
+                    or path.stem not in live
+                    or not self._intact(path)
+                ):
+                    doomed.append(path)
+            gone = {p.stem for p in doomed}
+            for server, name, ref in self.refs():
+                sha = str(ref.get("sha256"))
+                if sha in gone or not self._blob(sha).is_file():
+                    doomed.append(self._ref(server, name))
+        if not dry_run:
+            for path in doomed:
+                path.unlink(missing_ok=True)
+        return doomed
+
+    def import_bytes(self, data: bytes, *, task: str, version: int) -> str:
+        """Store a payload that arrived by other means (already verified by the caller) under ``imported``."""
+        sha = self.put(data)
+        self.set_ref("imported", f"{task}@{version}", sha=sha, version=version)
+        latest = self.ref("imported", f"{task}@latest")
+        if latest is None or int(latest.get("version", 0)) <= version:
+            self.set_ref("imported", f"{task}@latest", sha=sha, version=version)
+        return sha

@@ -73,7 +73,7 @@ def train_student(
         payload = payload.prefix(cfg.max_tier)
     x, y = PayloadDataset(payload, pool).arrays()
     model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed)
-    sha = payload_sha256(payload_bytes) if payload_bytes is not None else None
+    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     ckpt_path = out_dir / CHECKPOINT
     start_epoch, opt_state = 0, None
     if ckpt_path.is_file():

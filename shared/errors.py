@@ -173,6 +173,13 @@ class ServerResponseError(ClientError):
         self.problem_code = problem_code
 
 
+class OfflineError(ClientError):
+    """``PLADA_OFFLINE=1`` and the cache cannot answer: the client refuses to touch the network."""
+
+    code = "offline_cache_miss"
+    title = "Not in the offline cache"
+
+
 class VerificationError(ClientError):
     code = "verification_failed"
     title = "Verification failed"

@@ -58,6 +58,7 @@ class Payload:
     pool_name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     tiers: np.ndarray | None = None  # priority tier per item (0 = most important), for progressive training
+    sha256: str | None = field(default=None, compare=False)  # content address of the bytes it was decoded from
 
     def __post_init__(self) -> None:
         idx = np.asarray(self.indices, dtype=np.int64)
@@ -267,6 +268,7 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
             version=header["version"],
             pool_name=header["pool_name"],
             meta=header["meta"],
+            sha256=payload_sha256(data),
         )
     except ValueError as exc:
         raise PayloadError(f"payload fields are inconsistent: {exc}") from exc

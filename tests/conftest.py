@@ -15,6 +15,13 @@ from plada.shared.pool import Pool
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _own_client_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets a fresh client cache and starts online: nothing leaks into ~/.cache/plada."""
+    monkeypatch.setenv("PLADA_CACHE", str(tmp_path_factory.mktemp("client-cache")))
+    monkeypatch.delenv("PLADA_OFFLINE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def world_dir() -> Path:
     d = default_world_dir()

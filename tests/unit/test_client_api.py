@@ -9,6 +9,7 @@ import pytest
 import plada.client
 from plada.client import PayloadCache, PladaClient
 from plada.shared.errors import (
+    OfflineError,
     PayloadCorruptError,
     ServerResponseError,
     ServerUnavailableError,
@@ -66,23 +67,23 @@ def test_public_surface_is_pinned() -> None:
 def test_fetch_verifies_and_uses_etag_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = _payload_bytes()
     calls: list[httpx.Request] = []
-    cache = PayloadCache(tmp_path)
-    with PladaClient("http://plada.test", transport=_serving(data, calls=calls)) as c:
-        _, d1 = c.fetch("t", cache=cache)
-        p2, d2 = c.fetch("t", cache=cache)
+    with PladaClient("http://plada.test", cache_dir=tmp_path, transport=_serving(data, calls=calls)) as c:
+        p1 = c.fetch("t")
+        p2 = c.fetch("t")
+        d1, d2 = c.cache.get(p1.sha256), c.cache.get(p2.sha256)  # type: ignore[arg-type]
+    assert isinstance(p2, Payload) and p1.sha256 == p2.sha256 == payload_sha256(data)
     assert d1 == d2 == data and p2.version == 2 and list(p2.indices) == [1, 5, 9]
     assert "If-None-Match" not in calls[0].headers and calls[1].headers["If-None-Match"] == f'"{payload_sha256(data)}"'
 
 
 def test_damaged_cache_entry_is_not_used(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = _payload_bytes()
-    cache = PayloadCache(tmp_path)
-    with PladaClient("http://plada.test", transport=_serving(data)) as c:
-        c.fetch("t", cache=cache)
+    with PladaClient("http://plada.test", cache_dir=tmp_path, transport=_serving(data)) as c:
+        c.fetch("t")
         blob = tmp_path / "payloads" / f"{payload_sha256(data)}.plada"
         blob.write_bytes(data[:-3])
-        _, d = c.fetch("t", cache=cache)
-    assert d == data and blob.read_bytes() == data
+        p = c.fetch("t")
+    assert p.sha256 == payload_sha256(data) and blob.read_bytes() == data
 
 
 def test_bytes_not_matching_etag_are_refused() -> None:
@@ -182,7 +183,7 @@ def test_fetch_installs_the_servers_cluster_layout_once(tmp_path) -> None:  # ty
     data = encode_payload(p, codec="entropy-v1", layout=layout)
     assert "layout" in __import__("plada.shared.payload", fromlist=["x"]).read_header(data)[0]["codec"]
     with PladaClient("http://plada.test", transport=_layout_server(data, clusters, layout.layout_id)) as c:
-        got, _ = c.fetch("t", pool=pool)
+        got = c.fetch("t", pool=pool)
         assert np.array_equal(got.indices, idx)
         assert open_pool(tmp_path / "pool").layout.layout_id == layout.layout_id  # type: ignore[union-attr]
         wrong = rng.integers(0, 7, 500)
@@ -195,3 +196,58 @@ def test_fetch_installs_the_servers_cluster_layout_once(tmp_path) -> None:  # ty
     ):
         c.fetch("t", pool=other)
     assert other.layout is None
+
+
+def test_offline_fetch_uses_the_cache_and_never_the_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _payload_bytes()
+    with PladaClient("http://plada.test", cache_dir=tmp_path, transport=_serving(data)) as c:
+        online = c.fetch("t")
+
+    def no_network(r: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"offline client touched the network: {r.url}")
+
+    with PladaClient(
+        "http://other.test", cache_dir=tmp_path, transport=httpx.MockTransport(no_network), offline=True
+    ) as c:
+        for version in ("latest", 2):
+            got = c.fetch("t", version)
+            assert got.sha256 == online.sha256 and list(got.indices) == [1, 5, 9]
+        with pytest.raises(OfflineError, match="no cached payload for 'nope'"):
+            c.fetch("nope")
+        with pytest.raises(OfflineError, match="not asking"):
+            c.tasks()
+
+
+def test_offline_mode_follows_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from plada.client.api import offline_mode
+
+    for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("PLADA_OFFLINE", value)
+        assert offline_mode() is expected
+        assert PladaClient("http://x.test").offline is expected
+
+
+def test_cache_lists_prunes_and_imports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cache = PayloadCache(tmp_path)
+    a, b = _payload_bytes("t"), _payload_bytes("u")
+    sha_a = cache.import_bytes(a, task="t", version=2)
+    sha_b = cache.put(b)  # no ref points at it
+    (tmp_path / "payloads" / ".x.tmp-1").write_bytes(b"half")
+    rows = {r["sha256"]: r for r in cache.entries()}
+    assert (
+        rows[sha_a]["task"] == "t"
+        and rows[sha_a]["ok"]
+        and rows[sha_a]["refs"]
+        == [
+            "imported/t@2",
+            "imported/t@latest",
+        ]
+    )
+    assert rows[sha_b]["refs"] == []
+    assert cache.find("t") == {"sha256": sha_a, "version": 2} and cache.find("t", 3) is None
+    would = cache.prune(dry_run=True)
+    assert {p.name for p in would} == {f"{sha_b}.plada", ".x.tmp-1"} and all(p.exists() for p in would)
+    cache.prune()
+    assert [r["sha256"] for r in cache.entries()] == [sha_a]
+    cache.prune(everything=True)
+    assert cache.entries() == [] and cache.find("t") is None
