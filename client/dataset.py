@@ -14,21 +14,42 @@ from plada.shared.pool import Pool
 
 
 class PayloadDataset(Dataset[tuple[Any, int]]):
-    """Yields ``(image, label)``; image is uint8 HWC numpy unless ``transform`` turns it into something else.
+    """Yields ``(image, label)`` like a torchvision dataset: a PIL image (mode ``L`` or ``RGB``; ``mode``
+    converts, e.g. ``"RGB"`` for ImageNet-style timm transforms) passed through ``transform`` when given, so
+    ``torchvision.transforms`` and ``timm.data.create_transform`` work unchanged. ``output="numpy"`` yields
+    uint8 HWC arrays instead. ``classes`` and ``targets`` mirror torchvision's ``ImageFolder``.
 
     The pool must be the payload's pool: construction fails with ``PoolMismatchError`` otherwise.
     """
 
-    def __init__(self, payload: Payload, pool: Pool, transform: Callable[[np.ndarray], Any] | None = None) -> None:
+    def __init__(
+        self,
+        payload: Payload,
+        pool: Pool,
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        mode: str | None = None,
+        output: str = "pil",
+    ) -> None:
+        if output not in ("pil", "numpy"):
+            raise ValueError("output must be 'pil' or 'numpy'")
         check_pool(payload, pool)
         self.payload, self.pool, self.transform = payload, pool, transform
+        self.mode, self.output = mode, output
         self.classes = list(payload.classes)
+        self.targets = payload.labels.tolist()
 
     def __len__(self) -> int:
         return len(self.payload)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = self.pool.batch(self.payload.indices[i : i + 1])[0]
+        img: Any = self.pool.batch(self.payload.indices[i : i + 1])[0]
+        if self.output == "pil":
+            from PIL import Image
+
+            img = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            if self.mode and img.mode != self.mode:
+                img = img.convert(self.mode)
         return (self.transform(img) if self.transform else img), int(self.payload.labels[i])
 
     def arrays(self, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

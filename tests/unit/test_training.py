@@ -72,8 +72,28 @@ def test_dataset_refuses_another_pool(bar_pool: tuple[Pool, np.ndarray], tmp_pat
     )
     with pytest.raises(PoolMismatchError, match="local pool is other"):
         PayloadDataset(_payload(pool, labels), other)
-    ds = PayloadDataset(_payload(pool, labels), pool, transform=lambda im: im.sum())
-    assert len(ds) == 120 and ds[3][1] == labels[3]
+    ds = PayloadDataset(_payload(pool, labels), pool, transform=lambda im: im.sum(), output="numpy")
+    assert len(ds) == 120 and ds[3][1] == labels[3] and ds[3][0] == 16 * 255
+
+
+def test_dataset_works_with_torchvision_and_timm_transforms(bar_pool: tuple[Pool, np.ndarray]) -> None:
+    from PIL import Image
+    from timm.data import create_transform
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+
+    pool, labels = bar_pool
+    payload = _payload(pool, labels)
+    plain = PayloadDataset(payload, pool)
+    img, label = plain[0]
+    assert isinstance(img, Image.Image) and img.mode == "L" and img.size == (16, 16) and label == labels[0]
+    assert plain.targets == labels[:120].tolist() and plain.classes == ["horizontal", "vertical"]
+    tv = T.Compose([T.Resize(32), T.ToTensor(), T.Normalize((0.5,), (0.5,))])
+    xb, yb = next(iter(DataLoader(PayloadDataset(payload, pool, transform=tv), batch_size=8, shuffle=False)))
+    assert xb.shape == (8, 1, 32, 32) and yb.tolist() == labels[:8].tolist() and xb.min() >= -1.0
+    tm = create_transform(input_size=(3, 48, 48), is_training=True)
+    xb, _ = next(iter(DataLoader(PayloadDataset(payload, pool, transform=tm, mode="RGB"), batch_size=4)))
+    assert xb.shape == (4, 3, 48, 48) and xb.dtype == torch.float32
 
 
 def test_eval_split_maps_classes_by_name(tmp_path: Path) -> None:
