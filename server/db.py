@@ -90,6 +90,22 @@ class JobRow(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class ReportRow(Base):
+    """A client's training outcome on one version: what publishers most want to see."""
+
+    __tablename__ = "reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_ref: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    student_arch: Mapped[str] = mapped_column(String(100))
+    epochs: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_test: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    wall_s: Mapped[float] = mapped_column(Float)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine; for SQLite make the folder, turn on WAL, a busy timeout and foreign keys."""
     kwargs: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, undefer
 
-from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, now
+from plada.server.db import JobRow, PoolRow, ReportRow, TaskRow, VersionRow, now
 from plada.shared.errors import (
     JobNotFoundError,
     PoolError,
@@ -22,7 +22,7 @@ from plada.shared.errors import (
     VersionNotReadyError,
 )
 from plada.shared.pool import Pool
-from plada.shared.schemas import TaskSpec
+from plada.shared.schemas import ReportIn, TaskSpec
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -140,3 +140,40 @@ def job_context(*, session: Session, job: JobRow) -> dict[str, Any]:
     version = session.get(VersionRow, job.version_ref)
     assert task is not None and version is not None
     return {"task": task.name, "version": version.number}
+
+
+def add_report(*, session: Session, version: VersionRow, report: ReportIn) -> ReportRow:
+    if version.status != "ready":
+        raise VersionNotReadyError(f"version {version.number} is {version.status}; only ready versions take reports")
+    row = ReportRow(version_ref=version.id, **report.model_dump())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_reports(*, session: Session, version: VersionRow) -> list[ReportRow]:
+    return list(session.scalars(select(ReportRow).where(ReportRow.version_ref == version.id).order_by(ReportRow.id)))
+
+
+def report_summaries(*, session: Session, version_ids: list[int]) -> dict[int, tuple[int, int, float | None]]:
+    """version id → (reports, reports with accuracy, mean accuracy)."""
+    if not version_ids:
+        return {}
+    rows = session.execute(
+        select(
+            ReportRow.version_ref,
+            func.count(ReportRow.id),
+            func.count(ReportRow.accuracy),
+            func.avg(ReportRow.accuracy),
+        )
+        .where(ReportRow.version_ref.in_(version_ids))
+        .group_by(ReportRow.version_ref)
+    )
+    return {int(v): (int(n), int(na), float(m) if m is not None else None) for v, n, na, m in rows}
+
+
+def list_jobs(*, session: Session, limit: int = 50, active_only: bool = False) -> list[JobRow]:
+    q = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
+    if active_only:
+        q = q.where(JobRow.state.in_(("queued", "running")))
+    return list(session.scalars(q))

@@ -123,6 +123,45 @@ class JobInfo(BaseModel):
     updated_at: datetime
 
 
+class ReportIn(_Strict):
+    """What a client posts after training on a version (``plada-client agent`` does it by itself)."""
+
+    client_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+    student_arch: str = Field(min_length=1, max_length=100)
+    epochs: int = Field(ge=0, le=100_000)
+    accuracy: float | None = Field(None, ge=0.0, le=1.0, description="on the client's own test split, if any")
+    n_test: int | None = Field(None, ge=1)
+    wall_s: float = Field(ge=0.0, le=1e7)
+    extra: dict[str, Any] = Field(default_factory=dict, description="free-form, at most 4 KB as JSON")
+
+    @field_validator("extra")
+    @classmethod
+    def _small(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        if len(json.dumps(v, default=str)) > 4096:
+            raise ValueError("extra must be at most 4 KB as JSON")
+        return v
+
+
+class ReportInfo(ReportIn):
+    id: int
+    task: str
+    version: int
+    created_at: datetime
+
+
+class ReportsPublic(BaseModel):
+    data: list[ReportInfo]
+    count: int
+
+
+class ReportSummary(BaseModel):
+    count: int
+    with_accuracy: int
+    mean_accuracy: float | None = None
+
+
 class VersionInfo(BaseModel):
     task: str
     version: int
@@ -133,6 +172,12 @@ class VersionInfo(BaseModel):
     created_at: datetime
     metrics: dict[str, Any] = Field(default_factory=dict)
     payload_url: str | None = None
+    reports: ReportSummary | None = None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobInfo]
+    count: int
 
 
 class VersionsPublic(BaseModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import text
 
 from plada.server import repo
@@ -14,11 +15,17 @@ from plada.server.api.deps import SessionDep
 from plada.server.api.views import job_info, pool_info
 from plada.shared.errors import LayoutNotFoundError
 from plada.shared.pool import Pool, open_pool
-from plada.shared.schemas import Health, JobInfo, PoolsPublic
+from plada.shared.schemas import Health, JobInfo, JobsPublic, PoolsPublic
 
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 pools_router = APIRouter(prefix="/v1/pools", tags=["pools"])
 health_router = APIRouter(tags=["health"])
+
+
+@jobs_router.get("", response_model=JobsPublic, summary="Recent jobs, newest first (active ones only with active=true)")
+def list_jobs(session: SessionDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobsPublic:
+    rows = repo.list_jobs(session=session, limit=limit, active_only=active)
+    return JobsPublic(data=[job_info(session, r) for r in rows], count=len(rows))
 
 
 @jobs_router.get("/{job_id}", response_model=JobInfo, summary="A job's state and progress (0–1)")

@@ -9,11 +9,20 @@ from starlette.concurrency import run_in_threadpool
 
 from plada.server import repo
 from plada.server.api.deps import FactoryDep, SessionDep, SettingsDep
-from plada.server.api.views import job_info, task_info, version_info
+from plada.server.api.views import job_info, report_info, task_info, version_info
 from plada.server.publishing import publish
 from plada.shared.errors import PayloadTooLargeError
 from plada.shared.payload import MEDIA_TYPE
-from plada.shared.schemas import PublishResponse, TaskInfo, TasksPublic, VersionInfo, VersionsPublic
+from plada.shared.schemas import (
+    PublishResponse,
+    ReportIn,
+    ReportInfo,
+    ReportsPublic,
+    TaskInfo,
+    TasksPublic,
+    VersionInfo,
+    VersionsPublic,
+)
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 _CHUNK = 1 << 20
@@ -74,13 +83,37 @@ def get_task(task: str, session: SessionDep) -> TaskInfo:
 def list_versions(task: str, session: SessionDep) -> VersionsPublic:
     t = repo.get_task(session=session, name=task)
     rows = repo.list_versions(session=session, task=t)
-    return VersionsPublic(data=[version_info(t, r) for r in rows], count=len(rows))
+    sums = repo.report_summaries(session=session, version_ids=[r.id for r in rows])
+    return VersionsPublic(data=[version_info(t, r, sums.get(r.id)) for r in rows], count=len(rows))
 
 
 @router.get("/{task}/versions/{version}", response_model=VersionInfo, summary="One version with its metrics")
 def get_version(task: str, version: int, session: SessionDep) -> VersionInfo:
     t = repo.get_task(session=session, name=task)
-    return version_info(t, repo.get_version(session=session, task=t, number=version))
+    row = repo.get_version(session=session, task=t, number=version)
+    return version_info(t, row, repo.report_summaries(session=session, version_ids=[row.id]).get(row.id))
+
+
+@router.post(
+    "/{task}/versions/{version}/reports",
+    response_model=ReportInfo,
+    status_code=status.HTTP_201_CREATED,
+    summary="Report a client's training outcome on this version",
+)
+def create_report(task: str, version: int, report: ReportIn, session: SessionDep) -> ReportInfo:
+    t = repo.get_task(session=session, name=task)
+    v = repo.get_version(session=session, task=t, number=version)
+    row = repo.add_report(session=session, version=v, report=report)
+    session.commit()
+    return report_info(t, v, row)
+
+
+@router.get("/{task}/versions/{version}/reports", response_model=ReportsPublic, summary="Client reports, oldest first")
+def list_reports(task: str, version: int, session: SessionDep) -> ReportsPublic:
+    t = repo.get_task(session=session, name=task)
+    v = repo.get_version(session=session, task=t, number=version)
+    rows = repo.list_reports(session=session, version=v)
+    return ReportsPublic(data=[report_info(t, v, r) for r in rows], count=len(rows))
 
 
 def _payload_response(

@@ -7,8 +7,16 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from plada.server import repo
-from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow
-from plada.shared.schemas import ErrorInfo, JobInfo, PoolInfo, TaskInfo, VersionInfo
+from plada.server.db import JobRow, PoolRow, ReportRow, TaskRow, VersionRow
+from plada.shared.schemas import (
+    ErrorInfo,
+    JobInfo,
+    PoolInfo,
+    ReportInfo,
+    ReportSummary,
+    TaskInfo,
+    VersionInfo,
+)
 
 
 def ts(t: float) -> datetime:
@@ -38,7 +46,7 @@ def task_info(session: Session, row: TaskRow) -> TaskInfo:
     )
 
 
-def version_info(task: TaskRow, row: VersionRow) -> VersionInfo:
+def version_info(task: TaskRow, row: VersionRow, reports: tuple[int, int, float | None] | None = None) -> VersionInfo:
     url = f"/v1/tasks/{task.name}/versions/{row.number}/payload" if row.status == "ready" else None
     return VersionInfo(
         task=task.name,
@@ -50,6 +58,25 @@ def version_info(task: TaskRow, row: VersionRow) -> VersionInfo:
         created_at=ts(row.created_at),
         metrics=row.metrics or {},
         payload_url=url,
+        reports=ReportSummary(count=reports[0], with_accuracy=reports[1], mean_accuracy=reports[2])
+        if reports
+        else ReportSummary(count=0, with_accuracy=0),
+    )
+
+
+def report_info(task: TaskRow, version: VersionRow, row: ReportRow) -> ReportInfo:
+    return ReportInfo(
+        id=row.id,
+        task=task.name,
+        version=version.number,
+        client_id=row.client_id,
+        student_arch=row.student_arch,
+        epochs=row.epochs,
+        accuracy=row.accuracy,
+        n_test=row.n_test,
+        wall_s=row.wall_s,
+        extra=row.extra or {},
+        created_at=ts(row.created_at),
     )
 
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from plada.client import Agent, AgentConfig, PayloadCache, PladaClient, TrainConfig
+from plada.client import Agent, AgentConfig, PladaClient, TrainConfig
 from plada.server.local import LocalStack
 from plada.shared.errors import PayloadNeedsPoolError
 from plada.shared.payload import decode_payload
@@ -49,7 +49,7 @@ def digits_spec(classes: list[str], **kw: object) -> TaskSpec:
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plada.client.cli", *args],
+        [sys.executable, "-m", "plada.client.cli", "--json", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -202,10 +202,11 @@ def test_agent_trains_each_version_once_and_survives_a_server_restart(
         poll_s=0.1,
         train=TrainConfig(epochs=1),
         eval_splits={"digits": world_dir / "tasks" / "digits" / "test.npz"},
+        client_id="agent-e2e",
     )
     results: list[dict[str, object]] = []
-    with PladaClient(stack.url, retries=0) as c:
-        agent = Agent(c, pool, cfg, cache=PayloadCache(tmp_path / "cache"))
+    with PladaClient(stack.url, cache_dir=tmp_path / "cache", retries=0) as c:
+        agent = Agent(c, pool, cfg)
         assert agent.run(max_rounds=1) == 1
         assert agent.run(max_rounds=2) == 0, "the same version must not be trained twice"
         port = int(stack.url.rsplit(":", 1)[1])
@@ -213,8 +214,11 @@ def test_agent_trains_each_version_once_and_survives_a_server_restart(
         assert agent.run(max_rounds=2) == 0  # server down: logged, not raised
         stack.start_server(port=port)
         # a restarted agent (fresh object, same state file) still knows what it trained
-        agent2 = Agent(c, pool, cfg, cache=PayloadCache(tmp_path / "cache"))
+        agent2 = Agent(c, pool, cfg)
         assert agent2.poll_task("digits", on_result=results.append) is False
+        reports = c.reports("digits", 1)  # the agent told the server how its student did, once
+        assert [(r.client_id, r.epochs, r.n_test) for r in reports] == [("agent-e2e", 1, 797)]
+        assert reports[0].accuracy is not None and c.version("digits", 1).reports.count == 1  # type: ignore[union-attr]
     state = json.loads((tmp_path / "runs" / "agent-state.json").read_text())
     assert list(state["trained"]) == ["digits"] and len(state["trained"]["digits"]) == 1
     metrics = json.loads((tmp_path / "runs" / "digits" / "v1" / "metrics.json").read_text())

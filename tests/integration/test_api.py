@@ -171,3 +171,35 @@ def test_pool_layout_endpoint(api_stack: LocalStack, pool) -> None:  # type: ign
     groups = np.load(io.BytesIO(r.content), allow_pickle=False)
     assert groups.dtype == np.int32 and len(groups) == 70_000
     assert_problem(httpx.get(f"{api_stack.url}/v1/pools/nope/layout"), 404, "unknown_pool")
+
+
+def test_reports_are_validated_and_only_taken_for_ready_versions(api_stack: LocalStack) -> None:
+    assert _post(api_stack.url, SPEC | {"name": "report-task"}, GOOD).status_code == 202  # no worker: stays pending
+    url = f"{api_stack.url}/v1/tasks/report-task/versions"
+    good = {"client_id": "box-1", "student_arch": "smallcnn", "epochs": 3, "accuracy": 0.7, "wall_s": 1.0}
+    assert_problem(httpx.post(f"{url}/1/reports", json=good), 409, "version_not_ready")
+    assert_problem(httpx.post(f"{url}/9/reports", json=good), 404, "version_not_found")
+    assert_problem(httpx.post(f"{api_stack.url}/v1/tasks/nope/versions/1/reports", json=good), 404, "task_not_found")
+    for bad in (
+        good | {"accuracy": 1.5},
+        good | {"client_id": "a b/../c"},
+        good | {"extra": {"x": "y" * 5000}},
+        {k: v for k, v in good.items() if k != "epochs"},
+        good | {"surprise": 1},
+    ):
+        assert_problem(httpx.post(f"{url}/1/reports", json=bad), 422, "validation_error")
+    assert httpx.get(f"{url}/1/reports").json() == {"data": [], "count": 0}
+    assert httpx.get(f"{url}/1").json()["reports"] == {"count": 0, "with_accuracy": 0, "mean_accuracy": None}
+
+
+def test_dashboard_is_self_contained_html(api_stack: LocalStack) -> None:
+    assert _post(api_stack.url, SPEC | {"name": "dash-<b>"}, GOOD).status_code == 422  # names are checked anyway
+    resp = httpx.get(api_stack.url + "/")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    page = resp.text
+    assert "<svg" in page or "No tasks yet" in page
+    assert "mini-v1" in page and "id=jobs" in page
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+    assert all(r.startswith("/") for r in refs), refs  # no CDN, no external assets
+    jobs = httpx.get(f"{api_stack.url}/v1/jobs?active=true").json()
+    assert all(j["state"] in ("queued", "running") for j in jobs["data"])
