@@ -7,7 +7,7 @@ WORLD  ?= $(CURDIR)/.cache/world
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export PLADA_WORLD_DIR := $(WORLD)
 
-.PHONY: install system-deps world demo test lint format clean
+.PHONY: install system-deps world demo test lint format clean docs browser
 
 install: $(STAMP)
 
@@ -44,8 +44,21 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: world lint
+# The dashboard test drives Debian's Chromium headless (through playwright, which downloads nothing here).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)); \
+	else \
+	  echo "note: no Chromium; the dashboard browser test will be skipped (Debian: apt-get install chromium)"; \
+	fi
+
+test: world lint browser
 	$(BIN)/python -m pytest
+
+docs: install
+	$(BIN)/python scripts/gendocs.py
 
 format: install
 	$(BIN)/ruff check --fix .

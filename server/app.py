@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import __version__, repo
+from plada.server.api.deps import SessionDep
 from plada.server.api.misc import health_router, jobs_router, pools_router
 from plada.server.api.tasks import router as tasks_router
+from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
 from plada.server.settings import Settings
 from plada.shared.errors import PladaError
@@ -129,4 +131,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     for r in (tasks_router, jobs_router, pools_router, health_router):
         app.include_router(r)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard(session: SessionDep) -> HTMLResponse:
+        """Pools, tasks, versions, live jobs and accuracy-per-byte plots; self-contained (works offline)."""
+        return HTMLResponse(render_dashboard(session, version=__version__), headers={"Cache-Control": "no-cache"})
+
     return app
