@@ -61,7 +61,7 @@ def main() -> int:
         url = stack.start_server()
         stack.start_worker()
         print(f"server {url} (docs at {url}/docs), worker started; logs in {args.out / 'logs'}", file=sys.stderr)
-        with PladaClient(url) as client:
+        with PladaClient(url, cache_dir=args.out / "client-cache") as client:
             jobs = {}
             for task in args.tasks:
                 tdir = args.world / "tasks" / task
@@ -92,7 +92,8 @@ def main() -> int:
                 client.wait_job(resp.job.id, on_progress=show)
                 bar.close()
                 t_server = time.perf_counter()
-                payload, data = client.fetch(task, resp.version, pool=pool)
+                payload = client.fetch(task, resp.version, pool=pool)
+                data = client.cache.get(payload.sha256 or "") or b""
                 info = client.version(task, resp.version)
                 tbar = tqdm(total=1000, desc=f"{task}: student", file=sys.stderr, leave=False)
 

@@ -19,10 +19,19 @@ from plada.shared.errors import PladaError
 
 EXAMPLES = """examples:
   plada-client verify-pool ~/.cache/plada/world/pools/mini-v1
+  plada-client tasks --server http://127.0.0.1:8000
   plada-client pull --server http://127.0.0.1:8000 --task fashion --pool POOL --out fashion.plada
   plada-client train --payload fashion.plada --pool POOL --out runs/fashion --eval test.npz
+  PLADA_OFFLINE=1 plada-client train --task fashion --pool POOL --out runs/fashion
+  plada-client import fashion.plada --pool POOL
   plada-client agent --server http://127.0.0.1:8000 --task fashion --pool POOL --out runs
+  plada-client cache ls --json
+
+exit status: 0 success; 1 an error (one line on stderr: "plada-client: error: CODE: message"); 2 a usage
+error; 130 interrupted. Environment: PLADA_CACHE (cache folder), XDG_CACHE_HOME, PLADA_OFFLINE=1 (never
+touch the network: payloads come from the cache).
 """
+_OUT = {"json": False}
 
 
 def _quiet() -> bool:
@@ -53,7 +62,33 @@ def _open_pool(path: str) -> Any:
 
 
 def _emit(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    """JSON with ``--json`` (for scripts), else a readable rendering: key: value lines or a table."""
+    if _OUT["json"]:
+        print(json.dumps(obj, indent=2, default=str))
+        return
+    if isinstance(obj, list):
+        if not obj:
+            print("(none)")
+            return
+        cols = list(obj[0])
+        cells = [[_cell(r.get(c)) for c in cols] for r in obj]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        return
+    for k, v in obj.items():
+        print(f"{k}: {_cell(v)}")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
+    return str(v)
 
 
 def cmd_verify_pool(args: argparse.Namespace) -> int:
@@ -102,14 +137,14 @@ def _read(path: str) -> bytes:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from plada.client.api import PladaClient
-    from plada.client.cache import PayloadCache
     from plada.shared.pool import atomic_write_bytes
 
     pool = _open_pool(args.pool)
-    with PladaClient(args.server, token=args.token) as client:
-        payload, data = client.fetch(
-            args.task, args.version, pool=pool, cache=PayloadCache(Path(args.cache)) if args.cache else PayloadCache()
-        )
+    with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+        payload = client.fetch(args.task, args.version, pool=pool)
+        data = client.cache.get(payload.sha256 or "")
+        if data is None:
+            raise PladaError("the payload vanished from the cache while it was being written out; pull again")
     out = Path(args.out) if args.out else Path(f"{args.task}-v{payload.version}.plada")
     atomic_write_bytes(out, data)
     _emit(
@@ -141,32 +176,132 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from plada.client.api import check_pool
+    from plada.client.api import PladaClient, check_pool, offline_mode
+    from plada.client.cache import PayloadCache
     from plada.client.train import load_eval_split, train_student
+    from plada.shared.errors import OfflineError
     from plada.shared.payload import decode_payload, read_header
 
-    data = _read(args.payload)
     pool = _open_pool(args.pool)
-    check_pool(read_header(data)[0], pool)
-    payload = decode_payload(data, layout=pool.layout)
+    if args.payload:
+        data = _read(args.payload)
+        check_pool(read_header(data)[0], pool)
+        payload = decode_payload(data, layout=pool.layout)
+    elif args.server and not offline_mode():
+        with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+            payload = client.fetch(args.task, args.version, pool=pool)
+    else:  # from the cache: offline, or no server given
+        cache = PayloadCache(Path(args.cache) if args.cache else None)
+        ref = cache.find(args.task, args.version)
+        if ref is None:
+            raise OfflineError(
+                f"no cached payload for {args.task!r} version {args.version} in {cache.root}; "
+                "pull it while online or 'plada-client import FILE'"
+            )
+        data = cache.get(ref["sha256"]) or b""
+        check_pool(read_header(data)[0], pool)
+        payload = decode_payload(data, expected_sha256=ref["sha256"], layout=pool.layout)
+        why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
+        print(
+            f"plada-client: {why}: training from cached payload {payload.task} v{payload.version} "
+            f"({ref['sha256'][:12]}…)",
+            file=sys.stderr,
+        )
     split = load_eval_split(Path(args.eval), list(payload.classes)) if args.eval else None
     metrics = train_student(
-        payload,
-        pool,
-        Path(args.out),
-        _train_config(args),
-        eval_split=split,
-        payload_bytes=data,
-        progress=_bar("training"),
+        payload, pool, Path(args.out), _train_config(args), eval_split=split, progress=_bar("training")
     )
     _emit(metrics)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from plada.client.api import PladaClient
+
+    with PladaClient(args.server, token=args.token) as client:
+        rows = [
+            {
+                "task": t.name,
+                "pool": t.pool_name,
+                "classes": len(t.classes),
+                "latest": t.latest_version,
+                "updated": t.updated_at.isoformat(timespec="seconds"),
+            }
+            for t in client.tasks()
+        ]
+    _emit(rows)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from plada.client.api import PladaClient
+
+    with PladaClient(args.server, token=args.token) as client:
+        rows = []
+        for v in client.versions(args.task):
+            val = v.metrics.get("validation", {})
+            rows.append(
+                {
+                    "version": v.version,
+                    "status": v.status,
+                    "bytes": v.size_bytes,
+                    "items": v.n_items,
+                    "selection": v.metrics.get("selection", {}).get("label"),
+                    "predicted_acc": val.get("predicted_client_accuracy"),
+                    "reported_acc": v.metrics.get("reports", {}).get("mean_accuracy"),
+                    "sha256": v.sha256,
+                }
+            )
+    _emit(rows)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from plada.client.cache import PayloadCache
+
+    cache = PayloadCache(Path(args.cache) if args.cache else None)
+    if args.cache_command == "ls":
+        rows = cache.entries()
+        if not _OUT["json"]:
+            rows = [{k: r.get(k) for k in ("task", "version", "bytes", "ok", "sha256", "refs")} for r in rows]
+        _emit(rows)
+        return 0
+    removed = cache.prune(everything=args.all, dry_run=args.dry_run)
+    _emit(
+        {"cache": str(cache.root), "removed": len(removed), "dry_run": args.dry_run, "files": [str(p) for p in removed]}
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from plada.client.api import check_pool
+    from plada.client.cache import PayloadCache
+    from plada.shared.payload import decode_payload, read_header
+
+    data = _read(args.file)
+    header = read_header(data)[0]
+    pool = _open_pool(args.pool) if args.pool else None
+    if pool is not None:
+        check_pool(header, pool)
+    payload = decode_payload(data, layout=pool.layout if pool is not None else None)  # full verification
+    cache = PayloadCache(Path(args.cache) if args.cache else None)
+    sha = cache.import_bytes(data, task=payload.task, version=payload.version)
+    _emit(
+        {
+            "task": payload.task,
+            "version": payload.version,
+            "n_items": len(payload),
+            "sha256": sha,
+            "pool_checked": pool is not None,
+            "cache": str(cache.root),
+        }
+    )
     return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from plada.client.agent import Agent, AgentConfig
     from plada.client.api import PladaClient
-    from plada.client.cache import PayloadCache
 
     pool = _open_pool(args.pool)
     evals = dict(item.split("=", 1) for item in args.eval)
@@ -176,9 +311,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         train=_train_config(args),
         eval_splits={k: Path(v) for k, v in evals.items()},
+        report=not args.no_report,
+        **({"client_id": args.client_id} if args.client_id else {}),
     )
-    with PladaClient(args.server, token=args.token) as client:
-        agent = Agent(client, pool, cfg, cache=PayloadCache(Path(args.cache)) if args.cache else None)
+    with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+        agent = Agent(client, pool, cfg)
         signal.signal(signal.SIGTERM, agent.stop)
         signal.signal(signal.SIGINT, agent.stop)
         done = agent.run(max_rounds=1 if args.once else args.max_rounds)
@@ -217,22 +354,58 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--json", action="store_true", help="machine-readable JSON on stdout (for scripts)")
+    # accepted after the subcommand too; SUPPRESS keeps a sub-parser's default from undoing a leading --json
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON")
     parser = argparse.ArgumentParser(
         prog="plada-client",
-        description="plada client: pull payloads and train.",
+        description="plada client: pull payloads, verify them against your pool, train students.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[top],
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("verify-pool", help="re-hash every item of a local pool; print its pool_id")
-    p.add_argument("pool")
+
+    def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+
+    p = add(
+        "verify-pool",
+        "re-hash every item of a local pool and print its pool_id",
+        "plada-client verify-pool ~/.cache/plada/world/pools/mini-v1",
+    )
+    p.add_argument("pool", help="pool folder")
     p.set_defaults(fn=cmd_verify_pool)
-    p = sub.add_parser("inspect", help="print a payload file's header as JSON (verifies it too)")
+    p = add("tasks", "list the server's tasks", "plada-client tasks --server http://127.0.0.1:8000")
+    _server_args(p)
+    p.set_defaults(fn=cmd_tasks)
+    p = add(
+        "versions",
+        "list a task's versions with bytes, selection and predicted/reported accuracy",
+        "plada-client versions --server http://127.0.0.1:8000 --task fashion",
+    )
+    _server_args(p)
+    p.add_argument("--task", required=True)
+    p.set_defaults(fn=cmd_versions)
+    p = add("inspect", "print a payload file's header (verifies it too)", "plada-client inspect fashion.plada --full")
     p.add_argument("file")
     p.add_argument("--full", action="store_true", help="include per-class label counts")
     p.add_argument("--pool", help="the payload's pool: needed to decode payloads coded in the pool's group order")
     p.set_defaults(fn=cmd_inspect)
-    p = sub.add_parser("pull", help="download, verify and cache a task's payload")
+    p = add(
+        "pull",
+        "download, verify and cache a task's payload",
+        "plada-client pull --server http://127.0.0.1:8000 --task fashion --pool POOL --out fashion.plada",
+    )
     _server_args(p)
     p.add_argument("--task", required=True)
     p.add_argument("--version", default="latest")
@@ -240,14 +413,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="payload file to write (default TASK-vN.plada)")
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     p.set_defaults(fn=cmd_pull)
-    p = sub.add_parser("train", help="train a student on a payload over the local pool")
-    p.add_argument("--payload", required=True)
+    p = add(
+        "train",
+        "train a student on a payload (a file, or a task from the server or the cache)",
+        "plada-client train --payload fashion.plada --pool POOL --out runs/fashion --eval test.npz",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--payload", help="payload file")
+    src.add_argument("--task", help="task name: fetched from --server, or from the cache when offline")
+    p.add_argument("--version", default="latest", help="with --task")
+    p.add_argument("--server", help="with --task: base URL (omit, or PLADA_OFFLINE=1, to use the cache)")
+    p.add_argument("--token", default=None)
+    p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     p.add_argument("--pool", required=True)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.json")
     p.add_argument("--eval", help="client test split .npz (x, y[, classes]) to report accuracy on")
     _train_args(p)
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("agent", help="follow tasks and train every new version once")
+    p = add(
+        "agent",
+        "follow tasks, train every new version once and report the result to the server",
+        "plada-client agent --server http://127.0.0.1:8000 --task fashion --pool POOL --out runs",
+    )
     _server_args(p)
     p.add_argument("--task", action="append", required=True, help="task to follow (repeatable)")
     p.add_argument("--pool", required=True)
@@ -257,19 +444,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one polling round, then exit")
     p.add_argument("--max-rounds", type=int, default=None)
     p.add_argument("--cache")
+    p.add_argument("--client-id", default=None, help="name in reports to the server (default: the host name)")
+    p.add_argument("--no-report", action="store_true", help="do not post training results to the server")
     _train_args(p)
     p.set_defaults(fn=cmd_agent)
-    p = sub.add_parser("publish", help="publish a task: a spec (JSON or file) and a .npz/.zip data file")
+    p = add(
+        "publish",
+        "publish a task: a spec (JSON or file) and a .npz/.zip data file",
+        "plada-client publish --server URL --spec spec.json --data train.npz --wait",
+    )
     _server_args(p)
     p.add_argument("--spec", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--wait", action="store_true", help="wait for the job and print the version")
     p.set_defaults(fn=cmd_publish)
+    p = add(
+        "import",
+        "verify a payload that arrived by other means (USB, e-mail) and add it to the cache",
+        "plada-client import fashion-v3.plada --pool POOL",
+    )
+    p.add_argument("file")
+    p.add_argument("--pool", help="check it against this pool (pool_id, coding layout) before accepting it")
+    p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
+    p.set_defaults(fn=cmd_import)
+    p = add("cache", "list or prune the local payload cache", "plada-client cache prune --dry-run")
+    csub = p.add_subparsers(dest="cache_command", required=True)
+    for name, hlp in (("ls", "list cached payloads"), ("prune", "remove unreferenced or damaged payloads")):
+        c = csub.add_parser(name, help=hlp, description=hlp[0].upper() + hlp[1:] + ".", parents=[common])
+        c.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
+        if name == "prune":
+            c.add_argument("--all", action="store_true", help="empty the whole cache")
+            c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+        c.set_defaults(fn=cmd_cache)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _OUT["json"] = bool(args.json)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:

@@ -140,7 +140,7 @@ def test_verify_pool_cli(tmp_path: Path) -> None:
     import sys
 
     pool = write_array_pool(tmp_path / "p", "tiny", _images(), [f"k{i}" for i in range(20)])
-    cmd = [sys.executable, "-m", "plada.client.cli", "verify-pool", str(tmp_path / "p")]
+    cmd = [sys.executable, "-m", "plada.client.cli", "verify-pool", "--json", str(tmp_path / "p")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and _json.loads(r.stdout) == {
         "pool": "tiny",

@@ -1,0 +1,120 @@
+"""plada-client as a user runs it: import, cache ls/prune, offline training, --json, --help everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plada.client.cli import build_parser
+from plada.shared.payload import Payload, encode_payload
+from plada.shared.pool import Pool, write_array_pool
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plada.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | (env or {}),
+    )
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> tuple[Pool, Path]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (300, 12, 12), dtype=np.uint8)
+    pool = write_array_pool(tmp_path / "pool", "tiny", x, [f"k{i}" for i in range(300)])
+    p = Payload(
+        indices=np.arange(0, 300, 3),
+        labels=rng.integers(0, 3, 100),
+        classes=("a", "b", "c"),
+        pool_id=pool.pool_id,
+        n_pool=300,
+        task="tiny-task",
+        version=4,
+        pool_name="tiny",
+    )
+    path = tmp_path / "tiny-task-v4.plada"
+    path.write_bytes(encode_payload(p))
+    return pool, path
+
+
+def test_import_then_train_offline_then_prune(tiny: tuple[Pool, Path], tmp_path: Path) -> None:
+    pool, path = tiny
+    env = {"PLADA_CACHE": str(tmp_path / "cache")}
+    r = run("import", str(path), "--pool", str(pool.root), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) | {"cache": ""} == {
+        "task": "tiny-task",
+        "version": 4,
+        "n_items": 100,
+        "sha256": json.loads(r.stdout)["sha256"],
+        "pool_checked": True,
+        "cache": "",
+    }
+    rows = json.loads(run("cache", "ls", "--json", env=env).stdout)
+    assert [(r["task"], r["version"], r["ok"]) for r in rows] == [("tiny-task", 4, True)]
+    human = run("cache", "ls", env=env).stdout
+    assert human.splitlines()[0].split()[:3] == ["task", "version", "bytes"] and "tiny-task" in human
+
+    off = env | {"PLADA_OFFLINE": "1"}
+    r = run(
+        "train",
+        "--task",
+        "tiny-task",
+        "--pool",
+        str(pool.root),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--server",
+        "http://127.0.0.1:9",
+        "--json",
+        env=off,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "offline (PLADA_OFFLINE=1): training from cached payload tiny-task v4" in r.stderr
+    assert json.loads(r.stdout)["n_items"] == 100
+    r = run("train", "--task", "missing", "--pool", str(pool.root), "--out", str(tmp_path / "run2"), env=off)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "offline_cache_miss" in r.stderr
+    assert not (tmp_path / "run2").exists()
+
+    r = run("cache", "prune", "--all", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["removed"] >= 3
+    assert json.loads(run("cache", "ls", "--json", env=env).stdout) == []
+
+
+def test_import_refuses_damaged_or_foreign_payloads(tiny: tuple[Pool, Path], tmp_path: Path) -> None:
+    _pool, path = tiny
+    env = {"PLADA_CACHE": str(tmp_path / "cache")}
+    bad = tmp_path / "bad.plada"
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 1
+    bad.write_bytes(bytes(data))
+    r = run("import", str(bad), env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "payload_corrupt" in r.stderr
+    other = write_array_pool(
+        tmp_path / "other", "other", np.zeros((300, 12, 12), np.uint8), [f"o{i}" for i in range(300)]
+    )
+    r = run("import", str(path), "--pool", str(other.root), env=env)
+    assert r.returncode == 1 and "pool_mismatch" in r.stderr
+    assert not (tmp_path / "cache" / "payloads").exists() or not list((tmp_path / "cache" / "payloads").iterdir())
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():  # type: ignore[attr-defined]
+        text = p.format_help()
+        assert "--json" in text, name
+        if name != "cache":
+            assert "example:" in text, name
+    assert "exit status" in parser.format_help()
