@@ -56,7 +56,7 @@ def load_eval_split(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndar
 def train_student(
     payload: Payload,
     pool: Pool,
-    out_dir: Path,
+    out_dir: Path | str,
     cfg: TrainConfig | None = None,
     *,
     eval_split: tuple[np.ndarray, np.ndarray] | None = None,
@@ -65,6 +65,7 @@ def train_student(
 ) -> dict[str, Any]:
     """Train a student on ``payload`` over ``pool``; returns (and writes) the metrics."""
     cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir).expanduser()
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pnn.pick_device(cfg.device)

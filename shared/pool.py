@@ -325,7 +325,7 @@ def _finish(out: Path, manifest: PoolManifest, extra: dict[str, Any]) -> Pool:
 
 def open_pool(root: Path | str) -> Pool:
     """Open a pool folder written by plada; checks the manifest against ``pool.json`` (cheap, no pixel reads)."""
-    root = Path(root)
+    root = Path(root).expanduser()
     info_path = root / "pool.json"
     if not info_path.is_file():
         raise PoolError(

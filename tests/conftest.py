@@ -51,3 +51,11 @@ def small_npz(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "small.npz"
     np.savez(path, x=rng.integers(0, 255, (12, 28, 28), dtype=np.uint8), y=np.repeat([0, 1], 6))
     yield path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the artifacts tests left (e.g. the dashboard screenshots) at the end of the run, so CI shows them."""
+    folder = REPO / "test-artifacts"
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            terminalreporter.write_line(f"test artifact: {path} ({path.stat().st_size:,} bytes)")

@@ -253,3 +253,57 @@ def test_killed_worker_loses_its_lease_and_another_finishes(
         job = c.wait_job(resp.job.id, timeout=300, poll=0.2)
         assert job.state == "succeeded" and job.attempts == 2
         assert c.version("digits-crash", resp.version).status == "ready"
+
+
+def test_readme_python_quickstart_runs(
+    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path
+) -> None:
+    """The README's Python block, run as written against this stack (only URL, paths, task and epochs swapped)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## Quickstart in Python\n```python\n(.*?)```", readme, re.S).group(1)  # type: ignore[union-attr]
+    for old, new in (
+        ("http://127.0.0.1:8000", stack.url),
+        ("~/.cache/plada/world/pools/mini-v1", str(world_dir / "pools" / "mini-v1")),
+        ('"fashion"', '"digits"'),
+        ("runs/fashion", str(tmp_path / "run")),
+        ("epochs=10", "epochs=1"),
+    ):
+        assert old in code, old
+        code = code.replace(old, new)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["ds"]) == 3_500 and scope["metrics"]["n_items"] == 3_500  # type: ignore[arg-type,index]
+
+
+def test_versions_are_signed_and_a_pinned_client_checks_them(
+    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path
+) -> None:
+    from plada.shared.errors import SignatureError
+    from plada.shared.signing import load_or_create_key
+
+    with PladaClient(stack.url) as c:
+        key = c.signing_key()
+        assert c.version("digits", 1).signature.split(":")[1] == key.key_id  # type: ignore[union-attr]
+    with PladaClient(stack.url, cache_dir=tmp_path / "c1", trust=key) as c:
+        assert c.fetch("digits").version == 1
+    stranger = load_or_create_key(tmp_path / "stranger.key").public
+    with PladaClient(stack.url, cache_dir=tmp_path / "c2", trust=stranger) as c, pytest.raises(SignatureError):
+        c.fetch("digits")
+    pool_dir = str(world_dir / "pools" / "mini-v1")
+    out = tmp_path / "d.plada"
+    r = cli(
+        "pull", "--server", stack.url, "--task", "digits", "--pool", pool_dir, "--out", str(out), "--trust", key.text
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["signature"] == "verified with the pinned key"
+    info = json.loads(cli("inspect", str(out), "--pool", pool_dir, "--trust", key.text).stdout)
+    assert info["signature"]["verified"] is True and info["signature"]["signer"] == key.key_id
+    r = cli("inspect", str(out), "--pool", pool_dir, "--trust", stranger.text, "--require-signature")
+    assert r.returncode == 1 and "signature_invalid" in r.stderr and r.stderr.count("\n") == 1
+    sig = out.with_name(out.name + ".sig")
+    sig.write_text(sig.read_text().replace(key.key_id, stranger.key_id))
+    r = cli("import", str(out), "--pool", pool_dir, "--trust", key.text, "--cache", str(tmp_path / "c3"))
+    assert r.returncode == 1 and "signature_invalid" in r.stderr
+    assert not (tmp_path / "c3" / "payloads").exists()
