@@ -41,6 +41,7 @@ from plada.shared.schemas import (
     TaskSpec,
     VersionInfo,
 )
+from plada.shared.signing import PublicKey
 
 log = logging.getLogger("plada.client")
 DEFAULT_TIMEOUT = 30.0
@@ -55,6 +56,7 @@ class Download:
     data: bytes | None
     sha256: str
     version: int
+    signature: str | None = None  # the server's X-Plada-Signature
 
 
 def check_pool(payload: Payload | dict[str, Any], pool: Pool) -> None:
@@ -86,6 +88,7 @@ class PladaClient:
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         offline: bool | None = None,
+        trust: str | PublicKey | None = None,
     ) -> None:
         headers = {"User-Agent": "plada-client"}
         if token:
@@ -94,6 +97,8 @@ class PladaClient:
         self.retries = retries
         self.cache = PayloadCache(Path(cache_dir) if cache_dir is not None else None)
         self.offline = offline_mode() if offline is None else offline
+        pinned = trust if trust is not None else os.environ.get("PLADA_TRUST") or None
+        self.trust = PublicKey.parse(pinned) if isinstance(pinned, str) else pinned
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
 
     @property
@@ -229,15 +234,16 @@ class PladaClient:
         resp = self._request("GET", url, headers=headers)
         sha = resp.headers.get("ETag", "").strip('"')
         ver = int(resp.headers.get("X-Plada-Version", "0"))
+        sig = resp.headers.get("X-Plada-Signature")
         if resp.status_code == 304:
-            return Download(data=None, sha256=sha, version=ver)
+            return Download(data=None, sha256=sha, version=ver, signature=sig)
         data = resp.content
         if payload_sha256(data) != sha:
             raise VerificationError(
                 f"downloaded payload of {task!r} does not hash to the server's ETag "
                 f"(got {len(data)} bytes; transfer damaged?)"
             )
-        return Download(data=data, sha256=sha, version=ver)
+        return Download(data=data, sha256=sha, version=ver, signature=sig)
 
     def fetch(self, task: str, version: int | str = "latest", *, pool: Pool | None = None) -> Payload:
         """A verified payload: from the cache when the server's ETag says it is current (or when offline),
@@ -253,6 +259,7 @@ class PladaClient:
             data = self.cache.get(ref["sha256"])
             assert data is not None
             log.info("offline: using cached payload %s v%s (%s)", task, ref.get("version"), ref["sha256"][:12])
+            self._check_signature(ref["sha256"], self.cache.signature(ref["sha256"]))
             return self._verify(task, data, ref["sha256"], pool)
         etag = None
         ref = self.cache.ref(self.server_key, f"{task}@{version}")
@@ -264,11 +271,24 @@ class PladaClient:
             dl = self.download(task, version)
             assert dl.data is not None
             data = dl.data
+        signature = dl.signature or self.cache.signature(dl.sha256)
+        self._check_signature(dl.sha256, signature)
         payload = self._verify(task, data, dl.sha256, pool)
         self.cache.put(data)
+        if signature:
+            self.cache.put_signature(dl.sha256, signature)
         self.cache.set_ref(self.server_key, f"{task}@{version}", sha=dl.sha256, version=payload.version)
         self.cache.set_ref(self.server_key, f"{task}@{payload.version}", sha=dl.sha256, version=payload.version)
         return payload
+
+    def _check_signature(self, sha: str, signature: str | None) -> None:
+        """With a pinned key (``trust=`` or ``PLADA_TRUST``), unsigned or mis-signed payloads are refused."""
+        if self.trust is not None:
+            self.trust.verify(sha, signature)
+
+    def signing_key(self) -> PublicKey:
+        """The server's public key, for a first pin (trust on first use); compare it out of band."""
+        return PublicKey.parse(self._json("/v1/signing-key")["public_key"])
 
     def _verify(self, task: str, data: bytes, sha: str, pool: Pool | None) -> Payload:
         if pool is not None:  # before decoding: a payload for another pool must say so, not fail to decode

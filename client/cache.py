@@ -59,6 +59,16 @@ class PayloadCache:
             atomic_write_bytes(self._blob(sha), data)
         return sha
 
+    def put_signature(self, sha: str, signature: str) -> None:
+        """The server's detached signature of payload ``sha`` (verified by the caller when a key is pinned)."""
+        atomic_write_bytes(self.root / "signatures" / f"{sha}.sig", signature.encode())
+
+    def signature(self, sha: str) -> str | None:
+        try:
+            return (self.root / "signatures" / f"{sha}.sig").read_text().strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
     def ref(self, server_key: str, task: str) -> dict[str, Any] | None:
         try:
             return dict(json.loads(self._ref(server_key, task).read_text()))

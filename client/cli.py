@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -119,11 +120,36 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from plada.shared.payload import inspect_payload
 
     pool = _open_pool(args.pool) if args.pool else None
-    info = inspect_payload(_read(args.file), layout=pool.layout if pool is not None else None)
+    data = _read(args.file)
+    info = inspect_payload(data, layout=pool.layout if pool is not None else None)
     if not args.full:
         info.pop("label_counts", None)
+    info["signature"] = _signature_report(args, data)
     _emit(info)
     return 0
+
+
+def _signature_report(args: argparse.Namespace, data: bytes) -> dict[str, Any]:
+    """Signer and verification result of FILE's detached signature (FILE.sig), against the pinned key."""
+    from plada.shared.errors import SignatureError
+    from plada.shared.payload import payload_sha256
+
+    sig_path = Path(args.file + ".sig")
+    sig = sig_path.read_text().strip() if sig_path.is_file() else None
+    key = _trusted(args)
+    out: dict[str, Any] = {"file": str(sig_path) if sig else None, "signer": sig.split(":")[1] if sig else None}
+    if key is None:
+        out["verified"] = None
+        out["note"] = "no key pinned (--trust / PLADA_TRUST)"
+        return out
+    try:
+        key.verify(payload_sha256(data), sig)
+        out["verified"] = True
+    except SignatureError as exc:
+        if args.require_signature:
+            raise
+        out["verified"], out["note"] = False, exc.message
+    return out
 
 
 def _read(path: str) -> bytes:
@@ -140,12 +166,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from plada.shared.pool import atomic_write_bytes
 
     pool = _open_pool(args.pool)
-    with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+    with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
         payload = client.fetch(args.task, args.version, pool=pool)
         data = client.cache.get(payload.sha256 or "")
         if data is None:
             raise PladaError("the payload vanished from the cache while it was being written out; pull again")
+        signature = client.cache.signature(payload.sha256 or "")
+        trusted = client.trust is not None
     out = Path(args.out) if args.out else Path(f"{args.task}-v{payload.version}.plada")
+    if signature:  # detached, beside the payload, so 'inspect' and 'import' can check it later
+        atomic_write_bytes(out.with_name(out.name + ".sig"), (signature + "\n").encode())
     atomic_write_bytes(out, data)
     _emit(
         {
@@ -156,6 +186,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             "pool_id": payload.pool_id,
             "file": str(out),
             "verified": True,
+            "signature": "verified with the pinned key" if trusted else ("present, not checked" if signature else None),
         }
     )
     return 0
@@ -188,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_pool(read_header(data)[0], pool)
         payload = decode_payload(data, layout=pool.layout)
     elif args.server and not offline_mode():
-        with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+        with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
             payload = client.fetch(args.task, args.version, pool=pool)
     else:  # from the cache: offline, or no server given
         cache = PayloadCache(Path(args.cache) if args.cache else None)
@@ -199,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "pull it while online or 'plada-client import FILE'"
             )
         data = cache.get(ref["sha256"]) or b""
+        if (key := _trusted(args)) is not None:
+            key.verify(ref["sha256"], cache.signature(ref["sha256"]))
         check_pool(read_header(data)[0], pool)
         payload = decode_payload(data, expected_sha256=ref["sha256"], layout=pool.layout)
         why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
@@ -284,8 +317,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if pool is not None:
         check_pool(header, pool)
     payload = decode_payload(data, layout=pool.layout if pool is not None else None)  # full verification
+    sig_path = Path(args.file + ".sig")
+    signature = sig_path.read_text().strip() if sig_path.is_file() else None
+    key = _trusted(args)
+    if key is not None:  # a pinned key: the detached signature must verify, or nothing is imported
+        key.verify(payload.sha256 or "", signature)
     cache = PayloadCache(Path(args.cache) if args.cache else None)
     sha = cache.import_bytes(data, task=payload.task, version=payload.version)
+    if signature:
+        cache.put_signature(sha, signature)
     _emit(
         {
             "task": payload.task,
@@ -314,7 +354,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         report=not args.no_report,
         **({"client_id": args.client_id} if args.client_id else {}),
     )
-    with PladaClient(args.server, token=args.token, cache_dir=args.cache) as client:
+    with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
         agent = Agent(client, pool, cfg)
         signal.signal(signal.SIGTERM, agent.stop)
         signal.signal(signal.SIGINT, agent.stop)
@@ -341,6 +381,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="bearer token (when the server asks for one)")
+    _trust_arg(p)
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        default=None,
+        help="pin the server's public key (ed25519:...; default $PLADA_TRUST): unsigned or mis-signed payloads "
+        "are refused",
+    )
+
+
+def _trusted(args: argparse.Namespace) -> Any:
+    from plada.shared.signing import PublicKey
+
+    text = getattr(args, "trust", None) or os.environ.get("PLADA_TRUST")
+    return PublicKey.parse(text) if text else None
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -400,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--full", action="store_true", help="include per-class label counts")
     p.add_argument("--pool", help="the payload's pool: needed to decode payloads coded in the pool's group order")
+    _trust_arg(p)
+    p.add_argument("--require-signature", action="store_true", help="exit 1 unless FILE.sig verifies (--trust)")
     p.set_defaults(fn=cmd_inspect)
     p = add(
         "pull",
@@ -424,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="latest", help="with --task")
     p.add_argument("--server", help="with --task: base URL (omit, or PLADA_OFFLINE=1, to use the cache)")
     p.add_argument("--token", default=None)
+    _trust_arg(p)
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     p.add_argument("--pool", required=True)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.json")
@@ -466,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--pool", help="check it against this pool (pool_id, coding layout) before accepting it")
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
+    _trust_arg(p)
     p.set_defaults(fn=cmd_import)
     p = add("cache", "list or prune the local payload cache", "plada-client cache prune --dry-run")
     csub = p.add_subparsers(dest="cache_command", required=True)

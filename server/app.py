@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
-from plada.server.api.misc import health_router, jobs_router, pools_router
+from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
 from plada.server.api.tasks import router as tasks_router
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
@@ -32,6 +32,7 @@ from plada.server.settings import Settings
 from plada.shared.errors import PladaError
 from plada.shared.pool import open_pool
 from plada.shared.schemas import Problem
+from plada.shared.signing import load_or_create_key
 
 log = logging.getLogger("plada.server")
 PROBLEM_JSON = "application/problem+json"
@@ -74,6 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.signing_key is not None
+        app.state.signing_key = load_or_create_key(settings.signing_key)
         names = register_pools(app.state.session_factory, settings)
         log.info("plada server %s: database %s, pools %s", __version__, settings.database_url, names or "none")
         yield
@@ -129,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return problem(500, "internal_error", "Internal error", "the server failed; see its log")
 
-    for r in (tasks_router, jobs_router, pools_router, health_router):
+    for r in (tasks_router, jobs_router, pools_router, health_router, keys_router):
         app.include_router(r)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

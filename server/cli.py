@@ -155,6 +155,26 @@ def cmd_pool_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_show(args: argparse.Namespace) -> int:
+    from plada.shared.signing import load_or_create_key
+
+    settings = _settings(args)
+    key = load_or_create_key(settings.signing_key)
+    pub = key.public
+    print(
+        json.dumps(
+            {
+                "algorithm": "ed25519",
+                "public_key": pub.text,
+                "key_id": pub.key_id,
+                "key_file": str(settings.signing_key),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_pool_embed(args: argparse.Namespace) -> int:
     from plada.server.pipeline.features import build_feature_index, open_feature_index
     from plada.shared.nn import pick_device
@@ -209,6 +229,31 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="overrides PLADA_DATA_DIR")
     p.add_argument("--database-url", help="overrides PLADA_DATABASE_URL")
     p.add_argument("--pools-dir", help="overrides PLADA_POOLS_DIR")
+
+
+_SUB_EXAMPLES = {
+    "serve": "PLADA_POOLS_DIR=~/.cache/plada/world/pools plada-server serve --port 8000",
+    "worker": "plada-server worker --device cuda",
+    "pool build": "plada-server pool build mini-v1 --out ~/.cache/plada/world",
+    "pool index-folder": "plada-server pool index-folder /data/imagenet/train --out pools/in1k --name in1k",
+    "pool cluster": "plada-server pool cluster pools/in1k --k 256",
+    "pool embed": "plada-server pool embed ~/.cache/plada/world/pools/mini-v1",
+    "pool add": "plada-server pool add pools/in1k",
+    "pool list": "plada-server pool list",
+    "key show": "plada-server key show --data-dir plada-data   # then: plada-client pull --trust ed25519:...",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Every sub-command's --help ends with an example, the way users learn a CLI."""
+    for action in parser._actions:  # argparse has no public accessor for sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                key = f"{prefix}{name}"
+                if key in _SUB_EXAMPLES:
+                    sub.epilog = f"example:\n  {_SUB_EXAMPLES[key]}"
+                    sub.formatter_class = argparse.RawDescriptionHelpFormatter
+                _add_examples(sub, f"{key} ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("list", help="list registered pools")
     _common(p)
     p.set_defaults(fn=cmd_pool_list)
+    key = sub.add_parser("key", help="the ed25519 key that signs every version")
+    ksub = key.add_subparsers(dest="key_command", required=True)
+    p = ksub.add_parser("show", help="print the public key clients pin (creates the key on first use)")
+    _common(p)
+    p.set_defaults(fn=cmd_key_show)
+    _add_examples(parser)
     return parser
 
 

@@ -63,6 +63,7 @@ class VersionRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
     size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     n_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))

@@ -128,6 +128,7 @@ def complete_job(
     n_items: int,
     metrics: dict[str, Any],
     message: str = "done",
+    signature: str | None = None,
 ) -> bool:
     """Publish the version and finish the job in one transaction; nothing is written if we lost the lease.
 
@@ -144,6 +145,7 @@ def complete_job(
         version = s.get(VersionRow, job.version_ref)
         assert version is not None
         version.status, version.payload, version.sha256 = "ready", payload, sha256
+        version.signature = signature
         version.size_bytes, version.n_items, version.metrics, version.ready_at = len(payload), n_items, metrics, t
         task = s.get(TaskRow, version.task_ref)
         assert task is not None

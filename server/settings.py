@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is marked failed")
     worker_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="idle worker's queue polling interval")
     device: str = Field("auto", description="torch device for the worker: auto, cpu, cuda, cuda:N")
+    signing_key: Path | None = Field(
+        None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
+    )
 
     @field_validator("device")
     @classmethod
@@ -39,6 +42,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'plada.db').as_posix()}"
         if self.pools_dir is None:
             self.pools_dir = self.data_dir / "pools"
+        if self.signing_key is None:
+            self.signing_key = self.data_dir / "signing.key"
         return self
 
     @property

@@ -26,6 +26,7 @@ from plada.shared import nn as pnn
 from plada.shared.errors import PladaError
 from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import TaskSpec
+from plada.shared.signing import load_or_create_key
 
 log = logging.getLogger("plada.worker")
 
@@ -78,6 +79,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.factory = init_db(make_engine(settings.database_url))
         self.device = pnn.pick_device(settings.device)
+        assert settings.signing_key is not None
+        self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}
         self._stop = threading.Event()
 
@@ -115,6 +118,7 @@ class Worker:
                 worker_id=self.worker_id,
                 payload=result.data,
                 sha256=result.sha256,
+                signature=self.signing_key.sign(result.sha256),
                 n_items=len(result.payload),
                 metrics=metrics,
                 message="done; warning: " + " ".join(result.metrics["warnings"])

@@ -185,6 +185,13 @@ class VerificationError(ClientError):
     title = "Verification failed"
 
 
+class SignatureError(VerificationError):
+    """A pinned server key and a payload that is unsigned or whose signature does not verify."""
+
+    code = "signature_invalid"
+    title = "Signature invalid"
+
+
 def all_error_classes() -> list[type[PladaError]]:
     """Every class of the tree, so docs and tests can check that each code is documented and unique."""
     out: list[type[PladaError]] = []

@@ -167,6 +167,7 @@ class VersionInfo(BaseModel):
     version: int
     status: VersionStatus
     sha256: str | None = None
+    signature: str | None = Field(None, description="ed25519:<key id>:<base64url> over the payload's sha256")
     size_bytes: int | None = None
     n_items: int | None = None
     created_at: datetime
@@ -229,6 +230,12 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+
+
+class SigningKeyInfo(BaseModel):
+    algorithm: Literal["ed25519"]
+    public_key: str = Field(description="pin this: plada-client --trust KEY, or PLADA_TRUST=KEY")
+    key_id: str
 
 
 class Health(BaseModel):

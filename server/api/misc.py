@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
 from plada.server import repo
@@ -15,11 +15,18 @@ from plada.server.api.deps import SessionDep
 from plada.server.api.views import job_info, pool_info
 from plada.shared.errors import LayoutNotFoundError
 from plada.shared.pool import Pool, open_pool
-from plada.shared.schemas import Health, JobInfo, JobsPublic, PoolsPublic
+from plada.shared.schemas import Health, JobInfo, JobsPublic, PoolsPublic, SigningKeyInfo
 
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 pools_router = APIRouter(prefix="/v1/pools", tags=["pools"])
 health_router = APIRouter(tags=["health"])
+keys_router = APIRouter(prefix="/v1/signing-key", tags=["trust"])
+
+
+@keys_router.get("", response_model=SigningKeyInfo, summary="The public key that signs every version (pin it)")
+def get_signing_key(request: Request) -> SigningKeyInfo:
+    pub = request.app.state.signing_key.public
+    return SigningKeyInfo(algorithm="ed25519", public_key=pub.text, key_id=pub.key_id)
 
 
 @jobs_router.get("", response_model=JobsPublic, summary="Recent jobs, newest first (active ones only with active=true)")

@@ -126,6 +126,7 @@ def _payload_response(
         "ETag": etag,
         "X-Plada-Version": str(row.number),
         "X-Plada-Task": t.name,
+        **({"X-Plada-Signature": row.signature} if row.signature else {}),
         "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
     }
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:

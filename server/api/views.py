@@ -53,6 +53,7 @@ def version_info(task: TaskRow, row: VersionRow, reports: tuple[int, int, float 
         version=row.number,
         status=row.status,  # type: ignore[arg-type]
         sha256=row.sha256,
+        signature=row.signature,
         size_bytes=row.size_bytes,
         n_items=row.n_items,
         created_at=ts(row.created_at),

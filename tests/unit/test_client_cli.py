@@ -118,3 +118,22 @@ def test_every_command_has_help_with_an_example() -> None:
         if name != "cache":
             assert "example:" in text, name
     assert "exit status" in parser.format_help()
+
+
+def test_every_server_command_has_an_example() -> None:
+    from plada.server.cli import _SUB_EXAMPLES
+    from plada.server.cli import build_parser as server_parser
+
+    seen = []
+
+    def walk(p: object, prefix: str) -> None:
+        for a in p._actions:  # type: ignore[attr-defined]
+            if a.__class__.__name__ == "_SubParsersAction":
+                for name, sub in a.choices.items():
+                    if not any(x.__class__.__name__ == "_SubParsersAction" for x in sub._actions):
+                        seen.append(f"{prefix}{name}")
+                        assert "example:" in sub.format_help(), f"{prefix}{name}"
+                    walk(sub, f"{prefix}{name} ")
+
+    walk(server_parser(), "")
+    assert sorted(seen) == sorted(_SUB_EXAMPLES)
