@@ -61,7 +61,7 @@ def main() -> int:
         url = stack.start_server()
         stack.start_worker()
         print(f"server {url} (docs at {url}/docs), worker started; logs in {args.out / 'logs'}", file=sys.stderr)
-        with PladaClient(url, cache_dir=args.out / "client-cache") as client:
+        with PladaClient(url, token=stack.token("publish"), cache_dir=args.out / "client-cache") as client:
             jobs = {}
             for task in args.tasks:
                 tdir = args.world / "tasks" / task

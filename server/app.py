@@ -26,6 +26,7 @@ from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
 from plada.server.api.tasks import router as tasks_router
+from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
 from plada.server.settings import Settings
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         "stable `code`.",
     )
     app.state.settings = settings
+    app.state.publish_limiter = RateLimiter(settings.publish_rate_per_min, 60.0)
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +116,12 @@ def create_app(settings: Settings) -> FastAPI:
         status = exc.status if 400 <= exc.status < 600 else 500
         if status >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return problem(status, exc.code, exc.title, exc.message, exc.extra.get("errors"))
+        resp = problem(status, exc.code, exc.title, exc.message, exc.extra.get("errors"))
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="plada"'
+        if "retry_after" in exc.extra:
+            resp.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

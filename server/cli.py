@@ -198,6 +198,36 @@ def cmd_pool_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from plada.server import auth
+    from plada.server.db import init_db, make_engine
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    factory = init_db(make_engine(settings.database_url))
+    with factory.begin() as s:
+        if args.token_command == "create":
+            row, plain = auth.create_token(session=s, name=args.name, scope=args.scope)
+            out: Any = {
+                "id": row.id,
+                "name": row.name,
+                "scope": row.scope,
+                "token": plain,
+                "note": "shown once: store it now (only its hash is kept)",
+            }
+        elif args.token_command == "list":
+            out = [
+                {"id": r.id, "name": r.name, "scope": r.scope, "revoked": r.revoked, "last_used_at": r.last_used_at}
+                for r in auth.list_tokens(session=s)
+            ]
+        else:
+            if not auth.revoke_token(session=s, token_id=args.id):
+                raise PladaError(f"no token with id {args.id}")
+            out = {"id": args.id, "revoked": True}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from plada.server import repo
     from plada.server.db import init_db, make_engine
@@ -240,6 +270,9 @@ _SUB_EXAMPLES = {
     "pool embed": "plada-server pool embed ~/.cache/plada/world/pools/mini-v1",
     "pool add": "plada-server pool add pools/in1k",
     "pool list": "plada-server pool list",
+    "token create": "plada-server token create --scope publish --name alice",
+    "token list": "plada-server token list",
+    "token revoke": "plada-server token revoke 3",
     "key show": "plada-server key show --data-dir plada-data   # then: plada-client pull --trust ed25519:...",
 }
 
@@ -316,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("list", help="list registered pools")
     _common(p)
     p.set_defaults(fn=cmd_pool_list)
+    tok = sub.add_parser("token", help="bearer tokens for publishers and readers (stored hashed)")
+    tsub = tok.add_subparsers(dest="token_command", required=True)
+    p = tsub.add_parser("create", help="create a token and print it once")
+    _common(p)
+    p.add_argument("--scope", choices=["read", "publish"], required=True)
+    p.add_argument("--name", default="token", help="who it is for (shown in 'token list')")
+    p.set_defaults(fn=cmd_token)
+    p = tsub.add_parser("list", help="list tokens (never the secrets)")
+    _common(p)
+    p.set_defaults(fn=cmd_token)
+    p = tsub.add_parser("revoke", help="revoke a token by id")
+    _common(p)
+    p.add_argument("id", type=int)
+    p.set_defaults(fn=cmd_token)
     key = sub.add_parser("key", help="the ed25519 key that signs every version")
     ksub = key.add_subparsers(dest="key_command", required=True)
     p = ksub.add_parser("show", help="print the public key clients pin (creates the key on first use)")

@@ -164,8 +164,9 @@ def _task_section(session: Session, task: TaskRow) -> str:
 
 def render_dashboard(session: Session, *, version: str) -> str:
     pools = repo.list_pools(session=session)
-    tasks = repo.list_tasks(session=session)
-    jobs = repo.list_jobs(session=session, limit=20)
+    # the page is anonymous: token-gated tasks and their jobs are not shown
+    tasks = [t for t in repo.list_tasks(session=session) if t.access == "public"]
+    jobs = repo.list_jobs(session=session, limit=20, public_only=True)
     from plada.server.api.views import job_info
 
     job_rows = []

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -50,6 +51,7 @@ class TaskRow(Base):
     pool_ref: Mapped[int] = mapped_column(ForeignKey("pools.id"))
     classes: Mapped[list[str]] = mapped_column(JSON)
     latest_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    access: Mapped[str] = mapped_column(String(16), default="public")  # public | token (reads need a token)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -89,6 +91,19 @@ class JobRow(Base):
     data_path: Mapped[str] = mapped_column(String(4096))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class TokenRow(Base):
+    """A bearer token, stored as its sha256 only: the database never holds a usable secret."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))  # read | publish
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ReportRow(Base):

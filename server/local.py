@@ -6,6 +6,7 @@ for a port.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,21 @@ class LocalStack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
     _logs: list[IO[bytes]] = field(default_factory=list)
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, scope: str = "publish") -> str:
+        """A bearer token of ``scope`` for this stack (created once with 'plada-server token create')."""
+        if scope not in self._tokens:
+            out = subprocess.run(
+                [sys.executable, "-m", "plada.server.cli", "token", "create", "--scope", scope, "--name", "local"],
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            self._tokens[scope] = json.loads(out.stdout)["token"]
+        return self._tokens[scope]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ) | {"PLADA_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"} | self.env

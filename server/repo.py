@@ -66,11 +66,12 @@ def create_publication(
     """Task (created or reused by name), a pending version with the next number, and a queued job."""
     task = session.scalar(select(TaskRow).where(TaskRow.name == spec.name))
     if task is None:
-        task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes))
+        task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes), access=spec.access)
         session.add(task)
         session.flush()
     else:
         task.pool_ref, task.classes, task.updated_at = pool.id, list(spec.classes), now()
+        task.access = spec.access
     number = (session.scalar(select(func.max(VersionRow.number)).where(VersionRow.task_ref == task.id)) or 0) + 1
     version = VersionRow(
         task_ref=task.id, number=number, status="pending", spec=spec.model_dump(mode="json"), metrics={}
@@ -172,8 +173,12 @@ def report_summaries(*, session: Session, version_ids: list[int]) -> dict[int, t
     return {int(v): (int(n), int(na), float(m) if m is not None else None) for v, n, na, m in rows}
 
 
-def list_jobs(*, session: Session, limit: int = 50, active_only: bool = False) -> list[JobRow]:
+def list_jobs(
+    *, session: Session, limit: int = 50, active_only: bool = False, public_only: bool = False
+) -> list[JobRow]:
     q = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
     if active_only:
         q = q.where(JobRow.state.in_(("queued", "running")))
+    if public_only:
+        q = q.join(TaskRow, TaskRow.id == JobRow.task_ref).where(TaskRow.access == "public")
     return list(session.scalars(q))

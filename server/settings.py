@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,10 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is marked failed")
     worker_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="idle worker's queue polling interval")
     device: str = Field("auto", description="torch device for the worker: auto, cpu, cuda, cuda:N")
+    auth: Literal["on", "off"] = Field(
+        "on", description="on: publishing needs a 'publish' token, token-gated tasks a token; off: local demos only"
+    )
+    publish_rate_per_min: int = Field(30, ge=1, le=100_000, description="publishes per token (or address) a minute")
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

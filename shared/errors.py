@@ -145,6 +145,24 @@ class VersionNotReadyError(PladaError):
     title = "Version not ready"
 
 
+class UnauthorizedError(PladaError):
+    code = "unauthorized"
+    status = 401
+    title = "Authentication required"
+
+
+class ForbiddenError(PladaError):
+    code = "forbidden"
+    status = 403
+    title = "Not allowed"
+
+
+class RateLimitedError(PladaError):
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+
 class PipelineError(PladaError):
     code = "pipeline_failed"
     status = 500

@@ -77,6 +77,9 @@ class TaskSpec(_Strict):
     tiers: int = Field(
         1, ge=1, le=16, description="priority tiers (by relevance) so a client can train on a prefix; 1 = none"
     )
+    access: Literal["public", "token"] = Field(
+        "public", description="public: anyone may read the task and its payloads; token: readers need a token"
+    )
     codec: Literal["auto", "paper-v1", "entropy-v1"] = Field(
         "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
     )
@@ -188,6 +191,7 @@ class VersionsPublic(BaseModel):
 
 class TaskInfo(BaseModel):
     name: str
+    access: Literal["public", "token"] = "public"
     classes: list[str]
     pool_id: str
     pool_name: str

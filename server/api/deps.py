@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from plada.server.auth import Caller, authenticate
 from plada.server.settings import Settings
 
 
@@ -25,6 +26,14 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def _caller(request: Request, session: Annotated[Session, Depends(_session)]) -> Caller:
+    settings: Settings = request.app.state.settings
+    return authenticate(
+        session=session, authorization=request.headers.get("Authorization"), enabled=settings.auth == "on"
+    )
+
+
 SessionDep = Annotated[Session, Depends(_session)]
+CallerDep = Annotated[Caller, Depends(_caller)]
 FactoryDep = Annotated[sessionmaker[Session], Depends(_factory)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

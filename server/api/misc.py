@@ -11,9 +11,10 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
 from plada.server import repo
-from plada.server.api.deps import SessionDep
+from plada.server.api.deps import CallerDep, SessionDep
 from plada.server.api.views import job_info, pool_info
-from plada.shared.errors import LayoutNotFoundError
+from plada.server.db import TaskRow
+from plada.shared.errors import JobNotFoundError, LayoutNotFoundError
 from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import Health, JobInfo, JobsPublic, PoolsPublic, SigningKeyInfo
 
@@ -30,14 +31,20 @@ def get_signing_key(request: Request) -> SigningKeyInfo:
 
 
 @jobs_router.get("", response_model=JobsPublic, summary="Recent jobs, newest first (active ones only with active=true)")
-def list_jobs(session: SessionDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobsPublic:
-    rows = repo.list_jobs(session=session, limit=limit, active_only=active)
+def list_jobs(
+    session: SessionDep, caller: CallerDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> JobsPublic:
+    rows = repo.list_jobs(session=session, limit=limit, active_only=active, public_only=caller.scope is None)
     return JobsPublic(data=[job_info(session, r) for r in rows], count=len(rows))
 
 
 @jobs_router.get("/{job_id}", response_model=JobInfo, summary="A job's state and progress (0–1)")
-def get_job(job_id: int, session: SessionDep) -> JobInfo:
-    return job_info(session, repo.get_job(session=session, job_id=job_id))
+def get_job(job_id: int, session: SessionDep, caller: CallerDep) -> JobInfo:
+    row = repo.get_job(session=session, job_id=job_id)
+    task = session.get(TaskRow, row.task_ref)
+    if task is not None and task.access == "token" and caller.scope is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return job_info(session, row)
 
 
 @pools_router.get("", response_model=PoolsPublic, summary="Registered reference pools")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from plada.server import repo
-from plada.server.api.deps import FactoryDep, SessionDep, SettingsDep
+from plada.server.api.deps import CallerDep, FactoryDep, SessionDep, SettingsDep
 from plada.server.api.views import job_info, report_info, task_info, version_info
+from plada.server.auth import Caller, require
+from plada.server.db import TaskRow
 from plada.server.publishing import publish
-from plada.shared.errors import PayloadTooLargeError
+from plada.shared.errors import PayloadTooLargeError, TaskNotFoundError
 from plada.shared.payload import MEDIA_TYPE
 from plada.shared.schemas import (
     PublishResponse,
@@ -26,6 +28,14 @@ from plada.shared.schemas import (
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 _CHUNK = 1 << 20
+
+
+def _readable(session: SessionDep, name: str, caller: Caller) -> TaskRow:
+    """The task, if this caller may read it: token-gated tasks are hidden (404) from anonymous callers."""
+    t = repo.get_task(session=session, name=name)
+    if t.access == "token" and caller.scope is None:
+        raise TaskNotFoundError(f"no task named {name!r}")  # do not reveal that a gated task exists
+    return t
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -46,12 +56,18 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     summary="Publish a task (or a new version of it)",
 )
 async def create_task(
+    request: Request,
+    caller: CallerDep,
     factory: FactoryDep,
     settings: SettingsDep,
     spec: Annotated[str, Form(description="TaskSpec as JSON")],
     data: Annotated[UploadFile, File(description="labelled target train set: .npz or .zip")],
 ) -> PublishResponse:
-    """Queues a job that trains a teacher, selects pool items and publishes a new immutable version."""
+    """Queues a job that trains a teacher, selects pool items and publishes a new immutable version.
+
+    Needs a ``publish`` token (unless ``PLADA_AUTH=off``); at most ``PLADA_PUBLISH_RATE_PER_MIN`` a minute."""
+    require(caller, "publish", "publishing")
+    request.app.state.publish_limiter.hit(caller.token_id or (request.client.host if request.client else "?"))
     raw = await _read_limited(data, settings.max_upload_bytes)
     # parsing up to PLADA_MAX_UPLOAD_BYTES and the SQLite commit must not block the event loop
     task, version, job = await run_in_threadpool(
@@ -69,27 +85,27 @@ async def create_task(
 
 
 @router.get("", response_model=TasksPublic, summary="List tasks")
-def list_tasks(session: SessionDep) -> TasksPublic:
-    rows = repo.list_tasks(session=session)
+def list_tasks(session: SessionDep, caller: CallerDep) -> TasksPublic:
+    rows = [r for r in repo.list_tasks(session=session) if r.access == "public" or caller.scope is not None]
     return TasksPublic(data=[task_info(session, r) for r in rows], count=len(rows))
 
 
 @router.get("/{task}", response_model=TaskInfo, summary="One task")
-def get_task(task: str, session: SessionDep) -> TaskInfo:
-    return task_info(session, repo.get_task(session=session, name=task))
+def get_task(task: str, session: SessionDep, caller: CallerDep) -> TaskInfo:
+    return task_info(session, _readable(session, task, caller))
 
 
 @router.get("/{task}/versions", response_model=VersionsPublic, summary="A task's versions, oldest first")
-def list_versions(task: str, session: SessionDep) -> VersionsPublic:
-    t = repo.get_task(session=session, name=task)
+def list_versions(task: str, session: SessionDep, caller: CallerDep) -> VersionsPublic:
+    t = _readable(session, task, caller)
     rows = repo.list_versions(session=session, task=t)
     sums = repo.report_summaries(session=session, version_ids=[r.id for r in rows])
     return VersionsPublic(data=[version_info(t, r, sums.get(r.id)) for r in rows], count=len(rows))
 
 
 @router.get("/{task}/versions/{version}", response_model=VersionInfo, summary="One version with its metrics")
-def get_version(task: str, version: int, session: SessionDep) -> VersionInfo:
-    t = repo.get_task(session=session, name=task)
+def get_version(task: str, version: int, session: SessionDep, caller: CallerDep) -> VersionInfo:
+    t = _readable(session, task, caller)
     row = repo.get_version(session=session, task=t, number=version)
     return version_info(t, row, repo.report_summaries(session=session, version_ids=[row.id]).get(row.id))
 
@@ -100,8 +116,10 @@ def get_version(task: str, version: int, session: SessionDep) -> VersionInfo:
     status_code=status.HTTP_201_CREATED,
     summary="Report a client's training outcome on this version",
 )
-def create_report(task: str, version: int, report: ReportIn, session: SessionDep) -> ReportInfo:
-    t = repo.get_task(session=session, name=task)
+def create_report(task: str, version: int, report: ReportIn, session: SessionDep, caller: CallerDep) -> ReportInfo:
+    """Needs a token (``read`` is enough) unless ``PLADA_AUTH=off``: anonymous reports would be noise."""
+    require(caller, "read", "reporting")
+    t = _readable(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
     row = repo.add_report(session=session, version=v, report=report)
     session.commit()
@@ -109,17 +127,17 @@ def create_report(task: str, version: int, report: ReportIn, session: SessionDep
 
 
 @router.get("/{task}/versions/{version}/reports", response_model=ReportsPublic, summary="Client reports, oldest first")
-def list_reports(task: str, version: int, session: SessionDep) -> ReportsPublic:
-    t = repo.get_task(session=session, name=task)
+def list_reports(task: str, version: int, session: SessionDep, caller: CallerDep) -> ReportsPublic:
+    t = _readable(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
     rows = repo.list_reports(session=session, version=v)
     return ReportsPublic(data=[report_info(t, v, r) for r in rows], count=len(rows))
 
 
 def _payload_response(
-    task: str, version: int | None, session: SessionDep, if_none_match: str | None, immutable: bool
+    task: str, version: int | None, session: SessionDep, caller: Caller, if_none_match: str | None, immutable: bool
 ) -> Response:
-    t = repo.get_task(session=session, name=task)
+    t = _readable(session, task, caller)
     row, data = repo.ready_payload(session=session, task=t, number=version)
     etag = f'"{row.sha256}"'
     headers = {
@@ -148,15 +166,19 @@ _PAYLOAD_DOC = {
     summary="Download one version's payload (immutable)",
 )
 def get_version_payload(
-    task: str, version: int, session: SessionDep, if_none_match: Annotated[str | None, Header()] = None
+    task: str,
+    version: int,
+    session: SessionDep,
+    caller: CallerDep,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    return _payload_response(task, version, session, if_none_match, immutable=True)
+    return _payload_response(task, version, session, caller, if_none_match, immutable=True)
 
 
 @router.get(
     "/{task}/payload", response_class=Response, responses=_PAYLOAD_DOC, summary="Download the latest ready payload"
 )
 def get_latest_payload(
-    task: str, session: SessionDep, if_none_match: Annotated[str | None, Header()] = None
+    task: str, session: SessionDep, caller: CallerDep, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
-    return _payload_response(task, None, session, if_none_match, immutable=False)
+    return _payload_response(task, None, session, caller, if_none_match, immutable=False)

@@ -36,6 +36,7 @@ def pool_info(row: PoolRow) -> PoolInfo:
 def task_info(session: Session, row: TaskRow) -> TaskInfo:
     pool = repo.pool_of(session=session, task=row)
     return TaskInfo(
+        access=row.access,  # type: ignore[arg-type]
         name=row.name,
         classes=list(row.classes),
         pool_id=pool.pool_id,

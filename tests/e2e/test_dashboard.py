@@ -43,7 +43,7 @@ def test_dashboard_shows_live_progress_versions_reports_and_plot(stack: LocalSta
     spec = TaskSpec.model_validate(
         {"name": "animals", "classes": classes, "pool_id": "mini-v1", "keep": 0.02, "teacher": {"epochs": 6}}
     )
-    with PladaClient(stack.url) as client, sync_playwright() as pw:
+    with PladaClient(stack.url, token=stack.token()) as client, sync_playwright() as pw:
         resp = client.publish(spec, world_dir / "tasks" / "animals" / "train.npz")
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})

@@ -61,7 +61,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def published(stack: LocalStack, world_dir: Path, task_classes: dict[str, list[str]]) -> dict[str, object]:
     """Publish `digits` once over REST and wait for the worker; progress is observed while it runs."""
-    with PladaClient(stack.url) as c:
+    with PladaClient(stack.url, token=stack.token()) as c:
         resp = c.publish(digits_spec(task_classes["digits"]), world_dir / "tasks" / "digits" / "train.npz")
         seen: list[float] = []
         job = c.wait_job(resp.job.id, timeout=600, poll=0.2, on_progress=lambda j: seen.append(j.progress))
@@ -205,7 +205,7 @@ def test_agent_trains_each_version_once_and_survives_a_server_restart(
         client_id="agent-e2e",
     )
     results: list[dict[str, object]] = []
-    with PladaClient(stack.url, cache_dir=tmp_path / "cache", retries=0) as c:
+    with PladaClient(stack.url, token=stack.token("read"), cache_dir=tmp_path / "cache", retries=0) as c:
         agent = Agent(c, pool, cfg)
         assert agent.run(max_rounds=1) == 1
         assert agent.run(max_rounds=2) == 0, "the same version must not be trained twice"
@@ -233,7 +233,7 @@ def test_killed_worker_loses_its_lease_and_another_finishes(
         w.send_signal(signal.SIGTERM)
         w.wait(timeout=60)
     victim = stack.start_worker()
-    with PladaClient(stack.url) as c:
+    with PladaClient(stack.url, token=stack.token()) as c:
         spec = digits_spec(
             task_classes["digits"],
             name="digits-crash",

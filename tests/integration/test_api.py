@@ -26,9 +26,16 @@ def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
 GOOD = _npz(np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8), np.repeat([0, 1], 6))
 
 
-def _post(url: str, spec: object, data: bytes, filename: str = "d.npz") -> httpx.Response:
+def _post(
+    stack: LocalStack, spec: object, data: bytes, filename: str = "d.npz", token: str | None = ""
+) -> httpx.Response:
+    """Publish with the stack's publish token (``token=None``: anonymous; a string: that token)."""
     body = spec if isinstance(spec, str) else json.dumps(spec)
-    return httpx.post(f"{url}/v1/tasks", data={"spec": body}, files={"data": (filename, data)}, timeout=30)
+    tok = stack.token("publish") if token == "" else token
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    return httpx.post(
+        f"{stack.url}/v1/tasks", data={"spec": body}, files={"data": (filename, data)}, headers=headers, timeout=30
+    )
 
 
 def _counts(stack: LocalStack) -> tuple[int, int, int, int]:
@@ -84,18 +91,19 @@ def test_bad_publish_is_refused_and_nothing_is_written(
     api_stack: LocalStack, spec: object, data: bytes, status: int, code: str
 ) -> None:
     before = _counts(api_stack)
-    assert_problem(_post(api_stack.url, spec, data), status, code)
+    assert_problem(_post(api_stack, spec, data), status, code)
     assert _counts(api_stack) == before
 
 
 def test_invalid_spec_lists_every_problem(api_stack: LocalStack) -> None:
-    body = assert_problem(_post(api_stack.url, {"name": "X", "classes": [], "pool_id": ""}, GOOD), 422, "invalid_spec")
+    body = assert_problem(_post(api_stack, {"name": "X", "classes": [], "pool_id": ""}, GOOD), 422, "invalid_spec")
     locs = {tuple(e["loc"]) for e in body["errors"]}  # type: ignore[union-attr]
     assert {("name",), ("classes",), ("pool_id",)} <= locs
 
 
 def test_missing_form_field(api_stack: LocalStack) -> None:
-    resp = httpx.post(f"{api_stack.url}/v1/tasks", data={"spec": json.dumps(SPEC)})
+    auth = {"Authorization": f"Bearer {api_stack.token()}"}
+    resp = httpx.post(f"{api_stack.url}/v1/tasks", data={"spec": json.dumps(SPEC)}, headers=auth)
     assert_problem(resp, 422, "validation_error")
 
 
@@ -115,8 +123,8 @@ def test_get_errors(api_stack: LocalStack, path: str, status: int, code: str) ->
 
 def test_publish_queues_versions_in_order(api_stack: LocalStack) -> None:
     spec = SPEC | {"name": "queued-task"}
-    r1 = _post(api_stack.url, spec, GOOD)
-    r2 = _post(api_stack.url, spec, GOOD)
+    r1 = _post(api_stack, spec, GOOD)
+    r2 = _post(api_stack, spec, GOOD)
     assert r1.status_code == r2.status_code == 202
     b1, b2 = r1.json(), r2.json()
     assert (b1["version"], b2["version"]) == (1, 2) and b1["job"]["state"] == "queued"
@@ -141,7 +149,7 @@ def test_zip_upload_is_accepted(api_stack: LocalStack) -> None:
                 png = io.BytesIO()
                 Image.new("L", (32, 32), 40 * i).save(png, format="PNG")
                 zf.writestr(f"{c}/{i}.png", png.getvalue())
-    resp = _post(api_stack.url, SPEC | {"name": "zipped"}, buf.getvalue(), filename="train.zip")
+    resp = _post(api_stack, SPEC | {"name": "zipped"}, buf.getvalue(), filename="train.zip")
     assert resp.status_code == 202, resp.text
 
 
@@ -174,12 +182,15 @@ def test_pool_layout_endpoint(api_stack: LocalStack, pool) -> None:  # type: ign
 
 
 def test_reports_are_validated_and_only_taken_for_ready_versions(api_stack: LocalStack) -> None:
-    assert _post(api_stack.url, SPEC | {"name": "report-task"}, GOOD).status_code == 202  # no worker: stays pending
+    assert _post(api_stack, SPEC | {"name": "report-task"}, GOOD).status_code == 202  # no worker: stays pending
     url = f"{api_stack.url}/v1/tasks/report-task/versions"
     good = {"client_id": "box-1", "student_arch": "smallcnn", "epochs": 3, "accuracy": 0.7, "wall_s": 1.0}
-    assert_problem(httpx.post(f"{url}/1/reports", json=good), 409, "version_not_ready")
-    assert_problem(httpx.post(f"{url}/9/reports", json=good), 404, "version_not_found")
-    assert_problem(httpx.post(f"{api_stack.url}/v1/tasks/nope/versions/1/reports", json=good), 404, "task_not_found")
+    assert_problem(httpx.post(f"{url}/1/reports", json=good), 401, "unauthorized")  # reports need a token
+    h = {"Authorization": f"Bearer {api_stack.token('read')}"}
+    assert_problem(httpx.post(f"{url}/1/reports", json=good, headers=h), 409, "version_not_ready")
+    assert_problem(httpx.post(f"{url}/9/reports", json=good, headers=h), 404, "version_not_found")
+    nope = f"{api_stack.url}/v1/tasks/nope/versions/1/reports"
+    assert_problem(httpx.post(nope, json=good, headers=h), 404, "task_not_found")
     for bad in (
         good | {"accuracy": 1.5},
         good | {"client_id": "a b/../c"},
@@ -187,13 +198,13 @@ def test_reports_are_validated_and_only_taken_for_ready_versions(api_stack: Loca
         {k: v for k, v in good.items() if k != "epochs"},
         good | {"surprise": 1},
     ):
-        assert_problem(httpx.post(f"{url}/1/reports", json=bad), 422, "validation_error")
+        assert_problem(httpx.post(f"{url}/1/reports", json=bad, headers=h), 422, "validation_error")
     assert httpx.get(f"{url}/1/reports").json() == {"data": [], "count": 0}
     assert httpx.get(f"{url}/1").json()["reports"] == {"count": 0, "with_accuracy": 0, "mean_accuracy": None}
 
 
 def test_dashboard_is_self_contained_html(api_stack: LocalStack) -> None:
-    assert _post(api_stack.url, SPEC | {"name": "dash-<b>"}, GOOD).status_code == 422  # names are checked anyway
+    assert _post(api_stack, SPEC | {"name": "dash-<b>"}, GOOD).status_code == 422  # names are checked anyway
     resp = httpx.get(api_stack.url + "/")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
     page = resp.text
@@ -203,3 +214,90 @@ def test_dashboard_is_self_contained_html(api_stack: LocalStack) -> None:
     assert all(r.startswith("/") for r in refs), refs  # no CDN, no external assets
     jobs = httpx.get(f"{api_stack.url}/v1/jobs?active=true").json()
     assert all(j["state"] in ("queued", "running") for j in jobs["data"])
+
+
+def test_publishing_needs_a_publish_token(api_stack: LocalStack) -> None:
+    before = _counts(api_stack)
+    r = _post(api_stack, SPEC | {"name": "auth-task"}, GOOD, token=None)
+    assert_problem(r, 401, "unauthorized")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_problem(_post(api_stack, SPEC | {"name": "auth-task"}, GOOD, token="plada_wrong"), 401, "unauthorized")
+    assert_problem(
+        _post(api_stack, SPEC | {"name": "auth-task"}, GOOD, token=api_stack.token("read")), 403, "forbidden"
+    )
+    assert _counts(api_stack) == before  # nothing written by refused publishers
+
+
+def test_token_gated_tasks_are_invisible_without_a_token(api_stack: LocalStack) -> None:
+    assert _post(api_stack, SPEC | {"name": "secret-task", "access": "token"}, GOOD).status_code == 202
+    base = f"{api_stack.url}/v1/tasks"
+    assert_problem(httpx.get(f"{base}/secret-task"), 404, "task_not_found")
+    assert_problem(httpx.get(f"{base}/secret-task/versions"), 404, "task_not_found")
+    assert "secret-task" not in [t["name"] for t in httpx.get(base).json()["data"]]
+    assert "secret-task" not in httpx.get(api_stack.url + "/").text
+    h = {"Authorization": f"Bearer {api_stack.token('read')}"}
+    assert httpx.get(f"{base}/secret-task", headers=h).json()["access"] == "token"
+    assert "secret-task" in [t["name"] for t in httpx.get(base, headers=h).json()["data"]]
+
+
+def test_revoked_tokens_stop_working(api_stack: LocalStack) -> None:
+    import subprocess
+    import sys
+
+    env = api_stack._env()
+    made = subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", "token", "create", "--scope", "publish", "--name", "temp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tok = json.loads(made.stdout)
+    listed = subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", "token", "list"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert tok["token"] not in listed and '"temp"' in listed  # secrets are never listed
+    con = sqlite3.connect(api_stack.data_dir / "plada.db")
+    try:
+        hashes = [h for (h,) in con.execute("SELECT token_hash FROM tokens")]
+    finally:
+        con.close()
+    assert tok["token"] not in hashes and all(len(h) == 64 for h in hashes)
+    assert _post(api_stack, SPEC | {"name": "revoked-task"}, GOOD, token=tok["token"]).status_code == 202
+    subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", "token", "revoke", str(tok["id"])],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    assert_problem(_post(api_stack, SPEC | {"name": "revoked-task"}, GOOD, token=tok["token"]), 401, "unauthorized")
+
+
+def test_publish_rate_limit_answers_429_with_retry_after(tmp_path: Path, world_dir: Path) -> None:
+    with LocalStack(
+        data_dir=tmp_path / "s", pools_dir=world_dir / "pools", env={"PLADA_PUBLISH_RATE_PER_MIN": "2"}
+    ) as s:
+        s.start_server()
+        codes = [_post(s, SPEC | {"name": "rl"}, GOOD).status_code for _ in range(2)]
+        r = _post(s, SPEC | {"name": "rl"}, GOOD)
+        assert codes == [202, 202]
+        assert_problem(r, 429, "rate_limited")
+        assert 1 <= int(r.headers["Retry-After"]) <= 61
+        versions = httpx.get(f"{s.url}/v1/tasks/rl/versions").json()
+        assert versions["count"] == 2  # the refused publish wrote nothing
+
+
+def test_rate_limiter_window_slides() -> None:
+    from plada.server.auth import RateLimiter
+    from plada.shared.errors import RateLimitedError
+
+    rl = RateLimiter(2, window_s=0.3)
+    rl.hit("a")
+    rl.hit("a")
+    rl.hit("b")  # keys are independent
+    with pytest.raises(RateLimitedError):
+        rl.hit("a")
+    import time
+
+    time.sleep(0.35)
+    rl.hit("a")
