@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server.auth import Caller, authenticate
@@ -37,3 +37,9 @@ SessionDep = Annotated[Session, Depends(_session)]
 CallerDep = Annotated[Caller, Depends(_caller)]
 FactoryDep = Annotated[sessionmaker[Session], Depends(_factory)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+# Path ids are bounded so a giant number is a 422, not an integer overflow inside the database (a 500).
+MAX_ID = 2**31 - 1
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="version number (1, 2, …)")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
 from plada.server import repo
-from plada.server.api.deps import CallerDep, SessionDep
+from plada.server.api.deps import CallerDep, JobId, SessionDep
 from plada.server.api.views import job_info, pool_info
 from plada.server.db import TaskRow
 from plada.shared.errors import JobNotFoundError, LayoutNotFoundError
@@ -39,7 +39,7 @@ def list_jobs(
 
 
 @jobs_router.get("/{job_id}", response_model=JobInfo, summary="A job's state and progress (0–1)")
-def get_job(job_id: int, session: SessionDep, caller: CallerDep) -> JobInfo:
+def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     row = repo.get_job(session=session, job_id=job_id)
     task = session.get(TaskRow, row.task_ref)
     if task is not None and task.access == "token" and caller.scope is None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from plada.server import repo
-from plada.server.api.deps import CallerDep, FactoryDep, SessionDep, SettingsDep
+from plada.server.api.deps import CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
 from plada.server.api.views import job_info, report_info, task_info, version_info
 from plada.server.auth import Caller, require
 from plada.server.db import TaskRow
@@ -104,7 +104,7 @@ def list_versions(task: str, session: SessionDep, caller: CallerDep) -> Versions
 
 
 @router.get("/{task}/versions/{version}", response_model=VersionInfo, summary="One version with its metrics")
-def get_version(task: str, version: int, session: SessionDep, caller: CallerDep) -> VersionInfo:
+def get_version(task: str, version: VersionNumber, session: SessionDep, caller: CallerDep) -> VersionInfo:
     t = _readable(session, task, caller)
     row = repo.get_version(session=session, task=t, number=version)
     return version_info(t, row, repo.report_summaries(session=session, version_ids=[row.id]).get(row.id))
@@ -116,7 +116,9 @@ def get_version(task: str, version: int, session: SessionDep, caller: CallerDep)
     status_code=status.HTTP_201_CREATED,
     summary="Report a client's training outcome on this version",
 )
-def create_report(task: str, version: int, report: ReportIn, session: SessionDep, caller: CallerDep) -> ReportInfo:
+def create_report(
+    task: str, version: VersionNumber, report: ReportIn, session: SessionDep, caller: CallerDep
+) -> ReportInfo:
     """Needs a token (``read`` is enough) unless ``PLADA_AUTH=off``: anonymous reports would be noise."""
     require(caller, "read", "reporting")
     t = _readable(session, task, caller)
@@ -127,7 +129,7 @@ def create_report(task: str, version: int, report: ReportIn, session: SessionDep
 
 
 @router.get("/{task}/versions/{version}/reports", response_model=ReportsPublic, summary="Client reports, oldest first")
-def list_reports(task: str, version: int, session: SessionDep, caller: CallerDep) -> ReportsPublic:
+def list_reports(task: str, version: VersionNumber, session: SessionDep, caller: CallerDep) -> ReportsPublic:
     t = _readable(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
     rows = repo.list_reports(session=session, version=v)
@@ -167,7 +169,7 @@ _PAYLOAD_DOC = {
 )
 def get_version_payload(
     task: str,
-    version: int,
+    version: VersionNumber,
     session: SessionDep,
     caller: CallerDep,
     if_none_match: Annotated[str | None, Header()] = None,

@@ -19,7 +19,7 @@ from plada.client import Agent, AgentConfig, PladaClient, TrainConfig
 from plada.server.local import LocalStack
 from plada.shared.errors import PayloadNeedsPoolError
 from plada.shared.payload import decode_payload
-from plada.shared.pool import write_array_pool
+from plada.shared.pool import Pool, write_array_pool
 from plada.shared.schemas import TaskSpec
 
 pytestmark = pytest.mark.slow
@@ -278,7 +278,7 @@ def test_readme_python_quickstart_runs(
 
 
 def test_versions_are_signed_and_a_pinned_client_checks_them(
-    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path
+    stack: LocalStack, published: dict[str, object], world_dir: Path, tmp_path: Path, pool: Pool
 ) -> None:
     from plada.shared.errors import SignatureError
     from plada.shared.signing import load_or_create_key
@@ -287,10 +287,10 @@ def test_versions_are_signed_and_a_pinned_client_checks_them(
         key = c.signing_key()
         assert c.version("digits", 1).signature.split(":")[1] == key.key_id  # type: ignore[union-attr]
     with PladaClient(stack.url, cache_dir=tmp_path / "c1", trust=key) as c:
-        assert c.fetch("digits").version == 1
+        assert c.fetch("digits", pool=pool).version == 1
     stranger = load_or_create_key(tmp_path / "stranger.key").public
     with PladaClient(stack.url, cache_dir=tmp_path / "c2", trust=stranger) as c, pytest.raises(SignatureError):
-        c.fetch("digits")
+        c.fetch("digits", pool=pool)
     pool_dir = str(world_dir / "pools" / "mini-v1")
     out = tmp_path / "d.plada"
     r = cli(
