@@ -178,6 +178,11 @@ def _ms(v: list[float]) -> str:
     return f"{a.mean():.1f} ± {a.std():.1f}" if len(a) > 1 else f"{a.mean():.1f}"
 
 
+def _seeds(rs: list[dict[str, Any]]) -> str:
+    cpu = sum(1 for r in rs if str(r.get("device", "")).startswith("cpu"))
+    return f"{len(rs)}" + (f" ({cpu} on CPU)" if cpu else "")
+
+
 def summarize(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | budget | seeds | plada bytes (items) | teacher | energy | paper (val) | random | raw images (N) "
@@ -185,13 +190,17 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str, int]] = set()
     for r in rows:
+        if (r["task"], r["budget"], r["seed"]) in seen:  # a cell re-run after a cut-off run: count it once
+            continue
+        seen.add((r["task"], r["budget"], r["seed"]))
         cells.setdefault((r["task"], r["budget"]), []).append(r)
     for (task, budget), rs in cells.items():
         col = {k: [r["acc"][k] for r in rs] for k in ("energy", "paper_val", "random", "auto")}
         choices = sorted({r["auto_label"] for r in rs})
         lines.append(
-            f"| {task} | {budget} | {len(rs)} | {np.mean([r['bytes']['auto'] for r in rs]):,.0f} "
+            f"| {task} | {budget} | {_seeds(rs)} | {np.mean([r['bytes']['auto'] for r in rs]):,.0f} "
             f"({np.mean([r['n_kept']['auto'] for r in rs]):,.0f}) | {_ms([r['teacher_test'] for r in rs])} "
             f"| {_ms(col['energy'])} | {_ms(col['paper_val'])} | {_ms(col['random'])} "
             f"| {_ms([r['raw']['acc'] for r in rs])} ({np.mean([r['raw']['n'] for r in rs]):.0f}) "

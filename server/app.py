@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
+from plada.server.api.tasks import PayloadBytesCache
 from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.publish_limiter = RateLimiter(settings.publish_rate_per_min, 60.0)
+    app.state.payload_cache = PayloadBytesCache()
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)

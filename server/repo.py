@@ -122,6 +122,21 @@ def get_version(*, session: Session, task: TaskRow, number: int | None, with_pay
     return row
 
 
+def ready_version(*, session: Session, task: TaskRow, number: int | None) -> VersionRow:
+    """A ready version without its payload blob (enough for ETags and headers)."""
+    row = get_version(session=session, task=task, number=number)
+    if row.status != "ready" or row.sha256 is None:
+        raise VersionNotReadyError(f"version {row.number} of {task.name!r} is {row.status}, not ready")
+    return row
+
+
+def payload_bytes(*, session: Session, version_id: int) -> bytes:
+    data = session.scalar(select(VersionRow.payload).where(VersionRow.id == version_id))
+    if data is None:
+        raise VersionNotReadyError("payload missing")
+    return data
+
+
 def ready_payload(*, session: Session, task: TaskRow, number: int | None) -> tuple[VersionRow, bytes]:
     row = get_version(session=session, task=task, number=number, with_payload=True)
     if row.status != "ready" or row.payload is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile, status
@@ -137,10 +139,18 @@ def list_reports(task: str, version: VersionNumber, session: SessionDep, caller:
 
 
 def _payload_response(
-    task: str, version: int | None, session: SessionDep, caller: Caller, if_none_match: str | None, immutable: bool
+    request: Request,
+    task: str,
+    version: int | None,
+    session: SessionDep,
+    caller: Caller,
+    if_none_match: str | None,
+    immutable: bool,
 ) -> Response:
+    """Payload bytes with ETag/signature headers. Versions are immutable, so their bytes are kept in a small
+    per-process cache; an If-None-Match hit never touches the blob at all. Access is checked every time."""
     t = _readable(session, task, caller)
-    row, data = repo.ready_payload(session=session, task=t, number=version)
+    row = repo.ready_version(session=session, task=t, number=version)
     etag = f'"{row.sha256}"'
     headers = {
         "ETag": etag,
@@ -151,8 +161,41 @@ def _payload_response(
     }
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    cache: PayloadBytesCache = request.app.state.payload_cache
+    data = cache.get(row.id)
+    if data is None:
+        data = repo.payload_bytes(session=session, version_id=row.id)
+        cache.put(row.id, data)
     headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
+
+
+class PayloadBytesCache:
+    """Least-recently-used payload bytes by version row id, bounded in total bytes (thread-safe)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: int) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: int, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
 
 
 _PAYLOAD_DOC = {
@@ -168,19 +211,24 @@ _PAYLOAD_DOC = {
     summary="Download one version's payload (immutable)",
 )
 def get_version_payload(
+    request: Request,
     task: str,
     version: VersionNumber,
     session: SessionDep,
     caller: CallerDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    return _payload_response(task, version, session, caller, if_none_match, immutable=True)
+    return _payload_response(request, task, version, session, caller, if_none_match, immutable=True)
 
 
 @router.get(
     "/{task}/payload", response_class=Response, responses=_PAYLOAD_DOC, summary="Download the latest ready payload"
 )
 def get_latest_payload(
-    task: str, session: SessionDep, caller: CallerDep, if_none_match: Annotated[str | None, Header()] = None
+    request: Request,
+    task: str,
+    session: SessionDep,
+    caller: CallerDep,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    return _payload_response(task, None, session, caller, if_none_match, immutable=False)
+    return _payload_response(request, task, None, session, caller, if_none_match, immutable=False)
