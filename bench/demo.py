@@ -1,6 +1,6 @@
 """The whole loop on the built-in mini world, end to end, with real processes; prints one table.
 
-    make demo        (or: python bench/demo.py [--keep 0.05] [--teacher-epochs 10] [--student-epochs 15])
+    make demo        (or: python bench/demo.py [--keep 0.05] [--teacher-epochs 10] [--student-epochs 10])
 
 1. builds the mini world (pool mini-v1 + tasks fashion, animals, digits) into a cache folder, once;
 2. starts a real server (uvicorn, SQLite) and a worker process on loopback;
@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--safety-net-share", type=float, default=0.5)
     ap.add_argument("--safety-net-alpha", type=float, default=0.5)
     ap.add_argument("--teacher-epochs", type=int, default=10)
-    ap.add_argument("--student-epochs", type=int, default=15)
+    # the demo keeps within ~15 minutes on 2 CPU cores from a bare clone: shorter students and proxy students
+    ap.add_argument("--student-epochs", type=int, default=10)
+    ap.add_argument("--proxy-epochs", type=int, default=3, help="epochs of each validation proxy student")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -71,7 +73,7 @@ def main() -> int:
                     classes=classes,
                     pool_id=pool.name,
                     keep=args.keep,
-                    selector={"name": args.selector}
+                    selector={"name": args.selector, "proxy_epochs": args.proxy_epochs}
                     if args.selector == "auto"
                     else {
                         "name": args.selector,
@@ -144,7 +146,7 @@ def main() -> int:
         f"\nselector {args.selector}"
         + ("" if args.selector == "auto" else f" + Safety-Net s={args.safety_net_share} α={args.safety_net_alpha}")
         + ", "
-        f"keep {args.keep:.0%}, teacher {args.teacher_epochs} epochs, "
+        f"keep {args.keep:.0%}, teacher {args.teacher_epochs} epochs, proxy students {args.proxy_epochs} epochs, "
         f"student {args.student_epochs} epochs (smallcnn, CPU); every payload < 1 MB; "
         f"total {time.perf_counter() - t_start:.0f} s"
     )
