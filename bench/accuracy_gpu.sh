@@ -3,13 +3,7 @@
 # `make benchpack`), embed the pool there, run the benchmark seed-major with a time cap, keep the JSON lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-mkdir -p /tmp/plada-src/plada
-for d in shared server client; do ln -sfn "$PWD/$d" "/tmp/plada-src/plada/$d"; done
-export PYTHONPATH="/tmp/plada-src${PYTHONPATH:+:$PYTHONPATH}"
+. bench/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p /tmp/bw && python3 -c "

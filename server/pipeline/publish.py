@@ -135,33 +135,20 @@ def run_teacher(
         len(pool),
         progress=lambda d, n: report(_TEACHER + _SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
     )
+    h, w, c = pool.image_shape
+
+    def run(imgs: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trained teacher on images outside the pool (the upload, a test split), in chunks."""
+        chunks = (imgs[i : i + 1024] for i in range(0, len(imgs), 1024))
+        return pnn.predict(teacher.model, chunks, size=(h, w), channels=c, device=device, want_features=features)
+
     if index is not None:
         pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)
     elif feats is not None:
-        h, w, c = pool.image_shape
-        _, target_f = pnn.predict(
-            teacher.model,
-            (x[i : i + 1024] for i in range(0, len(x), 1024)),
-            size=(h, w),
-            channels=c,
-            device=device,
-            want_features=True,
-        )
-        pool_f, source = feats, "teacher penultimate layer"
+        pool_f, target_f, source = feats, run(x, True)[1], "teacher penultimate layer"
     else:
         pool_f = target_f = None
         source = "none"
-    h, w, c = pool.image_shape
-
-    def classify(imgs: np.ndarray) -> np.ndarray:
-        z, _ = pnn.predict(
-            teacher.model,
-            (imgs[i : i + 1024] for i in range(0, len(imgs), 1024)),
-            size=(h, w),
-            channels=c,
-            device=device,
-        )
-        return z
 
     return TeacherOutput(
         spec.teacher.arch,
@@ -173,7 +160,7 @@ def run_teacher(
         teacher.train_accuracy,
         teacher.n_train,
         teacher.n_val,
-        classify=classify,
+        classify=lambda imgs: run(imgs, False)[0],
     )
 
 
