@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
@@ -30,6 +31,7 @@ from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
+from plada.server.publishing import sweep_orphan_uploads
 from plada.server.settings import Settings
 from plada.shared.errors import PladaError
 from plada.shared.pool import open_pool
@@ -66,6 +68,35 @@ def register_pools(factory: sessionmaker[Session], settings: Settings) -> list[s
     return names
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes before it is spooled to disk: at once when Content-Length
+    says so, else as soon as the streamed body passes the limit (413 ``payload_too_large`` either way)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        detail = f"request body exceeds {self.limit} bytes (PLADA_MAX_UPLOAD_BYTES)"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await problem(413, "payload_too_large", "Upload too large", detail)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise StarletteHTTPException(413, detail)
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def _swagger_static() -> Path:
     import fastapi_offline
 
@@ -80,6 +111,9 @@ def create_app(settings: Settings) -> FastAPI:
         assert settings.signing_key is not None
         app.state.signing_key = load_or_create_key(settings.signing_key)
         names = register_pools(app.state.session_factory, settings)
+        orphans = sweep_orphan_uploads(app.state.session_factory, settings.uploads_dir, settings.orphan_grace_s)
+        if orphans:
+            log.warning("removed %d orphan upload(s) left by an interrupted publish", len(orphans))
         log.info("plada server %s: database %s, pools %s", __version__, settings.database_url, names or "none")
         yield
         app.state.engine.dispose()
@@ -95,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
         "stable `code`.",
     )
     app.state.settings = settings
+    # the multipart envelope and the spec field come on top of the data file itself
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + (1 << 20))
     app.state.publish_limiter = RateLimiter(settings.publish_rate_per_min, 60.0)
     app.state.payload_cache = PayloadBytesCache()
     app.state.engine = make_engine(settings.database_url)

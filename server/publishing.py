@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server import repo
 from plada.server.db import JobRow, TaskRow, VersionRow
 from plada.server.pipeline.selection import list_selectors
 from plada.server.settings import Settings
-from plada.server.uploads import read_target_data, store_upload
+from plada.server.uploads import ArchiveLimits, read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
 from plada.shared.payload import Payload, encode_payload
 from plada.shared.schemas import TaskSpec
+
+_WRITE_TRIES = 5
 
 
 def parse_spec(raw: str) -> TaskSpec:
@@ -70,15 +75,44 @@ def publish(
                 f"max_bytes {spec.max_bytes} is smaller than an empty payload for this task "
                 f"({floor} bytes: header with {len(spec.classes)} class names)"
             )
-    x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)))
+    with factory() as s:  # fail fast, before parsing a big upload; checked again in the write transaction
+        repo.check_task_name(session=s, spec=spec)
+    limits = ArchiveLimits(max_inflated=settings.max_inflated_bytes)
+    x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)), limits)
     path: Path = store_upload(settings.uploads_dir, x, y)
     try:
-        with factory.begin() as s:
-            pool = repo.resolve_pool(session=s, ref=spec.pool_id)
-            task, version, job = repo.create_publication(
-                session=s, spec=spec, pool=pool, data_path=path, max_attempts=settings.job_max_attempts
-            )
-        return task, version, job
+        for attempt in range(_WRITE_TRIES):
+            try:
+                with factory.begin() as s:
+                    pool = repo.resolve_pool(session=s, ref=spec.pool_id)
+                    task, version, job = repo.create_publication(
+                        session=s, spec=spec, pool=pool, data_path=path, max_attempts=settings.job_max_attempts
+                    )
+                return task, version, job
+            except IntegrityError:
+                # a concurrent publish of the same task took the name or the version number first: the
+                # next try sees its rows and takes the next number (or reports a class conflict)
+                if attempt == _WRITE_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def sweep_orphan_uploads(factory: sessionmaker[Session], uploads_dir: Path, grace_s: float) -> list[Path]:
+    """Delete uploads (and temp files) no job refers to, once older than ``grace_s``.
+
+    A server killed between writing an upload and committing its rows leaves such a file; the grace period
+    keeps a file that another server process is about to commit."""
+    if not uploads_dir.is_dir():
+        return []
+    with factory() as s:
+        referenced = {Path(p).name for p in s.scalars(select(JobRow.data_path))}
+    cutoff = time.time() - grace_s
+    removed: list[Path] = []
+    for f in uploads_dir.iterdir():
+        if f.is_file() and f.name not in referenced and f.stat().st_mtime <= cutoff:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed

@@ -16,6 +16,7 @@ from plada.server.db import JobRow, PoolRow, ReportRow, TaskRow, VersionRow, now
 from plada.shared.errors import (
     JobNotFoundError,
     PoolError,
+    TaskConflictError,
     TaskNotFoundError,
     UnknownPoolError,
     VersionNotFoundError,
@@ -60,11 +61,25 @@ def resolve_pool(*, session: Session, ref: str) -> PoolRow:
     return row
 
 
+def check_task_name(*, session: Session, spec: TaskSpec) -> TaskRow | None:
+    """The existing task of that name (None if new); a task under the same name with other classes is a
+    conflict: a second publisher must not silently change what label 3 means for every client."""
+    task = session.scalar(select(TaskRow).where(TaskRow.name == spec.name))
+    if task is not None and list(task.classes) != list(spec.classes):
+        old, new = list(task.classes), list(spec.classes)
+        diff = f"{len(old)} classes" if len(old) != len(new) else "classes in another order or with other names"
+        raise TaskConflictError(
+            f"task {spec.name!r} already exists with {diff} ({', '.join(old[:5])}{', …' if len(old) > 5 else ''}); "
+            "publish under another name, or with exactly the same class list"
+        )
+    return task
+
+
 def create_publication(
     *, session: Session, spec: TaskSpec, pool: PoolRow, data_path: Path, max_attempts: int
 ) -> tuple[TaskRow, VersionRow, JobRow]:
     """Task (created or reused by name), a pending version with the next number, and a queued job."""
-    task = session.scalar(select(TaskRow).where(TaskRow.name == spec.name))
+    task = check_task_name(session=session, spec=spec)
     if task is None:
         task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes), access=spec.access)
         session.add(task)

@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of 'plada-server serve'")
     port: int = Field(8000, ge=0, le=65535, description="port of 'plada-server serve' (0 = any free port)")
     max_upload_bytes: int = Field(256 << 20, ge=1024, description="largest accepted target-data upload")
+    max_inflated_bytes: int = Field(
+        2 << 30, ge=1024, description="largest total a target-data archive may inflate to (zip/npz bomb guard)"
+    )
+    orphan_grace_s: float = Field(
+        3600.0, ge=0.0, description="uploads no job refers to are removed at start-up once this old (crash leftovers)"
+    )
     job_lease_s: float = Field(60.0, ge=5.0, le=3600.0, description="a worker must heartbeat within this time")
     job_max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is marked failed")
     worker_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="idle worker's queue polling interval")

@@ -1,26 +1,45 @@
 """Reading the publisher's labelled target data: ``.npz`` (x uint8, y int) or ``.zip`` (<class>/<image>).
 
-Everything is checked before a single row or file is written. Zip members are never extracted to disk, so
-names cannot traverse paths; member count, total inflated size and image pixels are capped.
+Everything is checked before a single row or file is written. Archives are hostile until proven otherwise:
+member count, total inflated size and the inflation ratio of big members are capped before anything is
+inflated (zipfile stops at each member's declared size, so the declared sizes bound the work); ``.npy``
+headers are read before their arrays so a header that claims terabytes never reaches an allocation; zip
+members are never extracted to disk and names that could escape a folder are refused; images are opened
+lazily and their pixel count checked before decoding.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import unicodedata
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from plada.shared.errors import InvalidDataError
+from plada.shared.errors import DecompressionBombError, InvalidDataError, UnsafeArchivePathError
 from plada.shared.pool import atomic_write
 
 MAX_ITEMS = 1_000_000
-MAX_ZIP_MEMBERS = 200_000
-MAX_ZIP_INFLATED = 2 << 30
-MAX_IMAGE_PIXELS = 4096 * 4096
 MIN_PER_CLASS = 2
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What one upload may inflate to. The ratio cap applies to members over ``ratio_floor`` bytes only:
+    small members cannot hurt, and real image data compresses 2-20x, far below 250x."""
+
+    max_members: int = 200_000
+    max_inflated: int = 2 << 30
+    max_ratio: float = 250.0
+    ratio_floor: int = 64 << 20
+    max_image_pixels: int = 4096 * 4096
+
+
+DEFAULT_LIMITS = ArchiveLimits()
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,61 +70,143 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndar
     return x, y.astype(np.int64)
 
 
-def read_npz(data: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def check_archive(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
+    """The archive's file members, after the count, size and ratio caps; raises before inflating anything."""
+    members = [m for m in zf.infolist() if not m.is_dir()]
+    if len(members) > limits.max_members:
+        raise DecompressionBombError(f"archive has {len(members)} files; the limit is {limits.max_members}")
+    total = sum(m.file_size for m in members)
+    if total > limits.max_inflated:
+        raise DecompressionBombError(
+            f"archive inflates to {total} bytes; the limit is {limits.max_inflated} (PLADA_MAX_INFLATED_BYTES)"
+        )
+    for m in members:
+        if m.file_size > limits.ratio_floor and m.file_size > limits.max_ratio * max(m.compress_size, 1):
+            raise DecompressionBombError(
+                f"archive member {m.filename!r} inflates {m.file_size / max(m.compress_size, 1):.0f}x "
+                f"({m.compress_size} -> {m.file_size} bytes); the limit is {limits.max_ratio:.0f}x"
+            )
+    return members
+
+
+def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    """Read only the ``.npy`` header: its shape and dtype must fit in the bytes the member really holds."""
+    fmt = np.lib.format
+    with zf.open(member) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        header_len = f.tell()
+    if dtype.hasobject:
+        raise InvalidDataError(f"array {member.filename!r} holds Python objects; only numeric arrays are read")
+    need = math.prod(int(d) for d in shape) * dtype.itemsize
+    if need != member.file_size - header_len:
+        raise InvalidDataError(
+            f"array {member.filename!r} declares shape {tuple(shape)} of {dtype} ({need} bytes) "
+            f"but holds {member.file_size - header_len} bytes"
+        )
+
+
+def read_npz(data: bytes, n_classes: int, limits: ArchiveLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, np.ndarray]:
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = {m.filename: m for m in check_archive(zf, limits)}
+            if "x.npy" not in members or "y.npy" not in members:
+                found = sorted(n.removesuffix(".npy") for n in members)
+                raise InvalidDataError(f"the .npz needs arrays 'x' and 'y', found {found}")
+            for name in ("x.npy", "y.npy"):
+                _check_npy_header(zf, members[name])
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if "x" not in z.files or "y" not in z.files:
-                raise InvalidDataError(f"the .npz needs arrays 'x' and 'y', found {sorted(z.files)}")
             x, y = z["x"], z["y"]
     except InvalidDataError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
         raise InvalidDataError(f"data is not a readable .npz file: {exc}") from exc
     return _check_arrays(x, y, n_classes)
 
 
-def read_zip(data: bytes, classes: list[str], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``<class>/<image>`` members, decoded to the pool's image shape."""
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _image_members(members: list[zipfile.ZipInfo], classes: set[str]) -> list[tuple[zipfile.ZipInfo, str]]:
+    """(member, class folder) pairs. Names that could escape a folder are refused outright; macOS metadata
+    (``__MACOSX/``, dot-files) is skipped; one common top folder that is not a class (a zipped parent
+    folder) is stripped."""
+    kept: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    for m in members:
+        name = m.filename
+        parts = PurePosixPath(name).parts
+        if (
+            name.startswith(("/", "\\"))
+            or "\\" in name
+            or "\0" in name
+            or ".." in parts
+            or (len(name) > 1 and name[1] == ":")
+        ):
+            raise UnsafeArchivePathError(f"zip member {name!r} has an unsafe path (absolute, '..' or backslashes)")
+        if parts[0] == "__MACOSX" or parts[-1].startswith("."):
+            continue
+        kept.append((m, parts))
+    tops = {_nfc(p[0]) for _, p in kept}
+    if kept and all(len(p) == 3 for _, p in kept) and len(tops) == 1 and not tops <= classes:
+        kept = [(m, p[1:]) for m, p in kept]
+    out: list[tuple[zipfile.ZipInfo, str]] = []
+    for m, parts in kept:
+        if len(parts) != 2:
+            raise InvalidDataError(f"zip member {m.filename!r} is not <class>/<image>")
+        out.append((m, _nfc(parts[0])))
+    return out
+
+
+def read_zip(
+    data: bytes, classes: list[str], image_shape: tuple[int, int, int], limits: ArchiveLimits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``<class>/<image>`` members, decoded to the pool's image shape. Class folders match the spec's class
+    names after Unicode NFC normalisation (macOS writes decomposed names into zips)."""
     from PIL import Image
 
     h, w, c = image_shape
-    index = {name: i for i, name in enumerate(classes)}
+    index = {_nfc(name): i for i, name in enumerate(classes)}
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise InvalidDataError(f"data is not a readable .zip file: {exc}") from exc
     with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > MAX_ZIP_MEMBERS:
-            raise InvalidDataError(f"zip has {len(members)} files; the limit is {MAX_ZIP_MEMBERS}")
-        if sum(m.file_size for m in members) > MAX_ZIP_INFLATED:
-            raise InvalidDataError("zip inflates beyond the size limit")
         xs: list[np.ndarray] = []
         ys: list[int] = []
-        for m in members:
-            parts = PurePosixPath(m.filename).parts
-            if m.filename.startswith("/") or ".." in parts or len(parts) != 2:
-                raise InvalidDataError(f"zip member {m.filename!r} is not <class>/<image>")
-            if parts[0] not in index:
-                raise InvalidDataError(f"zip folder {parts[0]!r} is not one of the spec's classes")
+        for m, folder in _image_members(check_archive(zf, limits), set(index)):
+            if folder not in index:
+                raise InvalidDataError(f"zip folder {folder!r} is not one of the spec's classes")
             try:
                 with Image.open(io.BytesIO(zf.read(m))) as im:
-                    if im.width * im.height > MAX_IMAGE_PIXELS:
-                        raise InvalidDataError(f"image {m.filename!r} is larger than {MAX_IMAGE_PIXELS} pixels")
+                    if im.width * im.height > limits.max_image_pixels:
+                        raise DecompressionBombError(
+                            f"image {m.filename!r} has {im.width}x{im.height} pixels; "
+                            f"the limit is {limits.max_image_pixels}"
+                        )
                     arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)))
             except InvalidDataError:
                 raise
             except Exception as exc:  # PIL raises many types for undecodable images
                 raise InvalidDataError(f"zip member {m.filename!r} is not a readable image: {exc}") from exc
             xs.append(arr.reshape(h, w, c))
-            ys.append(index[parts[0]])
+            ys.append(index[folder])
     if not xs:
         raise InvalidDataError("zip holds no images")
     return _check_arrays(np.stack(xs), np.asarray(ys, dtype=np.int64), len(classes))
 
 
 def read_target_data(
-    data: bytes, filename: str, classes: list[str], image_shape: tuple[int, int, int]
+    data: bytes,
+    filename: str,
+    classes: list[str],
+    image_shape: tuple[int, int, int],
+    limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sniff the content, not the name: an archive of ``.npy`` members is an npz, anything else a zip."""
     if not data:
@@ -114,11 +215,11 @@ def read_target_data(
         raise InvalidDataError(f"data {filename!r} is neither a .npz nor a .zip file")
     try:
         names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise InvalidDataError(f"data {filename!r} is a damaged archive: {exc}") from exc
     if names and all(n.endswith(".npy") for n in names):
-        return read_npz(data, len(classes))
-    return read_zip(data, classes, image_shape)
+        return read_npz(data, len(classes), limits)
+    return read_zip(data, classes, image_shape, limits)
 
 
 def store_upload(uploads_dir: Path, x: np.ndarray, y: np.ndarray) -> Path:

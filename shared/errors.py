@@ -15,6 +15,8 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     │   └── PoolSourceMissingError   pool_source_missing    500
     ├── InvalidSpecError             invalid_spec           422
     ├── InvalidDataError             invalid_data           422
+    │   ├── DecompressionBombError   decompression_bomb     413
+    │   └── UnsafeArchivePathError   unsafe_archive_path    422
     ├── PayloadTooLargeError         payload_too_large      413
     ├── NotFoundError                not_found              404
     │   ├── UnknownPoolError         unknown_pool           404
@@ -22,6 +24,7 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     │   ├── TaskNotFoundError        task_not_found         404
     │   ├── VersionNotFoundError     version_not_found      404
     │   └── JobNotFoundError         job_not_found          404
+    ├── TaskConflictError            task_conflict          409
     ├── VersionNotReadyError         version_not_ready      409
     ├── PipelineError                pipeline_failed        500
     └── ClientError                  client_error           -
@@ -100,6 +103,29 @@ class InvalidDataError(PladaError):
     code = "invalid_data"
     status = 422
     title = "Invalid target data"
+
+
+class DecompressionBombError(InvalidDataError):
+    """The upload is small but would inflate past a limit (archive bytes, ratio, image pixels)."""
+
+    code = "decompression_bomb"
+    status = 413
+    title = "Upload inflates beyond the limits"
+
+
+class UnsafeArchivePathError(InvalidDataError):
+    """A zip member name that could escape a folder if anyone ever extracted it."""
+
+    code = "unsafe_archive_path"
+    title = "Unsafe path in archive"
+
+
+class TaskConflictError(PladaError):
+    """A task name is taken by a task with other classes: a second publisher must not redefine it silently."""
+
+    code = "task_conflict"
+    status = 409
+    title = "Task name already in use"
 
 
 class PayloadTooLargeError(PladaError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
@@ -89,10 +90,17 @@ class TaskSpec(_Strict):
     @field_validator("classes")
     @classmethod
     def _classes_ok(cls, v: list[str]) -> list[str]:
+        """Any language is welcome; names are stored NFC-normalised so that 'café' typed on macOS (decomposed)
+        and on Linux (composed) are one class, and control characters (invisible in every UI) are refused."""
+        v = [unicodedata.normalize("NFC", c) for c in v]
         if any(not c.strip() or len(c) > 200 for c in v):
             raise ValueError("class names must be 1-200 characters and not blank")
+        bad = next((c for c in v if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in c)), None)
+        if bad is not None:
+            raise ValueError(f"class name {bad!r} contains control characters")
         if len(set(v)) != len(v):
-            raise ValueError("class names must be unique")
+            dup = next(c for c in v if v.count(c) > 1)
+            raise ValueError(f"class names must be unique (after Unicode NFC normalisation); {dup!r} repeats")
         return v
 
     @model_validator(mode="after")

@@ -16,7 +16,11 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iter
         data_dir=data,
         pools_dir=world_dir / "pools",
         log_dir=data / "logs",
-        env={"PLADA_MAX_UPLOAD_BYTES": str(3_000_000)},
+        env={
+            "PLADA_MAX_UPLOAD_BYTES": str(3_000_000),
+            "PLADA_MAX_INFLATED_BYTES": str(50_000_000),
+            "PLADA_PUBLISH_RATE_PER_MIN": "100000",  # the rate limit has its own stack and test
+        },
     )
     stack.start_server()
     yield stack

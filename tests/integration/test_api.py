@@ -6,6 +6,8 @@ import io
 import json
 import re
 import sqlite3
+import threading
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,37 @@ def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
     return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    """60 MB of zero images in ~60 KB: over the stack's 50 MB inflation limit."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((15_000, 64, 64), np.uint8), y=np.repeat([0, 1], 7_500))
+    return buf.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+def _png(value: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _lying_npy_header() -> bytes:
+    h = io.BytesIO()
+    np.lib.format.write_array_header_1_0(h, {"descr": "|u1", "fortran_order": False, "shape": (10**7, 4096, 4096)})
+    y = io.BytesIO()
+    np.save(y, np.repeat([0, 1], 6))
+    return _zip({"x.npy": h.getvalue() + b"\0" * 64, "y.npy": y.getvalue()})
 
 
 GOOD = _npz(np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8), np.repeat([0, 1], 6))
@@ -85,6 +118,15 @@ def test_health_and_pools(api_stack: LocalStack, pool) -> None:  # type: ignore[
         (SPEC, _npz(np.zeros((12, 28, 28), np.float32), np.repeat([0, 1], 6)), 422, "invalid_data"),
         (SPEC, _npz(np.zeros((12, 28, 28), np.uint8), np.repeat([0, 7], 6)), 422, "invalid_data"),
         (SPEC, b"\x00" * 3_000_001, 413, "payload_too_large"),
+        (SPEC, b"\x00" * 6_000_000, 413, "payload_too_large"),  # refused on Content-Length, before spooling
+        (SPEC, _bomb(), 413, "decompression_bomb"),
+        (SPEC, _lying_npy_header(), 422, "invalid_data"),
+        (SPEC, _zip({"../../etc/a/0.png": _png(1), "b/0.png": _png(2)}), 422, "unsafe_archive_path"),
+        (SPEC, _zip({"a/0.png": b"\x89PNG\r\n\x1a\n broken", "b/0.png": _png(2)}), 422, "invalid_data"),
+        (SPEC | {"classes": []}, GOOD, 422, "invalid_spec"),
+        (SPEC | {"classes": [f"c{i}" for i in range(100_000)]}, GOOD, 422, "invalid_spec"),
+        (SPEC | {"classes": ["a\u0000", "b"]}, GOOD, 422, "invalid_spec"),
+        (json.dumps(SPEC)[:-1] + ', "keep": NaN}', GOOD, 422, "invalid_spec"),
     ],
 )
 def test_bad_publish_is_refused_and_nothing_is_written(
@@ -301,3 +343,42 @@ def test_rate_limiter_window_slides() -> None:
 
     time.sleep(0.35)
     rl.hit("a")
+
+
+def test_duplicate_task_name_with_other_classes_is_a_conflict(api_stack: LocalStack) -> None:
+    spec = SPEC | {"name": "dup"}
+    assert _post(api_stack, spec, GOOD).status_code == 202
+    before = _counts(api_stack)
+    body = assert_problem(_post(api_stack, spec | {"classes": ["b", "a"]}, GOOD), 409, "task_conflict")
+    assert "dup" in str(body["detail"]) and "another name" in str(body["detail"])
+    assert _counts(api_stack) == before
+    again = _post(api_stack, spec, GOOD)  # the same class list is a new version, as always
+    assert again.status_code == 202 and again.json()["version"] == 2
+
+
+def test_concurrent_publishes_of_one_new_task_all_get_distinct_versions(api_stack: LocalStack) -> None:
+    """Eight publishers race on a name nobody has used: no 500, no lost publish, versions 1..8."""
+    spec = SPEC | {"name": "race"}
+    results: list[httpx.Response] = []
+    gate = threading.Barrier(8)
+
+    def one() -> None:
+        gate.wait()
+        results.append(_post(api_stack, spec, GOOD))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [202] * 8, [r.text for r in results if r.status_code != 202]
+    assert sorted(r.json()["version"] for r in results) == list(range(1, 9))
+
+
+def test_unicode_class_names_from_a_macos_zip(api_stack: LocalStack) -> None:
+    """Composed names in the spec, decomposed (NFD) folder names in the zip, as macOS Finder writes them."""
+    classes = ["caf\u00e9", "\u732b"]
+    members = {f"cafe\u0301/{i}.png": _png(i) for i in range(3)} | {f"\u732b/{i}.png": _png(200 + i) for i in range(3)}
+    resp = _post(api_stack, SPEC | {"name": "unicode", "classes": classes}, _zip(members), filename="d.zip")
+    assert resp.status_code == 202, resp.text
+    assert httpx.get(f"{api_stack.url}/v1/tasks/unicode").json()["classes"] == classes
