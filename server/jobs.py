@@ -68,6 +68,7 @@ def claim_job(factory: sessionmaker[Session], *, worker_id: str, lease_s: float)
                     lease_until=t + lease_s,
                     attempts=JobRow.attempts + 1,
                     updated_at=t,
+                    progress=0.0,  # a retried job starts over; the bar must not claim the dead worker's work
                     message="claimed",
                 )
             )
