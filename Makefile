@@ -7,7 +7,7 @@ WORLD  ?= $(CURDIR)/.cache/world
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export PLADA_WORLD_DIR := $(WORLD)
 
-.PHONY: install system-deps world demo test lint format clean docs browser
+.PHONY: install system-deps world demo test lint format clean docs browser postgres
 
 install: $(STAMP)
 
@@ -54,7 +54,18 @@ browser:
 	  echo "note: no Chromium; the dashboard browser test will be skipped (Debian: apt-get install chromium)"; \
 	fi
 
-test: world lint browser
+# The concurrency and API tests also run on PostgreSQL: a throwaway cluster of Debian's server binaries on a
+# free loopback port (tests start and stop it; nothing is configured system-wide).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)); \
+	else \
+	  echo "note: no PostgreSQL; its test variants will be skipped (Debian: apt-get install postgresql)"; \
+	fi
+
+test: world lint browser postgres
 	$(BIN)/python -m pytest
 
 docs: install

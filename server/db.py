@@ -81,7 +81,7 @@ class JobRow(Base):
     version_ref: Mapped[int] = mapped_column(ForeignKey("versions.id"))
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
-    message: Mapped[str] = mapped_column(String(500), default="")
+    message: Mapped[str] = mapped_column(String(2000), default="")
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -128,3 +133,91 @@ class LocalStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster (Debian's ``postgresql`` package) on a free loopback port, trust auth:
+    what the tests and a developer's laptop use to run plada on PostgreSQL without touching a system cluster.
+
+    initdb and postgres refuse to run as root, so under root the cluster belongs to the ``postgres`` user the
+    Debian package creates."""
+
+    bindir: Path
+    root: Path | None = None
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def find(cls) -> LocalPostgres | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        exe = str(found[-1]) if found else shutil.which("initdb")
+        return cls(bindir=Path(exe).parent) if exe else None
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the server, without a database name."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def _conninfo(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        import psycopg
+
+        self.root = Path(tempfile.mkdtemp(prefix="plada-pg-"))
+        run_as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            run_as = ["runuser", "-u", "postgres", "--"]
+        data, self.port = self.root / "data", _free_port()
+        initdb = [str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run([*run_as, *initdb, "--no-sync"], check=True, capture_output=True, timeout=120)
+        settings = ["listen_addresses=127.0.0.1", "fsync=off", "max_connections=300"]
+        cmd = [*run_as, str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.root)]
+        with open(self.root / "server.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd + [a for kv in settings for a in ("-c", kv)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self._conninfo(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.root / "server.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"postgres did not start: {tail}") from None
+                time.sleep(0.2)
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"plada_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._conninfo(), autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name}")
+        return f"{self.url}/{name}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # fast shutdown (disconnects clients) sent to the postmaster itself: runuser does not pass it on
+            pid_file = self.root / "data" / "postmaster.pid" if self.root is not None else None
+            try:
+                os.kill(int(pid_file.read_text().split()[0]) if pid_file else self.proc.pid, signal.SIGINT)
+            except (OSError, ValueError, IndexError):
+                self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plada.server.local import LocalPostgres
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
 from plada.shared.pool import Pool
 
@@ -37,6 +38,16 @@ def pool(world_dir: Path) -> Pool:
 
 
 @pytest.fixture(scope="session")
+def world_features(pool: Pool) -> Pool:
+    """The mini pool with its cached feature index (what ``make world`` builds; built here when missing)."""
+    from plada.server.pipeline.features import build_feature_index, open_feature_index
+
+    if open_feature_index(pool) is None:
+        build_feature_index(pool)
+    return pool
+
+
+@pytest.fixture(scope="session")
 def task_classes(world_dir: Path) -> dict[str, list[str]]:
     return {
         t: json.loads((world_dir / "tasks" / t / "task.json").read_text())["classes"]
@@ -51,6 +62,28 @@ def small_npz(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "small.npz"
     np.savez(path, x=rng.integers(0, 255, (12, 28, 28), dtype=np.uint8), y=np.repeat([0, 1], 6))
     yield path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A throwaway PostgreSQL cluster on a free loopback port, shared by every test of the session."""
+    pg = LocalPostgres.find()
+    if pg is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; `make test` does it as root)")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Run a test once on SQLite (empty string: the server's default file) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return ""
+    pg: LocalPostgres = request.getfixturevalue("postgres_server")
+    return pg.new_database()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,10 +8,16 @@ import pytest
 from plada.server.local import LocalStack
 
 
-@pytest.fixture(scope="module")
-def api_stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iterator[LocalStack]:
-    """A real uvicorn on a free loopback port over a fresh SQLite file; no worker (jobs stay queued)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, world_dir: Path
+) -> Iterator[LocalStack]:
+    """A real uvicorn on a free loopback port over a fresh database, SQLite file or PostgreSQL (the same
+    tests run on both); no worker (jobs stay queued)."""
     data = tmp_path_factory.mktemp("api")
+    db = {}
+    if request.param == "postgresql":
+        db = {"PLADA_DATABASE_URL": request.getfixturevalue("postgres_server").new_database()}
     stack = LocalStack(
         data_dir=data,
         pools_dir=world_dir / "pools",
@@ -20,7 +26,8 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory, world_dir: Path) -> Iter
             "PLADA_MAX_UPLOAD_BYTES": str(3_000_000),
             "PLADA_MAX_INFLATED_BYTES": str(50_000_000),
             "PLADA_PUBLISH_RATE_PER_MIN": "100000",  # the rate limit has its own stack and test
-        },
+        }
+        | db,
     )
     stack.start_server()
     yield stack

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3
 import threading
 import zipfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from plada.server.local import LocalStack
 
@@ -71,12 +71,19 @@ def _post(
     )
 
 
+def _db(stack: LocalStack) -> sa.Engine:
+    return sa.create_engine(stack.env.get("PLADA_DATABASE_URL") or f"sqlite:///{stack.data_dir / 'plada.db'}")
+
+
 def _counts(stack: LocalStack) -> tuple[int, int, int, int]:
-    con = sqlite3.connect(stack.data_dir / "plada.db")
+    engine = _db(stack)
     try:
-        n = tuple(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "versions", "jobs"))
+        with engine.connect() as con:
+            n = tuple(
+                con.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in ("tasks", "versions", "jobs")
+            )
     finally:
-        con.close()
+        engine.dispose()
     uploads = len([p for p in (stack.data_dir / "uploads").iterdir()])
     return (*n, uploads)  # type: ignore[return-value]
 
@@ -299,11 +306,10 @@ def test_revoked_tokens_stop_working(api_stack: LocalStack) -> None:
         [sys.executable, "-m", "plada.server.cli", "token", "list"], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert tok["token"] not in listed and '"temp"' in listed  # secrets are never listed
-    con = sqlite3.connect(api_stack.data_dir / "plada.db")
-    try:
-        hashes = [h for (h,) in con.execute("SELECT token_hash FROM tokens")]
-    finally:
-        con.close()
+    engine = _db(api_stack)
+    with engine.connect() as con:
+        hashes = [h for (h,) in con.execute(sa.text("SELECT token_hash FROM tokens"))]
+    engine.dispose()
     assert tok["token"] not in hashes and all(len(h) == 64 for h in hashes)
     assert _post(api_stack, SPEC | {"name": "revoked-task"}, GOOD, token=tok["token"]).status_code == 202
     subprocess.run(
