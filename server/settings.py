@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         "on", description="on: publishing needs a 'publish' token, token-gated tasks a token; off: local demos only"
     )
     publish_rate_per_min: int = Field(30, ge=1, le=100_000, description="publishes per token (or address) a minute")
+    weights_dir: Path | None = Field(
+        None,
+        description="local weights (<arch>.pth / .safetensors) of pretrained teachers; default <data_dir>/weights",
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )
@@ -53,6 +57,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'plada.db').as_posix()}"
         if self.pools_dir is None:
             self.pools_dir = self.data_dir / "pools"
+        if self.weights_dir is None:
+            self.weights_dir = self.data_dir / "weights"
         if self.signing_key is None:
             self.signing_key = self.data_dir / "signing.key"
         return self

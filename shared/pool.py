@@ -16,10 +16,10 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -37,17 +37,74 @@ def item_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=ITEM_HASH_BYTES).digest()
 
 
+class KeyTable(Sequence[str]):
+    """Item keys as one newline-joined UTF-8 blob plus start offsets.
+
+    ImageNet-21K has 14.2M keys: as a numpy str array that is 4 bytes a character (~2.8 GB), here ~0.7 GB, and
+    the pool_id hashes the blob as it is. Keys never contain newlines, so the blob alone is the stored form."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        if not blob:
+            self._starts = np.zeros(0, np.int64)
+            self._ends = self._starts
+            return
+        nl = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+        self._starts = np.r_[0, nl + 1].astype(np.int64)
+        self._ends = np.r_[nl, len(blob)].astype(np.int64)
+
+    @classmethod
+    def from_strings(cls, keys: Iterable[str]) -> KeyTable:
+        keys = [str(k) for k in keys]
+        if any("\n" in k for k in keys):
+            raise ValueError("keys must not contain newlines")
+        if not keys:
+            return cls(b"")
+        if any(k == "" for k in keys):
+            raise ValueError("keys must not be empty")
+        return cls("\n".join(keys).encode("utf-8"))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.blob[self._starts[i] : self._ends[i]].decode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, KeyTable):
+            return self.blob == other.blob
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _as_keys(keys: KeyTable | np.ndarray | Sequence[str]) -> KeyTable:
+    return keys if isinstance(keys, KeyTable) else KeyTable.from_strings(keys)
+
+
 @dataclass(frozen=True)
 class PoolManifest:
     """Ordered keys, per-item hashes and optional group ids; ``pool_id`` is derived, never chosen."""
 
     name: str
-    keys: np.ndarray  # (N,) str
+    keys: KeyTable  # (N,) item keys; any sequence of str is converted
     hashes: np.ndarray  # (N, 16) uint8
     groups: np.ndarray | None = None  # (N,) int32, e.g. the synset folder
     clusters: np.ndarray | None = None  # (N,) int32, a coding order computed once per pool (e.g. k-means)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", _as_keys(self.keys))
         if self.hashes.shape != (len(self.keys), ITEM_HASH_BYTES) or self.hashes.dtype != np.uint8:
             raise ValueError("hashes must be (N, 16) uint8")
         for name in ("groups", "clusters"):
@@ -63,7 +120,7 @@ class PoolManifest:
         return compute_pool_id(self.keys, self.hashes)
 
     def save(self, path: Path) -> None:
-        arrays: dict[str, Any] = {"keys": self.keys.astype(str), "hashes": self.hashes}
+        arrays: dict[str, Any] = {"keys_utf8": np.frombuffer(self.keys.blob, dtype=np.uint8), "hashes": self.hashes}
         if self.groups is not None:
             arrays["groups"] = self.groups
         if self.clusters is not None:
@@ -76,16 +133,19 @@ class PoolManifest:
             with np.load(path, allow_pickle=False) as z:
                 groups = z["groups"] if "groups" in z.files else None
                 clusters = z["clusters"] if "clusters" in z.files else None
-                return cls(name=name, keys=z["keys"], hashes=z["hashes"], groups=groups, clusters=clusters)
+                # format 1 stored a numpy str array; the blob is the compact form (same keys, same pool_id)
+                keys = KeyTable(z["keys_utf8"].tobytes()) if "keys_utf8" in z.files else z["keys"]
+                return cls(name=name, keys=keys, hashes=z["hashes"], groups=groups, clusters=clusters)
         except (OSError, KeyError, ValueError) as exc:
             raise PoolError(f"cannot read pool manifest {path}: {exc}") from exc
 
 
-def compute_pool_id(keys: np.ndarray, hashes: np.ndarray) -> str:
+def compute_pool_id(keys: KeyTable | np.ndarray | Sequence[str], hashes: np.ndarray) -> str:
     """sha256 over the count, the newline-joined keys and the hash table: order-sensitive by design."""
+    table = _as_keys(keys)
     h = hashlib.sha256(b"plada-pool-v1\0")
-    h.update(struct.pack("<Q", len(keys)))
-    h.update(hashlib.sha256("\n".join(map(str, keys)).encode("utf-8")).digest())
+    h.update(struct.pack("<Q", len(table)))
+    h.update(hashlib.sha256(table.blob).digest())
     h.update(hashlib.sha256(np.ascontiguousarray(hashes).tobytes()).digest())
     return h.hexdigest()
 
@@ -254,6 +314,128 @@ class FolderPool(Pool):
         return self._path(i).read_bytes()
 
 
+class TarPool(Pool):
+    """WebDataset-style tar shards read in place: each item is one image member, found by its byte offset, so a
+    random batch costs one ``pread`` per image. Shards must be uncompressed tars (random access)."""
+
+    def __init__(self, root: Path, info: dict[str, Any], manifest: PoolManifest) -> None:
+        super().__init__(root, info, manifest)
+        try:
+            with np.load(root / "tar_index.npz", allow_pickle=False) as z:
+                self.shard_of, self.offset, self.size = z["shard"], z["offset"], z["size"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise PoolError(f"cannot read the shard index of {root}: {exc}") from exc
+        if not len(self.shard_of) == len(self.offset) == len(self.size) == len(manifest):
+            raise PoolError(f"shard index of {root} does not match its manifest")
+        self._shards = [Path(info["source"]) / name for name in info["shards"]]
+
+    def item_bytes(self, i: int) -> bytes:
+        with open(self._shards[int(self.shard_of[i])], "rb") as f:
+            return os.pread(f.fileno(), int(self.size[i]), int(self.offset[i]))
+
+    def batch(self, indices: np.ndarray) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        h, w, c = self.image_shape
+        mode = "L" if c == 1 else "RGB"
+        out = np.empty((len(indices), h, w, c), dtype=np.uint8)
+        for j, i in enumerate(np.asarray(indices, dtype=np.int64)):
+            with Image.open(io.BytesIO(self.item_bytes(int(i)))) as im:
+                arr = np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
+            out[j] = arr.reshape(h, w, c)
+        return out
+
+
+def _sample_key(member: str) -> tuple[str, str]:
+    """WebDataset's rule: a sample is everything up to the first dot of the file name (``a/b.c.jpg`` → ``a/b``)."""
+    folder, _, fname = member.rpartition("/")
+    base, _, ext = fname.partition(".")
+    return (f"{folder}/{base}" if folder else base), ext
+
+
+def index_tar_shards(
+    source: Path, out: Path, name: str, *, image_size: int = 224, channels: int = 3, progress: Progress | None = None
+) -> Pool:
+    """Build a ``tar`` pool over the ``*.tar`` shards in ``source`` (WebDataset layout: ``<key>.jpg`` beside
+    ``<key>.cls``). Keys are ``<shard>/<member>`` in shard-name then tar order; the group is the sample's
+    ``.cls`` label when there is one (ImageNet shards carry it), else the shard."""
+    import tarfile
+
+    source = source.resolve()
+    shards = sorted(p for p in source.glob("*.tar") if p.is_file()) if source.is_dir() else []
+    if not shards:
+        raise PoolError(f"no .tar shards in {source} (compressed shards cannot be read in place: untar.gz them)")
+    keys: list[str] = []
+    hashes: list[bytes] = []
+    shard_of: list[int] = []
+    offsets: list[int] = []
+    sizes: list[int] = []
+    labels: list[int] = []
+    for si, shard in enumerate(shards):
+        cls: dict[str, int] = {}
+        first = len(keys)
+        try:
+            with tarfile.open(shard, "r:") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    stem, ext = _sample_key(m.name)
+                    if ext.lower() == "cls":
+                        f = tf.extractfile(m)
+                        text = f.read(32).decode("ascii", "replace").strip() if f else ""
+                        cls[stem] = int(text) if text.isdigit() else -1
+                    elif "." + ext.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES:
+                        f = tf.extractfile(m)
+                        assert f is not None
+                        hashes.append(item_hash(f.read()))
+                        keys.append(f"{shard.name}/{m.name}")
+                        shard_of.append(si)
+                        offsets.append(m.offset_data)
+                        sizes.append(m.size)
+                        labels.append(-1)  # the sample's .cls may come after its image: resolved below
+        except tarfile.TarError as exc:
+            raise PoolError(f"cannot read shard {shard}: {exc}") from exc
+        for j in range(first, len(keys)):
+            label = cls.get(_sample_key(keys[j].split("/", 1)[1])[0], -1)
+            labels[j] = label if label >= 0 else -1 - si
+        if progress:
+            progress(si + 1, len(shards))
+    if not keys:
+        raise PoolError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the shards under {source}")
+    # groups: the .cls labels as they are; shards without labels get ids after the largest label
+    lab = np.asarray(labels, dtype=np.int64)
+    top = int(lab.max()) + 1 if (lab >= 0).any() else 0
+    groups = np.where(lab >= 0, lab, top + (-1 - lab)).astype(np.int32)
+    manifest = PoolManifest(
+        name=name,
+        keys=keys,
+        hashes=np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, ITEM_HASH_BYTES),
+        groups=groups,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        out / "tar_index.npz",
+        lambda f: np.savez(
+            f,
+            shard=np.asarray(shard_of, dtype=np.uint32),
+            offset=np.asarray(offsets, dtype=np.int64),
+            size=np.asarray(sizes, dtype=np.int64),
+        ),
+    )
+    return _finish(
+        out,
+        manifest,
+        {
+            "kind": "tar",
+            "source": str(source),
+            "shards": [p.name for p in shards],
+            "image_shape": [image_size, image_size, channels],
+        },
+    )
+
+
 def write_array_pool(
     out: Path, name: str, images: np.ndarray, keys: list[str], groups: np.ndarray | None = None
 ) -> Pool:
@@ -271,43 +453,107 @@ def write_array_pool(
     return _finish(out, manifest, {"kind": "array", "image_shape": shape})
 
 
+def _walk_images(source: Path) -> Iterable[str]:
+    """Relative posix paths of image files under ``source``, streamed with os.scandir (no Path objects: a
+    1.28M-file tree is listed in seconds). Hidden files and folders are skipped."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(source / rel if rel else source) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                r = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(r)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    yield r
+
+
+def _hash_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return item_hash(f.read())
+
+
+def _hash_files(paths: list[str]) -> bytes:
+    """One task per chunk of files: per-file tasks cost more in thread hand-offs than small files take to hash."""
+    return b"".join(_hash_file(p) for p in paths)
+
+
 def index_image_folder(
-    source: Path, out: Path, name: str, *, image_size: int = 224, channels: int = 3, progress: Progress | None = None
+    source: Path,
+    out: Path,
+    name: str,
+    *,
+    image_size: int = 224,
+    channels: int = 3,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    checkpoint_every: int = 65_536,
 ) -> Pool:
-    """Build a ``folder`` pool manifest over an image tree: keys are sorted relative paths, group = top folder."""
+    """Build a ``folder`` pool manifest over an image tree: keys are sorted relative paths, group = top folder.
+
+    Files are hashed by a thread pool (reads and BLAKE2b release the GIL). Every ``checkpoint_every`` items the
+    hashes so far go to ``out/.index-partial.npz``; a rerun over the same file list resumes from there, so an
+    interrupted index of ImageNet does not start over."""
+    from concurrent.futures import ThreadPoolExecutor
+
     source = source.resolve()
     if not source.is_dir():
         raise PoolError(f"image folder {source} does not exist")
-    keys = sorted(
-        p.relative_to(source).as_posix()
-        for p in source.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not keys:
+    listed = sorted(_walk_images(source))
+    if not listed:
         raise PoolError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
-    if any("\n" in k for k in keys):
+    if any("\n" in k for k in listed):
         raise PoolError("image paths with newlines are not supported")
-    tops = [k.split("/", 1)[0] if "/" in k else "" for k in keys]
-    group_names = sorted(set(tops))
-    gidx = {g: i for i, g in enumerate(group_names)}
-    hashes = np.empty((len(keys), ITEM_HASH_BYTES), dtype=np.uint8)
-    for i, k in enumerate(keys):
-        hashes[i] = np.frombuffer(item_hash((source / k).read_bytes()), dtype=np.uint8)
-        if progress and ((i + 1) % 1024 == 0 or i + 1 == len(keys)):
-            progress(i + 1, len(keys))
-    manifest = PoolManifest(
-        name=name, keys=np.asarray(keys), hashes=hashes, groups=np.asarray([gidx[t] for t in tops], dtype=np.int32)
-    )
-    return _finish(
+    keys = KeyTable.from_strings(listed)
+    n = len(keys)
+    tops = np.asarray([k.split("/", 1)[0] if "/" in k else "" for k in listed])
+    del listed
+    group_names, groups = np.unique(tops, return_inverse=True)
+    hashes = np.empty((n, ITEM_HASH_BYTES), dtype=np.uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / ".index-partial.npz"
+    listing_id = hashlib.sha256(keys.blob).hexdigest()
+    done = 0
+    if partial.is_file():
+        try:
+            with np.load(partial, allow_pickle=False) as z:
+                if str(z["listing"]) == listing_id and str(z["source"]) == str(source):
+                    done = int(z["done"])
+                    hashes[:done] = z["hashes"][:done]
+        except (OSError, KeyError, ValueError):
+            done = 0  # a damaged checkpoint only costs the work it saved
+    root = str(source)
+    # file reads and BLAKE2b of big files release the GIL; more threads than cores only thrash on small files
+    with ThreadPoolExecutor(max_workers=workers or max(2, min(32, os.cpu_count() or 1))) as ex:
+        while done < n:
+            stop = min(n, done + checkpoint_every)
+            paths = [f"{root}/{keys[i]}" for i in range(done, stop)]
+            chunks = [paths[i : i + 512] for i in range(0, len(paths), 512)]
+            flat = np.frombuffer(b"".join(ex.map(_hash_files, chunks)), dtype=np.uint8)
+            hashes[done:stop] = flat.reshape(-1, ITEM_HASH_BYTES)
+            done = stop
+            if done < n:
+                atomic_write(
+                    partial,
+                    lambda f, d=done: np.savez(f, listing=listing_id, source=root, done=d, hashes=hashes[:d]),
+                )
+            if progress:
+                progress(done, n)
+    manifest = PoolManifest(name=name, keys=keys, hashes=hashes, groups=groups.astype(np.int32))
+    pool = _finish(
         out,
         manifest,
         {
             "kind": "folder",
             "source": str(source),
             "image_shape": [image_size, image_size, channels],
-            "group_names": group_names,
+            "group_names": [str(g) for g in group_names],
         },
     )
+    partial.unlink(missing_ok=True)
+    return pool
 
 
 def _finish(out: Path, manifest: PoolManifest, extra: dict[str, Any]) -> Pool:
@@ -340,7 +586,7 @@ def open_pool(root: Path | str) -> Pool:
     manifest = PoolManifest.load(root / "manifest.npz", name=str(info.get("name", "")))
     if len(manifest) != info.get("n_items") or manifest.pool_id != info.get("pool_id"):
         raise PoolError(f"manifest of {root} does not match its pool.json (edited or truncated?)")
-    kinds: dict[str, type[Pool]] = {"array": ArrayPool, "folder": FolderPool}
+    kinds: dict[str, type[Pool]] = {"array": ArrayPool, "folder": FolderPool, "tar": TarPool}
     kind = info.get("kind")
     if kind not in kinds:
         raise PoolError(f"unknown pool kind {kind!r} in {info_path}")

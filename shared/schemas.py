@@ -26,6 +26,17 @@ class TeacherOptions(_Strict):
         "or a timm model name",
         max_length=100,
     )
+    pretrained: bool = Field(
+        False,
+        description="start a timm arch from local ImageNet weights (PLADA_WEIGHTS_DIR or a weights package on the "
+        "worker; never downloaded)",
+    )
+    finetune: Literal["full", "head"] = Field(
+        "full", description="with pretrained: train every layer, or only a new classifier on the frozen body"
+    )
+    image_size: int | None = Field(
+        None, ge=16, le=1024, description="teacher input side in pixels (default: the pool's image size)"
+    )
     epochs: int = Field(10, ge=1, le=300)
     batch_size: int = Field(128, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=1.0)

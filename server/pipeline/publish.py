@@ -120,6 +120,11 @@ def run_teacher(
             len(va),
             classify=lambda imgs: head.logits(index.embed(imgs, device=device)),
         )
+    if spec.teacher.pretrained:
+        try:  # a missing weights file is the publisher's (or operator's) to fix: no retries
+            pnn.find_weights(spec.teacher.arch)
+        except ValueError as exc:
+            raise InvalidSpecError(f"teacher.pretrained: {exc}") from exc
     teacher = train_teacher(
         x,
         y,
@@ -135,12 +140,13 @@ def run_teacher(
         len(pool),
         progress=lambda d, n: report(_TEACHER + _SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
     )
-    h, w, c = pool.image_shape
 
     def run(imgs: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The trained teacher on images outside the pool (the upload, a test split), in chunks."""
         chunks = (imgs[i : i + 1024] for i in range(0, len(imgs), 1024))
-        return pnn.predict(teacher.model, chunks, size=(h, w), channels=c, device=device, want_features=features)
+        return pnn.predict(
+            teacher.model, chunks, size=teacher.size, channels=teacher.channels, device=device, want_features=features
+        )
 
     if index is not None:
         pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)

@@ -51,8 +51,14 @@ def train_teacher(
 ) -> Teacher:
     """Train on the training part; accuracy on the held-out part is what the server reports as teacher acc."""
     h, w, c = image_shape
+    if opts.image_size is not None:
+        h = w = opts.image_size
+    if opts.pretrained:
+        c = 3  # ImageNet weights see RGB; grey pools are repeated over the channels
     tr, va = stratified_split(y, opts.val_fraction, opts.seed)
-    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes, seed=opts.seed)
+    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes, seed=opts.seed, pretrained=opts.pretrained)
+    if opts.pretrained and opts.finetune == "head":
+        pnn.freeze_body(model)
     cfg = pnn.FitConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)
     pnn.fit(model, x[tr], y[tr], cfg, size=(h, w), channels=c, device=device, progress=progress)
     val_acc = pnn.accuracy(model, x[va], y[va], size=(h, w), channels=c, device=device)

@@ -154,3 +154,93 @@ def test_verify_pool_cli(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout == "" and r.stderr.strip().count("\n") == 0
     assert "1 of 20 items differ" in r.stderr and "k2" in r.stderr
+
+
+def _tree(root: Path, groups: int, per: int) -> None:
+    for g in range(groups):
+        (root / f"n{g:03d}").mkdir(parents=True)
+        for j in range(per):
+            (root / f"n{g:03d}" / f"{j}.JPEG").write_bytes(f"{g}-{j}".encode() * 3)
+
+
+def test_interrupted_folder_index_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import plada.shared.pool as pool_mod
+
+    src = tmp_path / "train"
+    _tree(src, 5, 40)
+    whole = index_image_folder(src, tmp_path / "whole", "p", checkpoint_every=50)
+    hashed: list[str] = []
+    real = pool_mod._hash_file
+    monkeypatch.setattr(pool_mod, "_hash_file", lambda p: hashed.append(p) or real(p))
+
+    def crash(done: int, _n: int) -> None:
+        if done >= 100:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, or a killed job
+
+    with pytest.raises(KeyboardInterrupt):
+        index_image_folder(src, tmp_path / "resumed", "p", checkpoint_every=50, progress=crash)
+    assert (tmp_path / "resumed" / ".index-partial.npz").is_file() and len(hashed) == 100
+    hashed.clear()
+    resumed = index_image_folder(src, tmp_path / "resumed", "p", checkpoint_every=50)
+    assert len(hashed) == 100  # only the second half was read again
+    assert resumed.pool_id == whole.pool_id and not (tmp_path / "resumed" / ".index-partial.npz").exists()
+    # a changed file list is a different listing: its checkpoint is ignored, not trusted
+    with pytest.raises(KeyboardInterrupt):
+        index_image_folder(src, tmp_path / "again", "p", checkpoint_every=50, progress=crash)
+    (src / "n000" / "extra.JPEG").write_bytes(b"new")
+    hashed.clear()
+    assert index_image_folder(src, tmp_path / "again", "p", checkpoint_every=50).pool_id != whole.pool_id
+    assert len(hashed) == 201
+
+
+def test_manifest_keys_are_stored_compactly_and_old_manifests_still_load(tmp_path: Path) -> None:
+    from plada.shared.pool import KeyTable, PoolManifest
+
+    keys = ["n01/a.JPEG", "n01/ü.JPEG", "n02/b.JPEG"]
+    hashes = np.arange(48, dtype=np.uint8).reshape(3, 16)
+    m = PoolManifest(name="k", keys=keys, hashes=hashes, groups=np.array([0, 0, 1], np.int32))
+    assert isinstance(m.keys, KeyTable) and m.keys[1] == "n01/ü.JPEG" and m.keys[-1] == "n02/b.JPEG"
+    assert m.keys[0:2] == keys[:2] and len(m.keys) == 3
+    m.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as z:
+        assert "keys_utf8" in z.files and z["keys_utf8"].dtype == np.uint8
+    np.savez(tmp_path / "old.npz", keys=np.asarray(keys), hashes=hashes)  # format written before the key table
+    old = PoolManifest.load(tmp_path / "old.npz", "k")
+    assert old.pool_id == PoolManifest.load(tmp_path / "new.npz", "k").pool_id == compute_pool_id(keys, hashes)
+
+
+def test_tar_shard_pool_reads_items_in_place(tmp_path: Path) -> None:
+    """WebDataset layout: <key>.jpg + <key>.cls per sample; groups come from .cls, bytes are read by offset."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from plada.shared.pool import index_tar_shards
+
+    rng = np.random.default_rng(0)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    originals: dict[str, bytes] = {}
+    for s in range(2):
+        with tarfile.open(shards / f"in1k-{s:06d}.tar", "w") as tf:
+            for i in range(4):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                for name, data in (
+                    (f"{s}{i:05d}.jpg", buf.getvalue()),
+                    (f"{s}{i:05d}.cls", str(7 * s + i % 2).encode()),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                originals[f"in1k-{s:06d}.tar/{s}{i:05d}.jpg"] = buf.getvalue()
+    (shards / "notes.txt").write_text("not a shard")
+    pool = index_tar_shards(shards, tmp_path / "pool", "tars", image_size=16)
+    assert pool.manifest.keys[:] == list(originals) and len(pool) == 8
+    assert pool.manifest.groups is not None and pool.manifest.groups.tolist() == [0, 1, 0, 1, 7, 8, 7, 8]
+    assert all(pool.item_bytes(i) == originals[pool.manifest.keys[i]] for i in range(8))
+    again = open_pool(tmp_path / "pool")
+    assert again.batch(np.array([7, 0])).shape == (2, 16, 16, 3) and verify_pool(again).ok
+    with pytest.raises(PoolError, match=r"no \.tar shards"):
+        index_tar_shards(tmp_path / "pool", tmp_path / "x", "none")
