@@ -81,9 +81,9 @@ def main() -> None:
 
         teacher = train_teacher(tx, ty, 10, spec.teacher, image_shape=(28, 28, 1), device=device)
         sub = 8192
-        z_dev, _ = score_pool(teacher, pool.batch, sub)
+        z_dev, _ = score_pool(teacher, pool, n=sub)
         cpu_t = Teacher(**{**teacher.__dict__, "device": torch.device("cpu")})
-        z_cpu, _ = score_pool(cpu_t, pool.batch, sub)
+        z_cpu, _ = score_pool(cpu_t, pool, n=sub)
         agree = float((z_dev.argmax(1) == z_cpu.argmax(1)).mean())
         rows.append(
             (

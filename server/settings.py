@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         None,
         description="local weights (<arch>.pth / .safetensors) of pretrained teachers; default <data_dir>/weights",
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where the worker runs pool passes: local (DataLoader workers) or ray (Ray Data actors)"
+    )
+    ray_address: str = Field("", description="Ray cluster address for executor=ray ('' starts a local Ray)")
+    ray_actors: int = Field(2, ge=1, le=4096, description="CPU model actors when the Ray cluster has no GPUs")
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

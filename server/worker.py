@@ -81,6 +81,10 @@ class Worker:
         self.device = pnn.pick_device(settings.device)
         # where pretrained teachers find their weights (shared.nn.find_weights reads the variable)
         os.environ.setdefault("PLADA_WEIGHTS_DIR", str(settings.weights_dir))
+        # the pool pass reads these (server.pipeline.executor): local DataLoader workers or Ray Data actors
+        os.environ["PLADA_EXECUTOR"] = settings.executor
+        os.environ.setdefault("PLADA_RAY_ADDRESS", settings.ray_address)
+        os.environ.setdefault("PLADA_RAY_ACTORS", str(settings.ray_actors))
         assert settings.signing_key is not None
         self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}

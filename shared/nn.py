@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,14 +173,24 @@ Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def to_input(
-    x: np.ndarray, *, size: tuple[int, int], channels: int, device: torch.device, norm: Norm | None = None
+    x: np.ndarray | torch.Tensor,
+    *,
+    size: tuple[int, int],
+    channels: int,
+    device: torch.device,
+    norm: Norm | None = None,
 ) -> torch.Tensor:
     """uint8 (n, H, W[, C]) → normalised float NCHW at ``size`` with ``channels``, on ``device``; ``norm`` is a
     pretrained model's (mean, std), else [-1, 1]."""
-    arr = np.ascontiguousarray(x if x.ndim == 4 else x[..., None])
-    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # PIL and mmap arrays are read-only
+    if isinstance(x, torch.Tensor):  # from pool_batches: already pinned when the device is CUDA
+        t = x if x.ndim == 4 else x[..., None]
+    else:
+        arr = np.ascontiguousarray(x if x.ndim == 4 else x[..., None])
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # PIL and mmap arrays are read-only
+        if device.type == "cuda":
+            t = t.pin_memory()
     if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
+        t = t.to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(255.0)
     if t.shape[1] != channels:
         t = t.mean(1, keepdim=True) if channels == 1 else t.expand(-1, channels, -1, -1)
@@ -193,6 +203,44 @@ def to_input(
         std = torch.tensor(norm[1], device=t.device).view(1, -1, 1, 1)
         t = (t - mean[:, : t.shape[1]]) / std[:, : t.shape[1]]
     return t.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else t
+
+
+class _PoolChunks(torch.utils.data.Dataset[torch.Tensor]):
+    def __init__(self, pool: Any, start: int, stop: int, chunk: int) -> None:
+        self.pool, self.start, self.stop, self.chunk = pool, start, stop, chunk
+
+    def __len__(self) -> int:
+        return math.ceil((self.stop - self.start) / self.chunk)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        a = self.start + i * self.chunk
+        return torch.from_numpy(self.pool.batch(np.arange(a, min(a + self.chunk, self.stop))))
+
+
+def pool_batches(
+    pool: Any,
+    *,
+    device: torch.device,
+    chunk: int = 2048,
+    start: int = 0,
+    stop: int | None = None,
+    workers: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """uint8 pool chunks in order, decoded in DataLoader worker processes while the model runs on the last one.
+
+    Image pools (JPEG folders, tar shards) are decode-bound: by default one worker per core (at most 16) and
+    pinned host memory on CUDA; array pools are memory-mapped and need no workers."""
+    stop = len(pool) if stop is None else stop
+    if workers is None:
+        workers = min(16, os.cpu_count() or 1) if getattr(pool, "decode_bound", False) else 0
+    loader = torch.utils.data.DataLoader(
+        _PoolChunks(pool, start, stop, chunk),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers else None,
+    )
+    yield from loader
 
 
 def _autocast(device: torch.device) -> Any:

@@ -295,6 +295,8 @@ class ArrayPool(Pool):
 class FolderPool(Pool):
     """An ImageNet-style image tree read on demand; images are resized to ``image_shape``."""
 
+    decode_bound = True  # readers should decode in parallel (shared.nn.pool_batches)
+
     def batch(self, indices: np.ndarray) -> np.ndarray:
         from PIL import Image
 
@@ -317,6 +319,8 @@ class FolderPool(Pool):
 class TarPool(Pool):
     """WebDataset-style tar shards read in place: each item is one image member, found by its byte offset, so a
     random batch costs one ``pread`` per image. Shards must be uncompressed tars (random access)."""
+
+    decode_bound = True
 
     def __init__(self, root: Path, info: dict[str, Any], manifest: PoolManifest) -> None:
         super().__init__(root, info, manifest)

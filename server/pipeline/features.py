@@ -147,12 +147,18 @@ def build_feature_index(
     t1 = time.perf_counter()
     chunk = 4096
 
-    def batches() -> Any:
-        for s in range(0, n, chunk):
-            yield pool.batch(np.arange(s, min(s + chunk, n)))
-            report(0.7 + 0.3 * min(s + chunk, n) / n, f"embedding: {min(s + chunk, n):,}/{n:,}")
+    done = 0
 
-    _, feats = pnn.predict(model, batches(), size=(h, w), channels=c, device=device, want_features=True)
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        report(0.7 + 0.3 * done / n, f"embedding: {done:,}/{n:,}")
+
+    from plada.server.pipeline.executor import predict_pool
+
+    _, feats = predict_pool(
+        model, pool, size=(h, w), channels=c, device=device, want_features=True, chunk=chunk, progress=tick
+    )
     if feats is None:
         raise PoolError(f"backbone {arch!r} exposes no features; use 'smallcnn'")
     buf = io.BytesIO()

@@ -136,8 +136,7 @@ def run_teacher(
     )
     logits, feats = score_pool(
         teacher,
-        pool.batch,
-        len(pool),
+        pool,
         progress=lambda d, n: report(_TEACHER + _SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
     )
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from plada.shared import nn as pnn
+from plada.shared.pool import Pool
 from plada.shared.schemas import TeacherOptions
 
 
@@ -77,28 +78,34 @@ def train_teacher(
 
 def score_pool(
     teacher: Teacher,
-    load_batch: Callable[[np.ndarray], np.ndarray],
-    n_pool: int,
+    pool: Pool,
     *,
+    n: int | None = None,
     chunk: int = 2048,
+    workers: int | None = None,
+    executor: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Teacher logits (N, k) and features over the whole pool, streamed in chunks of ``chunk`` items."""
+    """Teacher logits (N, k) and features over the first ``n`` pool items (default all), streamed in chunks
+    that DataLoader workers decode while the model runs, or on Ray (``executor``; default PLADA_EXECUTOR)."""
+    n_pool = len(pool) if n is None else n
     done = 0
 
-    def batches() -> object:
-        for start in range(0, n_pool, chunk):
-            yield load_batch(np.arange(start, min(start + chunk, n_pool)))
-
-    def tick(n: int) -> None:
+    def tick(k: int) -> None:
         nonlocal done
-        done += n
+        done += k
         if progress:
             progress(done, n_pool)
 
-    return pnn.predict(
+    from plada.server.pipeline.executor import predict_pool
+
+    return predict_pool(
         teacher.model,
-        batches(),
+        pool,
+        n=n_pool,
+        chunk=chunk,
+        workers=workers,
+        executor=executor,
         size=teacher.size,
         channels=teacher.channels,
         device=teacher.device,

@@ -244,3 +244,22 @@ def test_tar_shard_pool_reads_items_in_place(tmp_path: Path) -> None:
     assert again.batch(np.array([7, 0])).shape == (2, 16, 16, 3) and verify_pool(again).ok
     with pytest.raises(PoolError, match=r"no \.tar shards"):
         index_tar_shards(tmp_path / "pool", tmp_path / "x", "none")
+
+
+def test_pool_batches_decode_in_worker_processes_in_order(tmp_path: Path) -> None:
+    import torch
+    from PIL import Image
+
+    from plada.shared.nn import pool_batches
+
+    rng = np.random.default_rng(0)
+    for g in range(3):
+        (tmp_path / "src" / f"g{g}").mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(
+                tmp_path / "src" / f"g{g}" / f"{i}.png"
+            )
+    pool = index_image_folder(tmp_path / "src", tmp_path / "pool", "p", image_size=8)
+    chunks = list(pool_batches(pool, device=torch.device("cpu"), chunk=4, workers=2))
+    assert [len(c) for c in chunks] == [4, 4, 4, 4, 4, 1]
+    assert np.array_equal(torch.cat(chunks).numpy(), pool.batch(np.arange(21)))

@@ -1,0 +1,76 @@
+"""The Ray executor on a local Ray (ray.init(num_cpus=2)) gives the local executor's scores and selection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.teacher import score_pool, train_teacher
+from plada.shared.pool import Pool, write_array_pool
+from plada.shared.schemas import TaskSpec, TeacherOptions
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small_pool(pool: Pool, tmp_path_factory: pytest.TempPathFactory) -> Pool:
+    """5,000 real mini-world items from all three sources (fashion, animals, MNIST)."""
+    idx = np.r_[np.arange(0, 60_000, 20), np.arange(60_000, 65_000, 5), np.arange(65_000, 70_000, 5)]
+    out = tmp_path_factory.mktemp("ray") / "pool"
+    return write_array_pool(out, "small", pool.batch(idx), [f"i{i}" for i in idx], groups=pool.manifest.groups[idx])
+
+
+def test_ray_scores_match_local_item_for_item(local_ray: None, small_pool: Pool, world_dir: Path) -> None:
+    with np.load(world_dir / "tasks" / "digits" / "train.npz") as z:
+        x, y = z["x"], z["y"]
+    teacher = train_teacher(x, y, 10, TeacherOptions(epochs=1), image_shape=small_pool.image_shape, device=CPU)
+    z_local, f_local = score_pool(teacher, small_pool, chunk=1024, executor="local")
+    z_ray, f_ray = score_pool(teacher, small_pool, chunk=1024, executor="ray")
+    assert z_ray.shape == z_local.shape == (len(small_pool), 10)
+    np.testing.assert_allclose(z_ray, z_local, rtol=0, atol=1e-4)
+    assert f_local is not None and f_ray is not None
+    np.testing.assert_allclose(f_ray.astype(np.float32), f_local.astype(np.float32), rtol=0, atol=2e-3)
+    assert (z_ray.argmax(1) == z_local.argmax(1)).all()
+
+
+def test_ray_pipeline_publishes_the_same_payload(
+    local_ray: None,
+    small_pool: Pool,
+    world_dir: Path,
+    task_classes: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with np.load(world_dir / "tasks" / "digits" / "train.npz") as z:
+        x, y = z["x"], z["y"]
+    spec = TaskSpec.model_validate(
+        {
+            "name": "digits",
+            "classes": task_classes["digits"],
+            "pool_id": "small",
+            "keep": 0.05,
+            "teacher": {"epochs": 1},
+            "selector": {"name": "energy", "safety_net_share": 0.5, "validate_candidates": False},
+        }
+    )
+    results = {}
+    for executor in ("local", "ray"):
+        monkeypatch.setenv("PLADA_EXECUTOR", executor)
+        results[executor] = run_pipeline(small_pool, x, y, spec, version=1, device=CPU)
+    local, on_ray = results["local"], results["ray"]
+    assert np.array_equal(on_ray.payload.indices, local.payload.indices)
+    assert np.array_equal(on_ray.payload.labels, local.payload.labels)
+    assert on_ray.sha256 == local.sha256 and len(local.payload) == 250
