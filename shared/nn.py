@@ -230,7 +230,7 @@ def pool_batches(
 
     Image pools (JPEG folders, tar shards) are decode-bound: by default one worker per core (at most 16) and
     pinned host memory on CUDA; array pools are memory-mapped and need no workers."""
-    stop = len(pool) if stop is None else stop
+    stop = len(pool) if stop is None else min(stop, len(pool))
     if workers is None:
         workers = min(16, os.cpu_count() or 1) if getattr(pool, "decode_bound", False) else 0
     loader = torch.utils.data.DataLoader(

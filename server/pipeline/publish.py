@@ -102,7 +102,7 @@ def run_teacher(
         tf = index.embed(x, device=device)
         head = train_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
         report(_TEACHER, "teacher: probe trained")
-        logits = head.logits(index.features)
+        logits = head.logits(index.features, device=device)
         report(_TEACHER + _SCORE, "pool scored from cached features")
 
         def acc(rows: np.ndarray) -> float:

@@ -128,10 +128,15 @@ class ProbeHead(nn.Module):
         return self.net((f - self.mu) / self.sd)
 
     @torch.no_grad()
-    def logits(self, feats: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    def logits(self, feats: np.ndarray, chunk: int = 65_536, device: torch.device | None = None) -> np.ndarray:
+        """Logits for (memory-mapped) features, chunk by chunk; on ``device`` when given (a GPU scores
+        ImageNet-21K's 14.2M cached features in seconds)."""
         self.eval()
+        if device is not None:
+            self.to(device)
+        dev = self.mu.device
         out = [
-            self(torch.from_numpy(np.asarray(feats[s : s + chunk], dtype=np.float32))).numpy()
+            self(torch.from_numpy(np.asarray(feats[s : s + chunk], dtype=np.float32)).to(dev)).float().cpu().numpy()
             for s in range(0, len(feats), chunk)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.net[-1].out_features), np.float32)
