@@ -72,7 +72,11 @@ def train_student(
     h, w, c = pool.image_shape
     if cfg.max_tier is not None:
         payload = payload.prefix(cfg.max_tier)
-    x, y = PayloadDataset(payload, pool).arrays()
+    x: np.ndarray | pnn.PoolItems
+    if getattr(pool, "decode_bound", False):  # JPEG folders, tar shards: decode while training, in workers
+        x, y = pnn.PoolItems(pool, np.asarray(payload.indices)), np.asarray(payload.labels, dtype=np.int64)
+    else:
+        x, y = PayloadDataset(payload, pool).arrays()
     model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed)
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     ckpt_path = out_dir / CHECKPOINT
