@@ -49,15 +49,59 @@ def predict_pool(
     n = len(pool) if n is None else n
     if (executor or current_executor()) == "ray":
         return _ray_predict(model, pool, n, size=size, channels=channels, want_features=want_features, chunk=chunk)
-    return pnn.predict(
-        model,
-        pnn.pool_batches(pool, device=device, chunk=chunk, stop=n, workers=workers),
-        size=size,
-        channels=channels,
-        device=device,
-        want_features=want_features,
-        progress=progress,
-    )
+    out = _Outputs(n)
+    start = 0
+    for xb in pnn.pool_batches(pool, device=device, chunk=chunk, stop=n, workers=workers):
+        z, f = pnn.predict(model, [xb], size=size, channels=channels, device=device, want_features=want_features)
+        out.put(np.arange(start, start + len(z)), z, f)
+        start += len(z)
+        if progress:
+            progress(len(z))
+    return out.result()
+
+
+def ram_budget() -> int:
+    """Bytes of float32 logits kept in RAM before they spill to a memory-mapped float16 file
+    (``PLADA_LOGITS_RAM_BYTES``, default 2 GiB: ImageNet-21K × 100 classes would need 5.7 GB)."""
+    return int(os.environ.get("PLADA_LOGITS_RAM_BYTES") or 2 << 30)
+
+
+def _spill(n: int, k: int) -> np.ndarray:
+    """An (n, k) float16 array on disk, unlinked at once: the mapping lives as long as the array, and a crash
+    leaves no file behind. In ``PLADA_SCRATCH_DIR`` (default: the system temp folder)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="plada-logits-", suffix=".npy", dir=os.environ.get("PLADA_SCRATCH_DIR"))
+    os.close(fd)
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
+    finally:
+        os.unlink(path)
+
+
+class _Outputs:
+    """Pool-sized outputs filled by item id: logits in RAM (float32) or spilled (float16), features float16."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.logits: np.ndarray | None = None
+        self.features: np.ndarray | None = None
+
+    def put(self, ids: np.ndarray, z: np.ndarray, f: np.ndarray | None) -> None:
+        if self.logits is None:
+            k = z.shape[1]
+            big = self.n * k * 4 > ram_budget()
+            self.logits = _spill(self.n, k) if big else np.empty((self.n, k), np.float32)
+        self.logits[ids] = z
+        if f is not None:
+            if self.features is None:
+                self.features = np.empty((self.n, f.shape[1]), np.float16)
+            self.features[ids] = f
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.logits is None:
+            return np.zeros((0, 0), np.float32), None
+        return self.logits, self.features
 
 
 class _PoolModelActor:
@@ -124,16 +168,8 @@ def _ray_predict(
         concurrency=actors,
         num_gpus=1 if gpus else 0,
     )
-    logits: np.ndarray | None = None
-    feats: np.ndarray | None = None
+    out = _Outputs(n)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         ids: Any = b["id"]
-        if logits is None:
-            logits = np.empty((n, b["logits"].shape[1]), np.float32)
-        logits[ids] = b["logits"]
-        if "features" in b:
-            if feats is None:
-                feats = np.empty((n, b["features"].shape[1]), np.float16)
-            feats[ids] = b["features"]
-    assert logits is not None
-    return logits, feats
+        out.put(ids, b["logits"], b.get("features"))
+    return out.result()

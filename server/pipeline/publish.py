@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plada.server.pipeline import scoring
 from plada.server.pipeline.clusters import feature_strata
 from plada.server.pipeline.features import FeatureIndex, open_feature_index
 from plada.server.pipeline.leakage import LeakageReport, audit_leakage
@@ -238,7 +239,7 @@ def prepare(
         target_features=out.target_features[tr] if out.target_features is not None else None,
         seed=spec.selector.seed,
     )
-    labels = out.logits.argmax(axis=1).astype(np.int64)
+    labels = scoring.labels(out.logits)
     return Prepared(pool, x, y, tr, va, out, labels, leak, inputs, time.perf_counter() - t0)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -10,9 +12,25 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
+ROWS = 65_536  # logits are scored this many rows at a time: float64 copies stay ~0.5 GB even for 1,000 classes
+
+
+def per_row(fn: Callable[[np.ndarray], np.ndarray], logits: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """``fn`` over row chunks of (possibly memory-mapped float16) logits; the pool's N × k never gets copied whole."""
+    out = np.empty(len(logits), dtype=dtype)
+    for s in range(0, len(logits), ROWS):
+        out[s : s + ROWS] = fn(np.asarray(logits[s : s + ROWS], dtype=np.float64))
+    return out
+
+
+def labels(logits: np.ndarray) -> np.ndarray:
+    """The teacher's hard label per item (argmax), chunk by chunk."""
+    return per_row(lambda z: z.argmax(axis=1), logits, np.int64)
+
+
 def energy(logits: np.ndarray) -> np.ndarray:
     """E(x) = −logsumexp(z) at temperature 1 (PLADA): low energy = in-distribution for the target."""
-    return -_logsumexp(logits.astype(np.float64))
+    return per_row(lambda z: -_logsumexp(z), logits)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -24,13 +42,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def entropy(logits: np.ndarray) -> np.ndarray:
     """Predictive entropy: low = the teacher is sure."""
-    p = softmax(logits)
-    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
+
+    def rows(z: np.ndarray) -> np.ndarray:
+        p = softmax(z)
+        return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
+
+    return per_row(rows, logits)
 
 
 def msp(logits: np.ndarray) -> np.ndarray:
     """Negative max softmax probability (so lower is more confident)."""
-    return -softmax(logits).max(axis=1)
+    return per_row(lambda z: -softmax(z).max(axis=1), logits)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

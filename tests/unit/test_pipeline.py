@@ -78,3 +78,39 @@ def test_priority_tiers_follow_the_score(tiny_pool: Pool) -> None:
     assert p.n_tiers == 3 and res.metrics["selection"]["tiers"] == 3
     assert np.bincount(p.tiers).tolist() == [100, 100, 100]  # type: ignore[arg-type]
     assert res.metrics["payload"]["paper_codec_bytes"] > 0
+
+
+def test_big_logits_spill_to_memory_mapped_float16(
+    tiny_pool: Pool, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the RAM budget the pool's logits live in an unlinked float16 memory map (nothing left on disk);
+    scores are computed in row chunks and the selection is (nearly) the one from float32 logits in RAM."""
+    from plada.server.pipeline import scoring
+    from plada.server.pipeline.teacher import score_pool, train_teacher
+    from plada.shared.schemas import TeacherOptions
+
+    x, y = _bars(400, 7)
+    teacher = train_teacher(x, y, 4, TeacherOptions(epochs=2), image_shape=(16, 16, 1), device=torch.device("cpu"))
+    in_ram, _ = score_pool(teacher, tiny_pool, chunk=512)
+    monkeypatch.setenv("PLADA_LOGITS_RAM_BYTES", "0")
+    monkeypatch.setenv("PLADA_SCRATCH_DIR", str(tmp_path))
+    monkeypatch.setattr(scoring, "ROWS", 97)  # many uneven chunks
+    spilled, _ = score_pool(teacher, tiny_pool, chunk=512)
+    assert isinstance(spilled, np.memmap) and spilled.dtype == np.float16 and in_ram.dtype == np.float32
+    assert list(tmp_path.iterdir()) == []  # type: ignore[attr-defined]
+    np.testing.assert_allclose(spilled.astype(np.float32), in_ram, rtol=2e-3, atol=2e-2)
+    assert (scoring.labels(spilled) == in_ram.argmax(1)).mean() > 0.995
+    e_ram, e_spill = scoring.energy(in_ram), scoring.energy(spilled)
+    assert np.corrcoef(e_ram, e_spill)[0, 1] > 0.9999
+    k = 150  # float16 rounding swaps a few near-ties at the edge of the budget (145 of 150 kept here)
+    assert len(set(np.argsort(e_ram)[:k]) & set(np.argsort(e_spill)[:k])) >= 0.95 * k
+    # the whole pipeline runs on spilled logits
+    res_ram = run_pipeline(
+        tiny_pool,
+        x,
+        y,
+        _spec(keep=0.05, selector={"name": "energy", "validate_candidates": False}),
+        version=1,
+        device=torch.device("cpu"),
+    )
+    assert len(res_ram.payload) == 150 and list(tmp_path.iterdir()) == []  # type: ignore[attr-defined]
