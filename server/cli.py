@@ -133,25 +133,12 @@ def cmd_pool_build(args: argparse.Namespace) -> int:
 def cmd_pool_index(args: argparse.Namespace) -> int:
     from plada.shared.pool import index_image_folder, index_tar_shards
 
+    where = (Path(args.source), Path(args.out), args.name)
+    shape = {"image_size": args.image_size, "channels": args.channels}
     if args.pool_command == "index-tars":
-        pool = index_tar_shards(
-            Path(args.source),
-            Path(args.out),
-            args.name,
-            image_size=args.image_size,
-            channels=args.channels,
-            progress=_progress_printer("shards"),
-        )
+        pool = index_tar_shards(*where, **shape, progress=_progress_printer("shards"))
     else:
-        pool = index_image_folder(
-            Path(args.source),
-            Path(args.out),
-            args.name,
-            image_size=args.image_size,
-            channels=args.channels,
-            workers=args.workers,
-            progress=_progress_printer("hashing"),
-        )
+        pool = index_image_folder(*where, **shape, workers=args.workers, progress=_progress_printer("hashing"))
     print(json.dumps({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool)}, indent=2))
     return 0
 
