@@ -192,6 +192,8 @@ def read_zip(
                     arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)))
             except InvalidDataError:
                 raise
+            except Image.DecompressionBombError as exc:  # PIL's own guard, for headers far past ours
+                raise DecompressionBombError(f"image {m.filename!r}: {exc}") from exc
             except Exception as exc:  # PIL raises many types for undecodable images
                 raise InvalidDataError(f"zip member {m.filename!r} is not a readable image: {exc}") from exc
             xs.append(arr.reshape(h, w, c))

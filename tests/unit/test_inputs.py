@@ -199,3 +199,17 @@ def test_zip_made_on_macos_is_read() -> None:
     members |= {"data/.DS_Store": b"\0\0\0\1Bud1", "__MACOSX/data/b/._0.png": b"\0\5\26\7"}
     x, y = read_target_data(_zip(members), "d.zip", ["caf\u00e9", "b"], SHAPE)
     assert x.shape == (6, 28, 28, 1) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_png_header_claiming_400_megapixels_is_a_bomb() -> None:
+    """A 70-byte PNG that claims 20,000 x 20,000 pixels: refused from its header, nothing is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    with pytest.raises(DecompressionBombError):
+        read_target_data(_zip({"a/0.png": png, "b/0.png": _png(1)}), "d.zip", ["a", "b"], SHAPE)
