@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from plada.shared.codecs import entropy, paper
+from plada.shared.codecs import entropy, entropy2, paper
 from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadNeedsPoolError, PayloadVersionError
 from plada.shared.pool import PoolLayout
 
 MAGIC = b"PLDA"
-FORMAT_VERSION = 2  # the newest this code writes; a payload's version follows from its codec (see _FORMAT_OF)
-SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
+FORMAT_VERSION = 3  # the newest this code writes; a payload's version follows from its codec (see _FORMAT_OF)
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2, 3})
 MAX_HEADER_BYTES = 1 << 20
 MAX_BODY_BYTES = 64 << 20
 MAX_POOL_ITEMS = (1 << 31) - 1  # bounds what a hostile header can make a decoder allocate (bitmap ≤ 256 MiB)
@@ -38,9 +38,11 @@ _PREFIX = struct.Struct("<4sBBI")
 _U32 = struct.Struct("<I")
 _DIGEST = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CODECS: dict[str, Any] = {paper.NAME: paper, entropy.NAME: entropy}
-# v1 containers carry only the paper codec, so clients that predate v2 keep reading paper payloads.
-_FORMAT_OF = {paper.NAME: 1, entropy.NAME: 2}
+_CODECS: dict[str, Any] = {paper.NAME: paper, entropy.NAME: entropy, entropy2.NAME: entropy2}
+# The container's version follows from its codec: a client that predates a codec refuses the payload with
+# "format version N is not supported" (an upgrade hint) instead of misreading it.
+_FORMAT_OF = {paper.NAME: 1, entropy.NAME: 2, entropy2.NAME: 3}
+_RANGE_CODED = (entropy.NAME, entropy2.NAME)
 CODECS = ("auto", *_CODECS)
 
 
@@ -126,18 +128,18 @@ def _canonical_json(obj: Any) -> bytes:
 
 
 def encode_payload(payload: Payload, *, codec: str = "auto", layout: PoolLayout | None = None) -> bytes:
-    """Encode ``payload``; ``auto`` tries every codec and keeps the smallest (ties go to the paper codec,
-    which every client can read). With the pool's ``layout`` the entropy codec may code in the pool's group
-    order (then decoding needs the pool too). The result is deterministic for equal inputs."""
+    """Encode ``payload``; ``auto`` tries every codec and keeps the smallest (ties go to the oldest format, which
+    the most clients can read: paper-v1, then entropy-v1). With the pool's ``layout`` the range coders may code
+    in the pool's group order (then decoding needs the pool too). The result is deterministic for equal inputs."""
     if codec == "auto":
-        names = [n for n in _CODECS if payload.n_tiers == 1 or n != paper.NAME]
+        names = [n for n in _CODECS if payload.n_tiers == 1 or n in _RANGE_CODED]
         return min((encode_payload(payload, codec=name, layout=layout) for name in names), key=len)
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
-    if codec == entropy.NAME:
+    if codec in _RANGE_CODED:
         extra: dict[str, Any] = {"layout": layout, "tiers": payload.tiers}
     elif payload.n_tiers > 1:
-        raise ValueError(f"codec {codec} cannot carry priority tiers; use entropy-v1 or auto")
+        raise ValueError(f"codec {codec} cannot carry priority tiers; use {entropy2.NAME} or auto")
     else:
         extra = {}
     codec_info, body = _CODECS[codec].encode(
@@ -243,9 +245,9 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
     n_tiers = header.get("n_tiers", 1)
     if not isinstance(n_tiers, int) or isinstance(n_tiers, bool) or not 1 <= n_tiers <= MAX_TIERS:
         raise PayloadCorruptError(f"header n_tiers must be 1..{MAX_TIERS}")
-    if n_tiers > 1 and name != entropy.NAME:
+    if n_tiers > 1 and name not in _RANGE_CODED:
         raise PayloadCorruptError(f"codec {name} cannot carry priority tiers")
-    extra: dict[str, Any] = {"layout": layout, "n_tiers": n_tiers} if name == entropy.NAME else {}
+    extra: dict[str, Any] = {"layout": layout, "n_tiers": n_tiers} if name in _RANGE_CODED else {}
     decoded = _CODECS[name].decode(
         header["codec"],
         data[pos : pos + blen],

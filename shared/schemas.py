@@ -92,7 +92,7 @@ class TaskSpec(_Strict):
     access: Literal["public", "token"] = Field(
         "public", description="public: anyone may read the task and its payloads; token: readers need a token"
     )
-    codec: Literal["auto", "paper-v1", "entropy-v1"] = Field(
+    codec: Literal["auto", "paper-v1", "entropy-v1", "entropy-v2"] = Field(
         "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
     )
     selector: SelectorOptions = Field(default_factory=SelectorOptions)  # type: ignore[arg-type]

@@ -156,6 +156,31 @@ def _p_num(successes: int, trials: int) -> int:
     return max(1, min(P_ONE - 1, (successes * P_ONE + trials // 2) // max(trials, 1)))
 
 
+def put_gaps(enc: Any, d: np.ndarray) -> list[int]:
+    """Range-code gaps ``d`` (≥ 0, non-empty) as one geometric variable; returns the parameters [p, M, Q]."""
+    p_num = _p_num(len(d), len(d) + int(d.sum()))
+    m = _golomb_m(p_num / P_ONE)
+    q = d // m
+    q_max = int(q.max())
+    if q_max > MAX_Q:  # the geometric fit is poor here: widen M until q fits
+        m = min(MAX_M, int(-(-int(d.max() + 1) // (MAX_Q + 1))))
+        q = d // m
+        q_max = int(q.max())
+    q_model, r_model = _level_models(p_num, m, q_max)
+    _put(enc, q, q_model)
+    _put(enc, d % m, r_model)
+    return [p_num, m, q_max]
+
+
+def get_gaps(dec: Any, p_num: int, m: int, q_max: int, n: int) -> np.ndarray:
+    if not (1 <= p_num < P_ONE and 1 <= m <= MAX_M and 0 <= q_max <= MAX_Q):
+        raise PayloadCorruptError("gap parameters out of range")
+    q_model, r_model = _level_models(p_num, m, q_max)
+    q = _get(dec, q_model, n)
+    r = _get(dec, r_model, n)
+    return q * m + r
+
+
 # ---------------------------------------------------------------- index section
 def _fixed_bounds(n_pool: int, block: int) -> np.ndarray:
     return np.r_[np.arange(0, n_pool, block), n_pool].astype(np.int64)
@@ -189,18 +214,7 @@ def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[l
         if len(d) == 0:
             level_params += [1, 1, 0]
             continue
-        p_num = _p_num(len(d), len(d) + int(d.sum()))
-        m = _golomb_m(p_num / P_ONE)
-        q = d // m
-        q_max = int(q.max())
-        if q_max > MAX_Q:  # the geometric fit is poor for this level: widen M until q fits
-            m = min(MAX_M, int(-(-int(d.max() + 1) // (MAX_Q + 1))))
-            q = d // m
-            q_max = int(q.max())
-        level_params += [p_num, m, q_max]
-        q_model, r_model = _level_models(p_num, m, q_max)
-        _put(enc, q, q_model)
-        _put(enc, d % m, r_model)
+        level_params += put_gaps(enc, d)
     prelude = [
         np.array([spec, n_levels], np.int64),
         counts,
@@ -245,12 +259,7 @@ def _decode_index(
         slots = np.flatnonzero(item_level == lv)
         if len(slots) == 0:
             continue
-        if not (1 <= p_num < P_ONE and 1 <= m <= MAX_M and 0 <= q_max <= MAX_Q):
-            raise PayloadCorruptError("level parameters out of range")
-        q_model, r_model = _level_models(p_num, m, q_max)
-        q = _get(dec, q_model, len(slots))
-        r = _get(dec, r_model, len(slots))
-        gaps[slots] = q * m + r
+        gaps[slots] = get_gaps(dec, p_num, m, q_max, len(slots))
     if n_items == 0:
         return np.zeros(0, dtype=np.int64)
     # positions: block start + running sum of (gap + 1) restarted at each block
@@ -384,6 +393,38 @@ def _size(section: tuple[list[np.ndarray], np.ndarray]) -> int:
     return len(_prelude_bytes(section[0])) + 4 * len(section[1])
 
 
+def assemble_body(
+    index: tuple[list[np.ndarray], np.ndarray], labels: tuple[list[np.ndarray], np.ndarray], tiers: np.ndarray | None
+) -> bytes:
+    """Prelude + word sections (and the tier section: one categorical symbol per item in its own words)."""
+    tier_prelude: list[np.ndarray] = []
+    tier_words = np.zeros(0, np.uint32)
+    if tiers is not None:
+        counts = np.bincount(tiers, minlength=int(tiers.max()) + 1 if len(tiers) else 1)
+        enc = _cm().stream.queue.RangeEncoder()
+        _put(enc, tiers, _categorical(counts))
+        tier_prelude, tier_words = [counts.astype(np.int64)], enc.get_compressed()
+    prelude = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(
+        _prelude_bytes(index[0] + labels[0] + tier_prelude)
+    )
+    return (
+        _U32.pack(len(prelude))
+        + prelude
+        + _U32.pack(len(index[1]))
+        + index[1].astype("<u4").tobytes()
+        + (_U32.pack(len(labels[1])) if tiers is not None else b"")
+        + labels[1].astype("<u4").tobytes()
+        + tier_words.astype("<u4").tobytes()
+    )
+
+
+def decode_tiers(rd: _Reader, words: np.ndarray, n_tiers: int, n_items: int) -> np.ndarray:
+    counts = rd.take(n_tiers, limit=n_items)
+    if int(counts.sum()) != n_items:
+        raise PayloadCorruptError("tier counts do not add up to the number of items")
+    return _get(_cm().stream.queue.RangeDecoder(words), _categorical(counts), n_items)
+
+
 def _encode_in(
     idx: np.ndarray,
     lab: np.ndarray,
@@ -402,25 +443,7 @@ def _encode_in(
     best_lab, lab_mode = min(
         ((_encode_labels(lab, k, m, idx, spec, bounds), m) for m, spec, bounds in trials), key=lambda r: _size(r[0])
     )
-    tier_prelude: list[np.ndarray] = []
-    tier_words = np.zeros(0, np.uint32)
-    if tiers is not None:  # priority tiers: one categorical symbol per item, in their own word section
-        counts = np.bincount(tiers, minlength=int(tiers.max()) + 1 if len(tiers) else 1)
-        enc = _cm().stream.queue.RangeEncoder()
-        _put(enc, tiers, _categorical(counts))
-        tier_prelude, tier_words = [counts.astype(np.int64)], enc.get_compressed()
-    prelude = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(
-        _prelude_bytes(best_idx[0] + best_lab[0] + tier_prelude)
-    )
-    body = (
-        _U32.pack(len(prelude))
-        + prelude
-        + _U32.pack(len(best_idx[1]))
-        + best_idx[1].astype("<u4").tobytes()
-        + (_U32.pack(len(best_lab[1])) if tiers is not None else b"")
-        + best_lab[1].astype("<u4").tobytes()
-        + tier_words.astype("<u4").tobytes()
-    )
+    body = assemble_body(best_idx, best_lab, tiers)
     return body, int(best_idx[0][0][0]), lab_mode
 
 
@@ -437,21 +460,38 @@ def encode(
 
     ``tiers`` (one priority tier per item) adds a third word section; the header's ``n_tiers`` announces it.
     """
+    return encode_orders(
+        _encode_in, NAME, indices, labels, n_pool=n_pool, n_classes=n_classes, layout=layout, tiers=tiers
+    )
+
+
+def encode_orders(
+    encode_in: Any,
+    name: str,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_pool: int,
+    n_classes: int,
+    layout: PoolLayout | None,
+    tiers: np.ndarray | None,
+) -> tuple[dict[str, Any], bytes]:
+    """Run ``encode_in`` in pool order and, with a layout, in the layout's group order; keep the smaller."""
     idx = np.asarray(indices, dtype=np.int64)
     lab = np.asarray(labels, dtype=np.int64)
     tie = None if tiers is None else np.asarray(tiers, dtype=np.int64)
-    body, spec, mode = _encode_in(idx, lab, n_pool, n_classes, None, tie)
-    info: dict[str, Any] = {"name": NAME, "block_size": spec, "labels": mode}
+    body, spec, mode = encode_in(idx, lab, n_pool, n_classes, None, tie)
+    info: dict[str, Any] = {"name": name, "block_size": spec, "labels": mode}
     if layout is not None and len(layout.order) == n_pool:
         rank = np.empty(n_pool, dtype=np.int64)
         rank[layout.order] = np.arange(n_pool)
         pos = rank[idx]
         o = np.argsort(pos, kind="stable")
-        lbody, lspec, lmode = _encode_in(
+        lbody, lspec, lmode = encode_in(
             pos[o], lab[o], n_pool, n_classes, layout.bounds, None if tie is None else tie[o]
         )
         if len(lbody) < len(body):
-            body, info = lbody, {"name": NAME, "block_size": lspec, "labels": lmode, "layout": layout.layout_id}
+            body, info = lbody, {"name": name, "block_size": lspec, "labels": lmode, "layout": layout.layout_id}
     return info, body
 
 
@@ -459,18 +499,8 @@ def _prelude_bytes(arrays: list[np.ndarray]) -> bytes:
     return b"".join(_varints(a) for a in arrays)
 
 
-def decode(
-    codec: dict[str, Any],
-    body: bytes,
-    *,
-    n_pool: int,
-    n_items: int,
-    n_classes: int,
-    layout: PoolLayout | None = None,
-    n_tiers: int = 1,
-) -> tuple[np.ndarray, ...]:
-    """Inverse of :func:`encode` → (indices, labels[, tiers]). A payload coded in a pool layout needs that
-    pool's ``layout``."""
+def check_layout(codec: dict[str, Any], layout: PoolLayout | None, n_pool: int) -> str | None:
+    """The payload's layout id, after checking that the caller holds that layout (else a clear error)."""
     layout_id = codec.get("layout")
     if layout_id is not None:
         if layout is None:
@@ -482,9 +512,16 @@ def decode(
             raise PoolMismatchError(
                 f"payload is coded in pool layout {str(layout_id)[:12]}…, the local pool's is {layout.layout_id[:12]}…"
             )
-    mode = codec.get("labels")
-    if mode not in ("iid", "uniform", "runs", "dominant"):
-        raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
+    return None if layout_id is None else str(layout_id)
+
+
+def split_body(
+    body: bytes, *, n_pool: int, n_classes: int, n_tiers: int
+) -> tuple[bytes, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Check and cut a body into (inflated prelude, all words, index word count, label words, tier words).
+
+    The prelude's declared size is bounded before anything inflates, so a hostile body cannot make the
+    decoder allocate without bound. Shared by every range-coded codec version."""
     if len(body) < 8:
         raise PayloadCorruptError("entropy body too short")
     (plen,) = _U32.unpack_from(body, 0)
@@ -494,7 +531,7 @@ def decode(
         size = zstandard.frame_content_size(body[4 : 4 + plen])
     except zstandard.ZstdError as exc:
         raise PayloadCorruptError(f"prelude is not a zstd frame: {exc}") from exc
-    if not 0 <= size <= MAX_PRELUDE or size > 10 * (n_pool + n_classes + 64):
+    if not 0 <= size <= MAX_PRELUDE or size > 10 * (n_pool + 3 * n_classes + 64):
         raise PayloadCorruptError(f"prelude inflates to {size} bytes")
     dobj = zstandard.ZstdDecompressor().decompressobj()
     try:
@@ -517,6 +554,26 @@ def decode(
         if n_iw + 1 + n_lw > len(words):
             raise PayloadCorruptError("label words run past the body")
         label_words, tier_words = words[n_iw + 1 : n_iw + 1 + n_lw], words[n_iw + 1 + n_lw :]
+    return raw, words, n_iw, label_words, tier_words
+
+
+def decode(
+    codec: dict[str, Any],
+    body: bytes,
+    *,
+    n_pool: int,
+    n_items: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    n_tiers: int = 1,
+) -> tuple[np.ndarray, ...]:
+    """Inverse of :func:`encode` → (indices, labels[, tiers]). A payload coded in a pool layout needs that
+    pool's ``layout``."""
+    layout_id = check_layout(codec, layout, n_pool)
+    mode = codec.get("labels")
+    if mode not in ("iid", "uniform", "runs", "dominant"):
+        raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
+    raw, words, n_iw, label_words, tier_words = split_body(body, n_pool=n_pool, n_classes=n_classes, n_tiers=n_tiers)
     rd = _Reader(raw)
     tiers = None
     try:
@@ -524,10 +581,7 @@ def decode(
         indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
         labels = _decode_labels(rd, label_words, n_classes, n_items, mode, indices, n_pool, bounds)
         if n_tiers > 1:
-            counts = rd.take(n_tiers, limit=n_items)
-            if int(counts.sum()) != n_items:
-                raise PayloadCorruptError("tier counts do not add up to the number of items")
-            tiers = _get(_cm().stream.queue.RangeDecoder(tier_words), _categorical(counts), n_items)
+            tiers = decode_tiers(rd, tier_words, n_tiers, n_items)
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
         raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
     if not rd.done():

@@ -38,8 +38,9 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, PoolLayout | None]:
     labels = rng.integers(0, k, keep)
     if draw(st.booleans()):  # labels that follow the pool position, so run / dominant-label models win
         labels = np.where(rng.random(keep) < 0.9, (np.sort(idx) // 300) % k, labels)
-    codec = draw(st.sampled_from(["paper-v1", "entropy-v1"]))
-    tiers = rng.integers(0, draw(st.integers(1, 16)), keep) if codec == "entropy-v1" and draw(st.booleans()) else None
+    codec = draw(st.sampled_from(["paper-v1", "entropy-v1", "entropy-v2"]))
+    ranged = codec != "paper-v1"
+    tiers = rng.integers(0, draw(st.integers(1, 16)), keep) if ranged and draw(st.booleans()) else None
     p = Payload(
         indices=np.sort(idx),
         labels=labels,
@@ -51,7 +52,7 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, PoolLayout | None]:
         tiers=tiers,
     )
     layout = None
-    if codec == "entropy-v1" and draw(st.booleans()):  # code in a group order the decoder must know
+    if ranged and draw(st.booleans()):  # code in a group order the decoder must know
         layout = PoolLayout.from_groups(rng.integers(0, draw(st.integers(1, 40)), n_pool))
     return encode_payload(p, codec=codec, layout=layout), layout
 

@@ -23,8 +23,13 @@ from plada.shared.payload import (
 
 POOL_ID = "ab" * 32
 DATA = Path(__file__).resolve().parents[1] / "data"
-GOLDEN = {"paper-v1": DATA / "golden-v1.plada", "entropy-v1": DATA / "golden-v2.plada"}
-CODECS = ["paper-v1", "entropy-v1"]
+GOLDEN = {
+    "paper-v1": DATA / "golden-v1.plada",
+    "entropy-v1": DATA / "golden-v2.plada",
+    "entropy-v2": DATA / "golden-v3.plada",
+}
+CODECS = list(GOLDEN)
+FORMAT = {"paper-v1": 1, "entropy-v1": 2, "entropy-v2": 3}
 
 
 def make(n_pool: int = 10_000, keep: int = 100, k: int = 10, seed: int = 0, **kw: object) -> Payload:
@@ -77,7 +82,7 @@ def test_round_trip(codec: str, n_pool: int, keep: int, k: int, layout: str | No
     assert np.array_equal(p.indices, q.indices) and np.array_equal(p.labels, q.labels)
     assert q.classes == p.classes and q.pool_id == POOL_ID and q.n_pool == n_pool and q.version == 1
     header, _, _ = read_header(data)
-    assert header["codec"]["name"] == codec and data[4] == (1 if codec == "paper-v1" else 2)
+    assert header["codec"]["name"] == codec and data[4] == FORMAT[codec]
     if codec == "paper-v1":
         if layout:
             assert header["codec"]["index"] == layout
@@ -88,14 +93,15 @@ def test_auto_picks_the_smallest_codec() -> None:
     p = make(100_000, 1_000, 10)
     sizes = {c: len(encode_payload(p, codec=c)) for c in CODECS}
     assert len(encode_payload(p)) == min(sizes.values())
-    assert sizes["entropy-v1"] < sizes["paper-v1"]
+    assert sizes["entropy-v1"] < sizes["paper-v1"] and sizes["entropy-v2"] < sizes["paper-v1"]
 
 
-def test_v1_container_cannot_carry_the_entropy_codec() -> None:
-    data = bytearray(encode_payload(make(), codec="entropy-v1"))
-    data[4] = 1
+@pytest.mark.parametrize(("codec", "fmt"), [("entropy-v1", 1), ("entropy-v2", 1), ("entropy-v2", 2)])
+def test_an_older_container_cannot_carry_a_newer_codec(codec: str, fmt: int) -> None:
+    data = bytearray(encode_payload(make(), codec=codec))
+    data[4] = fmt
     forged = bytes(data[:-32]) + hashlib.sha256(bytes(data[:-32])).digest()
-    with pytest.raises(PayloadVersionError, match="not valid in a format-1"):
+    with pytest.raises(PayloadVersionError, match=f"not valid in a format-{fmt}"):
         decode_payload(forged)
 
 
@@ -138,7 +144,7 @@ def test_paper_codec_picks_the_smaller_layout() -> None:
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_golden_files_are_stable(codec: str) -> None:
-    """Format v1 and v2 bytes are pinned: an old client must read what a new server writes."""
+    """Format v1, v2 and v3 bytes are pinned: an old client must read what a new server writes."""
     data = encode_payload(golden_payload(), codec=codec)
     assert GOLDEN[codec].read_bytes() == data
     q = decode_payload(GOLDEN[codec].read_bytes())
@@ -150,7 +156,7 @@ def test_golden_files_are_stable(codec: str) -> None:
     ("mutate", "error", "match"),
     [
         (lambda d: b"XXXX" + d[4:], PayloadCorruptError, "not a plada payload"),
-        (lambda d: d[:4] + bytes([FORMAT_VERSION + 1]) + d[5:], PayloadVersionError, "format version 3"),
+        (lambda d: d[:4] + bytes([FORMAT_VERSION + 1]) + d[5:], PayloadVersionError, "format version 4"),
         (lambda d: d[:5] + b"\x01" + d[6:], PayloadVersionError, "flags"),
         (lambda d: d + b"\x00", PayloadCorruptError, "trailing"),
         (lambda d: d[:-1], PayloadCorruptError, "truncated|trailing"),
@@ -249,7 +255,8 @@ def test_payload_constructor_refuses_misuse(kwargs: dict[str, object]) -> None:
         Payload(**(base | kwargs))  # type: ignore[arg-type]
 
 
-def test_group_layout_round_trip_and_guards() -> None:
+@pytest.mark.parametrize("codec", ["entropy-v1", "entropy-v2"])
+def test_group_layout_round_trip_and_guards(codec: str) -> None:
     """Coding in the pool's group order: smaller for group-shaped selections, and only decodable with the pool."""
     from plada.shared.errors import PayloadNeedsPoolError, PoolMismatchError
     from plada.shared.pool import PoolLayout
@@ -261,8 +268,8 @@ def test_group_layout_round_trip_and_guards() -> None:
     idx = np.flatnonzero(np.isin(groups, [3, 17]))[::2]  # a selection concentrated in two groups
     labels = np.where(groups[idx] == 3, 0, 1)
     p = Payload(indices=idx, labels=labels, classes=("a", "b"), pool_id=POOL_ID, n_pool=n, task="t", version=1)
-    plain = encode_payload(p, codec="entropy-v1")
-    coded = encode_payload(p, codec="entropy-v1", layout=layout)
+    plain = encode_payload(p, codec=codec)
+    coded = encode_payload(p, codec=codec, layout=layout)
     assert read_header(coded)[0]["codec"]["layout"] == layout.layout_id
     body = {name: read_header(d)[2] for name, d in (("plain", plain), ("coded", coded))}
     assert body["coded"] < body["plain"] / 2, body
@@ -299,7 +306,7 @@ def test_priority_tiers_round_trip_and_prefix(with_layout: bool) -> None:
     layout = PoolLayout.from_groups(rng.integers(0, 30, n)) if with_layout else None
     data = encode_payload(p, layout=layout)  # auto: only the entropy codec can carry tiers
     header = read_header(data)[0]
-    assert header["codec"]["name"] == "entropy-v1" and header["n_tiers"] == 3
+    assert header["codec"]["name"] in ("entropy-v1", "entropy-v2") and header["n_tiers"] == 3
     q = decode_payload(data, layout=layout)
     assert q.tiers is not None and np.array_equal(q.tiers, p.tiers) and np.array_equal(q.labels, p.labels)
     first = q.prefix(0)

@@ -1,0 +1,350 @@
+"""Codec ``entropy-v2``: entropy-v1's range coding with models that fit clustered selections.
+
+Two things cost entropy-v1 bytes on selections shaped like real ones (relevant items packed in a few synset
+folders, a thin scatter everywhere else), and this codec fixes both:
+
+* **Index: pooled levels, no per-block counts.** v1 writes every block's count and codes gaps inside each
+  block. A thin scatter then pays for a count per block *and* about log2(e) bits per item for restarting the
+  gap code in every block. v2 gives every block (empty ones too) a density *level*, range-codes the level
+  map, and codes the gaps of each level over the concatenation of its blocks as one geometric sequence. The
+  encoder starts from quarter-octave density levels and merges neighbouring levels while an estimate of the
+  total bits (map + Σ S·h(K/S) + per-level parameters) goes down, so a uniform scatter collapses into one
+  background level (cost ≈ log2 C(S, K), the bound) while dense folders keep their own.
+* **Labels: dominant labels only where a block is dense.** v1's ``dominant`` mode gives every non-empty block
+  a dominant label, so a scattered item in a block of its own pays for one. v2 gives a dominant label only to
+  blocks holding at least ``t`` items; items of thinner blocks are coded with their own class frequencies.
+
+The uniform / iid / runs label modes and the tier section are v1's. The container and every model are built
+from integers with correctly rounded IEEE operations, as in v1, so encoder and decoder agree bit for bit.
+
+Body: as v1 (``u32 prelude length | prelude | u32 index words | index words | label words [| tiers]``).
+Prelude (LEB128 varints in one zstd frame), index part: ``spec, L, nb_0..nb_{L-1}, K_0..K_{L-1}``, then
+``p, M, Q`` for every level with K > 0. Index words: the level of every block (categorical, weights nb), then
+per level with K > 0 the quotients and remainders of its gaps. Label part ``dominant``: ``lspec, t, p_dom``
+and the k counts of dominant labels, of other labels in dense blocks, of labels in thin blocks.
+docs/payload-format.md has the byte-exact description.
+"""
+
+from __future__ import annotations
+
+from math import log2
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from plada.shared.codecs import entropy as v1
+from plada.shared.errors import PayloadCorruptError, PayloadVersionError
+from plada.shared.pool import PoolLayout
+
+NAME = "entropy-v2"
+MAX_LEVELS = 256
+LEVEL_BITS = 48.0  # what a level's parameters cost in the prelude, for the merge estimate
+THRESHOLDS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LABEL_MODES = ("iid", "uniform", "runs", "dominant")
+
+
+def _h(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits, 0 at 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _ent(counts: np.ndarray) -> float:
+    """Bits to code symbols with these counts under their own frequencies."""
+    c = np.asarray(counts, dtype=np.float64)
+    c = c[c > 0]
+    n = c.sum()
+    return float((c * np.log2(n / c)).sum()) if n > 0 else 0.0
+
+
+# ---------------------------------------------------------------- levels
+def assign_levels(counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """A level per block (0 = sparsest), chosen to make the index section small.
+
+    Start from quarter-octave density steps (empty blocks are their own, lowest step) and greedily merge the
+    neighbouring pair that lowers the estimated bits most, until no merge helps."""
+    n_blocks = len(counts)
+    if n_blocks == 0:
+        return np.zeros(0, dtype=np.int64)
+    key = np.full(n_blocks, np.iinfo(np.int64).min, dtype=np.int64)
+    ne = counts > 0
+    key[ne] = np.round(np.log2(counts[ne] / sizes[ne]) * 4).astype(np.int64)
+    uniq, lvl = np.unique(key, return_inverse=True)
+    S = np.bincount(lvl, weights=sizes).astype(np.float64)
+    K = np.bincount(lvl, weights=counts).astype(np.float64)
+    nb = np.bincount(lvl).astype(np.float64)
+    members = [[i] for i in range(len(uniq))]
+
+    def cost(s: float, k: float, b: float) -> float:
+        p = k / s if s > 0 else 0.0
+        gaps = -s * (p * log2(p) + (1 - p) * log2(1 - p)) if 0 < p < 1 else 0.0
+        return gaps + b * log2(n_blocks / b) + (LEVEL_BITS if k > 0 else 8.0)
+
+    S_, K_, B_ = S.tolist(), K.tolist(), nb.tolist()
+    costs = [cost(s, k, b) for s, k, b in zip(S_, K_, B_, strict=True)]
+    while len(S_) > 1:
+        deltas = [
+            cost(S_[i] + S_[i + 1], K_[i] + K_[i + 1], B_[i] + B_[i + 1]) - costs[i] - costs[i + 1]
+            for i in range(len(S_) - 1)
+        ]
+        i = int(np.argmin(deltas))
+        if deltas[i] >= 0 and len(S_) <= MAX_LEVELS:
+            break
+        S_[i : i + 2] = [S_[i] + S_[i + 1]]
+        K_[i : i + 2] = [K_[i] + K_[i + 1]]
+        B_[i : i + 2] = [B_[i] + B_[i + 1]]
+        members[i : i + 2] = [members[i] + members[i + 1]]
+        costs[i : i + 2] = [cost(S_[i], K_[i], B_[i])]
+    remap = np.empty(len(uniq), dtype=np.int64)
+    for new, old in enumerate(members):
+        remap[old] = new
+    return remap[lvl]
+
+
+def _virtual(level: np.ndarray, sizes: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offset of every block inside its level's concatenation, total size S of every level)."""
+    order = np.argsort(level, kind="stable")
+    s = sizes[order]
+    csum = np.cumsum(s) - s
+    lvl_sorted = level[order]
+    first = np.r_[True, lvl_sorted[1:] != lvl_sorted[:-1]] if len(level) else np.zeros(0, bool)
+    level_start = np.maximum.accumulate(np.where(first, csum, 0)) if len(level) else csum
+    off = np.empty(len(level), dtype=np.int64)
+    off[order] = csum - level_start
+    return off, np.bincount(level, weights=sizes, minlength=n_levels).astype(np.int64)
+
+
+# ---------------------------------------------------------------- index section
+def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[list[np.ndarray], np.ndarray]:
+    cm = v1._cm()
+    n_blocks = len(bounds) - 1
+    sizes = np.diff(bounds)
+    blk = np.searchsorted(bounds, indices, side="right") - 1
+    counts = np.bincount(blk, minlength=n_blocks).astype(np.int64)
+    level = assign_levels(counts, sizes)
+    n_levels = int(level.max()) + 1 if n_blocks else 0
+    nb = np.bincount(level, minlength=n_levels).astype(np.int64)
+    K = np.bincount(level, weights=counts, minlength=n_levels).astype(np.int64)
+    off, _ = _virtual(level, sizes, n_levels)
+    enc = cm.stream.queue.RangeEncoder()
+    v1._put(enc, level, v1._categorical(nb))
+    item_level = level[blk]
+    virt = off[blk] + indices - bounds[blk]
+    params: list[int] = []
+    for lv in range(n_levels):
+        if K[lv] == 0:
+            continue
+        v = virt[item_level == lv]  # increasing: blocks of a level are concatenated in pool order
+        params += v1.put_gaps(enc, np.diff(np.r_[-1, v]) - 1)
+    prelude = [np.array([spec, n_levels], np.int64), nb, K, np.asarray(params, np.int64)]
+    return prelude, enc.get_compressed()
+
+
+def _decode_index(
+    rd: Any, words: np.ndarray, n_pool: int, n_items: int, layout_bounds: np.ndarray | None
+) -> np.ndarray:
+    cm = v1._cm()
+    _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
+    n_blocks = len(bounds) - 1
+    n_levels = rd.one(limit=MAX_LEVELS)
+    if n_levels < 1 or n_levels > n_blocks:
+        raise PayloadCorruptError(f"{n_levels} density levels for {n_blocks} blocks")
+    nb = rd.take(n_levels, limit=n_blocks)
+    K = rd.take(n_levels, limit=n_items)
+    if int(nb.sum()) != n_blocks or int(K.sum()) != n_items:
+        raise PayloadCorruptError("level block counts or item counts do not add up")
+    params = rd.take(3 * int((K > 0).sum()), limit=v1.P_ONE).reshape(-1, 3)
+    dec = cm.stream.queue.RangeDecoder(words)
+    level = v1._get(dec, v1._categorical(nb), n_blocks)
+    if not np.array_equal(np.bincount(level, minlength=n_levels), nb):
+        raise PayloadCorruptError("decoded level map does not match its counts")
+    sizes = np.diff(bounds)
+    off, S = _virtual(level, sizes, n_levels)
+    if (K > S).any():
+        raise PayloadCorruptError("a level holds more items than it has positions")
+    by_level = np.argsort(level, kind="stable")  # the blocks of level ℓ, in pool order, are one slice
+    first = np.r_[0, np.cumsum(nb)]
+    parts = []
+    for lv, (p_num, m, q_max) in zip(np.flatnonzero(K > 0).tolist(), params.tolist(), strict=True):
+        v = np.cumsum(v1.get_gaps(dec, p_num, m, q_max, int(K[lv])) + 1) - 1
+        if v[-1] >= S[lv]:
+            raise PayloadCorruptError("a decoded index runs past the end of its level")
+        blocks = by_level[first[lv] : first[lv + 1]]
+        j = np.searchsorted(off[blocks], v, side="right") - 1
+        parts.append(bounds[blocks[j]] + v - off[blocks[j]])
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- label section
+class _Blocks:
+    """What every dominant-label threshold needs from one blocking, computed once per blocking."""
+
+    def __init__(self, labels: np.ndarray, indices: np.ndarray, bounds: np.ndarray, k: int) -> None:
+        _, self.inv = np.unique(np.searchsorted(bounds, indices, side="right") - 1, return_inverse=True)
+        self.count = np.bincount(self.inv)
+        self.dom = v1._dominant(labels, self.inv, len(self.count), k)
+        self.match = labels == self.dom[self.inv]
+        self.labels, self.k = labels, k
+
+    def split(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dominant label of each dense block, item is in a dense block, item has its block's dominant)."""
+        dense = self.count >= t
+        item_dense = dense[self.inv]
+        return self.dom[dense], item_dense, item_dense & self.match
+
+    def estimate(self, t: int) -> float:
+        """Estimated bits of the dominant mode with threshold ``t`` (entropies; a table ~1 byte an entry)."""
+        doms, item_dense, is_dom = self.split(t)
+        n_dense = int(item_dense.sum())
+        bits = n_dense * float(_h(is_dom.sum() / n_dense)) if n_dense else 0.0
+        for x in (doms, self.labels[item_dense & ~is_dom], self.labels[~item_dense]):
+            c = np.bincount(x, minlength=self.k)
+            bits += min(len(x) * log2(self.k), _ent(c) + 8.0 * int((c > 0).sum()))
+        return bits
+
+
+def _table_or_uniform(symbols: np.ndarray, k: int) -> np.ndarray | None:
+    """The count table to code ``symbols`` with, or None when equal weights cost less than sending the table
+    (noise labels, or k = 1,000 classes with few items)."""
+    counts = np.bincount(symbols, minlength=k).astype(np.int64)
+    table = len(zstandard.ZstdCompressor(level=19).compress(v1._prelude_bytes([counts])))
+    return counts if _ent(counts) + 8.0 * table < len(symbols) * log2(k) else None
+
+
+def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> tuple[list[np.ndarray], np.ndarray]:
+    cm = v1._cm()
+    labels, k = blocks.labels, blocks.k
+    doms, item_dense, is_dom = blocks.split(t)
+    parts = (doms, labels[item_dense & ~is_dom], labels[~item_dense])
+    tables = [_table_or_uniform(x, k) for x in parts]
+    mask = sum(1 << i for i, c in enumerate(tables) if c is None)
+    p_num = v1._p_num(int(is_dom.sum()), max(int(item_dense.sum()), 1))
+    enc = cm.stream.queue.RangeEncoder()
+    models = [v1._categorical(np.ones(k) if c is None else c) for c in tables]
+    v1._put(enc, parts[0], models[0])
+    if item_dense.any():
+        flags = is_dom[item_dense].astype(np.int32)
+        enc.encode(flags, cm.stream.model.Bernoulli(p_num / v1.P_ONE, perfect=False))
+    v1._put(enc, parts[1], models[1])
+    v1._put(enc, parts[2], models[2])
+    prelude = [np.array([lspec, t, p_num, mask], np.int64)] + [c for c in tables if c is not None]
+    return prelude, enc.get_compressed()
+
+
+def _decode_dominant(
+    rd: Any, words: np.ndarray, k: int, n_items: int, indices: np.ndarray, n_pool: int, layout_bounds: Any
+) -> np.ndarray:
+    cm = v1._cm()
+    _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
+    t = rd.one(limit=max(n_items, 1))
+    p_num = rd.one(limit=v1.P_ONE - 1)
+    mask = rd.one(limit=7)
+    tables = [None if mask >> i & 1 else rd.take(k, limit=n_items) for i in range(3)]
+    if n_items == 0:
+        return np.zeros(0, np.int64)
+    if not (1 <= p_num < v1.P_ONE and t >= 1):
+        raise PayloadCorruptError("dominant-label parameters out of range")
+    ne, inv = np.unique(np.searchsorted(bounds, indices, side="right") - 1, return_inverse=True)
+    dense = np.bincount(inv, minlength=len(ne)) >= t
+    item_dense = dense[inv]
+    n_dense = int(item_dense.sum())
+    models = [v1._categorical(np.ones(k) if c is None else c) for c in tables]
+
+    def take(i: int, n: int) -> np.ndarray:
+        c = tables[i]
+        if c is not None and int(c.sum()) != n:
+            raise PayloadCorruptError("a label table does not match the number of labels it codes")
+        return v1._get(dec, models[i], n)
+
+    dec = cm.stream.queue.RangeDecoder(words)
+    dom = np.zeros(len(ne), dtype=np.int64)
+    dom[dense] = take(0, int(dense.sum()))
+    is_dom = np.zeros(n_items, dtype=bool)
+    if n_dense:
+        bern = cm.stream.model.Bernoulli(p_num / v1.P_ONE, perfect=False)
+        is_dom[item_dense] = dec.decode(bern, n_dense).astype(bool)
+    other = item_dense & ~is_dom
+    labels = dom[inv]
+    labels[other] = take(1, int(other.sum()))
+    labels[~item_dense] = take(2, n_items - n_dense)
+    return labels
+
+
+# ---------------------------------------------------------------- codec API
+def _encode_in(
+    idx: np.ndarray,
+    lab: np.ndarray,
+    n_pool: int,
+    k: int,
+    layout_bounds: np.ndarray | None,
+    tiers: np.ndarray | None = None,
+) -> tuple[bytes, int, str]:
+    """Best body for positions ``idx`` (sorted): every blocking and label model; returns (body, spec, mode)."""
+    blockings = [(b, v1._fixed_bounds(n_pool, b)) for b in v1._block_candidates(n_pool)]
+    if layout_bounds is not None:
+        blockings.append((0, layout_bounds))
+    best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=v1._size)
+    trials = [(v1._encode_labels(lab, k, m, idx), m) for m in ("iid", "uniform", "runs")]
+    for spec, bounds in blockings:
+        if spec == n_pool:
+            continue
+        blocks = _Blocks(lab, idx, bounds, k)
+        t = min(THRESHOLDS, key=blocks.estimate)
+        trials.append((_encode_dominant(blocks, spec, t), "dominant"))
+    best_lab, lab_mode = min(trials, key=lambda r: v1._size(r[0]))
+    body = v1.assemble_body(best_idx, best_lab, tiers)
+    return body, int(best_idx[0][0][0]), lab_mode
+
+
+def encode(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_pool: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    tiers: np.ndarray | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """Encode in pool order and, given the pool's ``layout``, in its group order too; keep the smallest."""
+    return v1.encode_orders(
+        _encode_in, NAME, indices, labels, n_pool=n_pool, n_classes=n_classes, layout=layout, tiers=tiers
+    )
+
+
+def decode(
+    codec: dict[str, Any],
+    body: bytes,
+    *,
+    n_pool: int,
+    n_items: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    n_tiers: int = 1,
+) -> tuple[np.ndarray, ...]:
+    """Inverse of :func:`encode` → (indices, labels[, tiers])."""
+    layout_id = v1.check_layout(codec, layout, n_pool)
+    mode = codec.get("labels")
+    if mode not in LABEL_MODES:
+        raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
+    raw, words, n_iw, label_words, tier_words = v1.split_body(body, n_pool=n_pool, n_classes=n_classes, n_tiers=n_tiers)
+    rd = v1._Reader(raw)
+    tiers = None
+    try:
+        bounds = layout.bounds if layout_id is not None and layout is not None else None
+        indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
+        if mode == "dominant":
+            labels = _decode_dominant(rd, label_words, n_classes, n_items, indices, n_pool, bounds)
+        else:
+            labels = v1._decode_labels(rd, label_words, n_classes, n_items, mode, indices, n_pool, bounds)
+        if n_tiers > 1:
+            tiers = v1.decode_tiers(rd, tier_words, n_tiers, n_items)
+    except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
+        raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
+    if not rd.done():
+        raise PayloadCorruptError("prelude has trailing values")
+    if layout_id is not None and layout is not None:
+        indices = layout.order[indices]  # coding positions -> pool indices (the Payload re-sorts)
+    return (indices, labels) if tiers is None else (indices, labels, tiers)
