@@ -289,10 +289,17 @@ def _dominant(labels: np.ndarray, inv: np.ndarray, n_blocks: int, k: int) -> np.
 
 
 def _encode_labels(
-    labels: np.ndarray, k: int, mode: str, indices: np.ndarray, lblock: int = 0, bounds: np.ndarray | None = None
+    labels: np.ndarray,
+    k: int,
+    mode: str,
+    indices: np.ndarray,
+    lblock: int = 0,
+    bounds: np.ndarray | None = None,
+    enc: Any = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(prelude arrays, words); ``enc`` may be a :class:`Recorder` to replay the symbols into a shared stream."""
     cm = _cm()
-    enc = cm.stream.queue.RangeEncoder()
+    enc = cm.stream.queue.RangeEncoder() if enc is None else enc
     if mode == "iid":
         counts = np.bincount(labels, minlength=k)
         _put(enc, labels, _categorical(counts))
@@ -335,8 +342,9 @@ def _decode_labels(
     n_pool: int,
     layout_bounds: np.ndarray | None,
 ) -> np.ndarray:
+    """``words`` is the label section, or a RangeDecoder already positioned at it."""
     cm = _cm()
-    dec = cm.stream.queue.RangeDecoder(words)
+    dec = cm.stream.queue.RangeDecoder(words) if isinstance(words, np.ndarray) else words
     if mode == "dominant":
         _, lbounds = _read_bounds(rd, n_pool, layout_bounds)
         p_num = rd.one(limit=P_ONE - 1)
@@ -418,11 +426,34 @@ def assemble_body(
     )
 
 
-def decode_tiers(rd: _Reader, words: np.ndarray, n_tiers: int, n_items: int) -> np.ndarray:
+def decode_tiers(rd: _Reader, dec: Any, n_tiers: int, n_items: int) -> np.ndarray:
     counts = rd.take(n_tiers, limit=n_items)
     if int(counts.sum()) != n_items:
         raise PayloadCorruptError("tier counts do not add up to the number of items")
-    return _get(_cm().stream.queue.RangeDecoder(words), _categorical(counts), n_items)
+    return _get(dec, _categorical(counts), n_items)
+
+
+class Recorder:
+    """Stands in for a RangeEncoder: records (symbols, model) so a section can be sized alone and later
+    replayed into one stream shared with the other sections."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[np.ndarray, Any]] = []
+        self._words: np.ndarray | None = None
+
+    def encode(self, symbols: np.ndarray, model: Any) -> None:
+        self.ops.append((np.asarray(symbols, dtype=np.int32), model))
+        self._words = None
+
+    def get_compressed(self) -> np.ndarray:
+        if self._words is None:
+            self._words = self.replay(_cm().stream.queue.RangeEncoder()).get_compressed()
+        return self._words
+
+    def replay(self, enc: Any) -> Any:
+        for symbols, model in self.ops:
+            enc.encode(symbols, model)
+        return enc
 
 
 def _encode_in(
@@ -581,7 +612,7 @@ def decode(
         indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
         labels = _decode_labels(rd, label_words, n_classes, n_items, mode, indices, n_pool, bounds)
         if n_tiers > 1:
-            tiers = decode_tiers(rd, tier_words, n_tiers, n_items)
+            tiers = decode_tiers(rd, _cm().stream.queue.RangeDecoder(tier_words), n_tiers, n_items)
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
         raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
     if not rd.done():

@@ -14,14 +14,17 @@ folders, a thin scatter everywhere else), and this codec fixes both:
   a dominant label, so a scattered item in a block of its own pays for one. v2 gives a dominant label only to
   blocks holding at least ``t`` items; items of thinner blocks are coded with their own class frequencies.
 
-The uniform / iid / runs label modes and the tier section are v1's. The container and every model are built
-from integers with correctly rounded IEEE operations, as in v1, so encoder and decoder agree bit for bit.
+The uniform / iid / runs label modes are v1's. Every symbol (index, labels, tiers) goes into one range-coder
+stream, and a prelude that zstd cannot shrink is stored as is: small payloads (a few KB) save ~15 bytes of
+framing. Every model is built from integers with correctly rounded IEEE operations, as in v1, so encoder and
+decoder agree bit for bit.
 
-Body: as v1 (``u32 prelude length | prelude | u32 index words | index words | label words [| tiers]``).
-Prelude (LEB128 varints in one zstd frame), index part: ``spec, L, nb_0..nb_{L-1}, K_0..K_{L-1}``, then
-``p, M, Q`` for every level with K > 0. Index words: the level of every block (categorical, weights nb), then
-per level with K > 0 the quotients and remainders of its gaps. Label part ``dominant``: ``lspec, t, p_dom``
-and the k counts of dominant labels, of other labels in dense blocks, of labels in thin blocks.
+Body: ``u32 P | prelude (P & 0x7FFFFFFF bytes; zstd frame unless bit 31 of P is set) | words (u32)``.
+Prelude (LEB128 varints), index part: ``spec, L, nb_0..nb_{L-1}, K_0..K_{L-1}``, then ``p, M, Q`` for every
+level with K > 0. Words, in order: the level of every block (categorical, weights nb), per level with K > 0
+the quotients and remainders of its gaps, then the labels, then the tiers. Label part ``dominant``:
+``lspec, t, p_dom, mask`` and the k counts of dominant labels, of other labels in dense blocks, of labels in
+thin blocks, each left out (equal weights instead) when its bit of ``mask`` is set.
 docs/payload-format.md has the byte-exact description.
 """
 
@@ -42,6 +45,8 @@ MAX_LEVELS = 256
 LEVEL_BITS = 48.0  # what a level's parameters cost in the prelude, for the merge estimate
 THRESHOLDS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 LABEL_MODES = ("iid", "uniform", "runs", "dominant")
+RAW = 1 << 31  # set in the prelude length word: the prelude is stored as is (small preludes do not inflate)
+_Section = tuple[list[np.ndarray], "v1.Recorder"]
 
 
 def _h(p: np.ndarray) -> np.ndarray:
@@ -118,8 +123,7 @@ def _virtual(level: np.ndarray, sizes: np.ndarray, n_levels: int) -> tuple[np.nd
 
 
 # ---------------------------------------------------------------- index section
-def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[list[np.ndarray], np.ndarray]:
-    cm = v1._cm()
+def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> _Section:
     n_blocks = len(bounds) - 1
     sizes = np.diff(bounds)
     blk = np.searchsorted(bounds, indices, side="right") - 1
@@ -129,7 +133,7 @@ def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[l
     nb = np.bincount(level, minlength=n_levels).astype(np.int64)
     K = np.bincount(level, weights=counts, minlength=n_levels).astype(np.int64)
     off, _ = _virtual(level, sizes, n_levels)
-    enc = cm.stream.queue.RangeEncoder()
+    enc = v1.Recorder()
     v1._put(enc, level, v1._categorical(nb))
     item_level = level[blk]
     virt = off[blk] + indices - bounds[blk]
@@ -140,13 +144,10 @@ def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[l
         v = virt[item_level == lv]  # increasing: blocks of a level are concatenated in pool order
         params += v1.put_gaps(enc, np.diff(np.r_[-1, v]) - 1)
     prelude = [np.array([spec, n_levels], np.int64), nb, K, np.asarray(params, np.int64)]
-    return prelude, enc.get_compressed()
+    return prelude, enc
 
 
-def _decode_index(
-    rd: Any, words: np.ndarray, n_pool: int, n_items: int, layout_bounds: np.ndarray | None
-) -> np.ndarray:
-    cm = v1._cm()
+def _decode_index(rd: Any, dec: Any, n_pool: int, n_items: int, layout_bounds: np.ndarray | None) -> np.ndarray:
     _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
     n_blocks = len(bounds) - 1
     n_levels = rd.one(limit=MAX_LEVELS)
@@ -157,7 +158,6 @@ def _decode_index(
     if int(nb.sum()) != n_blocks or int(K.sum()) != n_items:
         raise PayloadCorruptError("level block counts or item counts do not add up")
     params = rd.take(3 * int((K > 0).sum()), limit=v1.P_ONE).reshape(-1, 3)
-    dec = cm.stream.queue.RangeDecoder(words)
     level = v1._get(dec, v1._categorical(nb), n_blocks)
     if not np.array_equal(np.bincount(level, minlength=n_levels), nb):
         raise PayloadCorruptError("decoded level map does not match its counts")
@@ -214,7 +214,7 @@ def _table_or_uniform(symbols: np.ndarray, k: int) -> np.ndarray | None:
     return counts if _ent(counts) + 8.0 * table < len(symbols) * log2(k) else None
 
 
-def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> tuple[list[np.ndarray], np.ndarray]:
+def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> _Section:
     cm = v1._cm()
     labels, k = blocks.labels, blocks.k
     doms, item_dense, is_dom = blocks.split(t)
@@ -222,7 +222,7 @@ def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> tuple[list[np.ndarr
     tables = [_table_or_uniform(x, k) for x in parts]
     mask = sum(1 << i for i, c in enumerate(tables) if c is None)
     p_num = v1._p_num(int(is_dom.sum()), max(int(item_dense.sum()), 1))
-    enc = cm.stream.queue.RangeEncoder()
+    enc = v1.Recorder()
     models = [v1._categorical(np.ones(k) if c is None else c) for c in tables]
     v1._put(enc, parts[0], models[0])
     if item_dense.any():
@@ -231,11 +231,11 @@ def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> tuple[list[np.ndarr
     v1._put(enc, parts[1], models[1])
     v1._put(enc, parts[2], models[2])
     prelude = [np.array([lspec, t, p_num, mask], np.int64)] + [c for c in tables if c is not None]
-    return prelude, enc.get_compressed()
+    return prelude, enc
 
 
 def _decode_dominant(
-    rd: Any, words: np.ndarray, k: int, n_items: int, indices: np.ndarray, n_pool: int, layout_bounds: Any
+    rd: Any, dec: Any, k: int, n_items: int, indices: np.ndarray, n_pool: int, layout_bounds: Any
 ) -> np.ndarray:
     cm = v1._cm()
     _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
@@ -259,7 +259,6 @@ def _decode_dominant(
             raise PayloadCorruptError("a label table does not match the number of labels it codes")
         return v1._get(dec, models[i], n)
 
-    dec = cm.stream.queue.RangeDecoder(words)
     dom = np.zeros(len(ne), dtype=np.int64)
     dom[dense] = take(0, int(dense.sum()))
     is_dom = np.zeros(n_items, dtype=bool)
@@ -274,6 +273,10 @@ def _decode_dominant(
 
 
 # ---------------------------------------------------------------- codec API
+def _size(section: _Section) -> int:
+    return len(v1._prelude_bytes(section[0])) + 4 * len(section[1].get_compressed())
+
+
 def _encode_in(
     idx: np.ndarray,
     lab: np.ndarray,
@@ -286,17 +289,55 @@ def _encode_in(
     blockings = [(b, v1._fixed_bounds(n_pool, b)) for b in v1._block_candidates(n_pool)]
     if layout_bounds is not None:
         blockings.append((0, layout_bounds))
-    best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=v1._size)
-    trials = [(v1._encode_labels(lab, k, m, idx), m) for m in ("iid", "uniform", "runs")]
+    best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=_size)
+    trials: list[tuple[_Section, str]] = []
+    for mode in ("iid", "uniform", "runs"):
+        rec = v1.Recorder()
+        trials.append(((v1._encode_labels(lab, k, mode, idx, enc=rec)[0], rec), mode))
     for spec, bounds in blockings:
         if spec == n_pool:
             continue
         blocks = _Blocks(lab, idx, bounds, k)
         t = min(THRESHOLDS, key=blocks.estimate)
         trials.append((_encode_dominant(blocks, spec, t), "dominant"))
-    best_lab, lab_mode = min(trials, key=lambda r: v1._size(r[0]))
-    body = v1.assemble_body(best_idx, best_lab, tiers)
-    return body, int(best_idx[0][0][0]), lab_mode
+    best_lab, lab_mode = min(trials, key=lambda r: _size(r[0]))
+    prelude = best_idx[0] + best_lab[0]
+    enc = best_lab[1].replay(best_idx[1].replay(v1._cm().stream.queue.RangeEncoder()))
+    if tiers is not None:
+        counts = np.bincount(tiers, minlength=int(tiers.max()) + 1 if len(tiers) else 1).astype(np.int64)
+        v1._put(enc, tiers, v1._categorical(counts))
+        prelude.append(counts)
+    raw = v1._prelude_bytes(prelude)
+    packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(raw)
+    head = v1._U32.pack(len(packed)) + packed if len(packed) < len(raw) else v1._U32.pack(RAW | len(raw)) + raw
+    return head + enc.get_compressed().astype("<u4").tobytes(), int(best_idx[0][0][0]), lab_mode
+
+
+def _split(body: bytes, *, n_pool: int, n_classes: int) -> tuple[bytes, np.ndarray]:
+    """(prelude varint bytes, words); the prelude's size is bounded before anything inflates."""
+    if len(body) < 4:
+        raise PayloadCorruptError("entropy body too short")
+    (head,) = v1._U32.unpack_from(body, 0)
+    plen = head & ~RAW
+    if 4 + plen > len(body) or (len(body) - 4 - plen) % 4:
+        raise PayloadCorruptError("entropy prelude and words do not fit the body")
+    words = np.frombuffer(body, dtype="<u4", offset=4 + plen).astype(np.uint32)
+    if head & RAW:
+        return body[4 : 4 + plen], words
+    try:
+        size = zstandard.frame_content_size(body[4 : 4 + plen])
+    except zstandard.ZstdError as exc:
+        raise PayloadCorruptError(f"prelude is not a zstd frame: {exc}") from exc
+    if not 0 <= size <= v1.MAX_PRELUDE or size > 10 * (n_pool + 3 * n_classes + 64):
+        raise PayloadCorruptError(f"prelude inflates to {size} bytes")
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        raw = dobj.decompress(body[4 : 4 + plen])
+    except zstandard.ZstdError as exc:
+        raise PayloadCorruptError(f"prelude does not inflate: {exc}") from exc
+    if len(raw) != size or dobj.unused_data or not dobj.eof:
+        raise PayloadCorruptError("prelude has the wrong length or trailing bytes")
+    return raw, words
 
 
 def encode(
@@ -329,18 +370,19 @@ def decode(
     mode = codec.get("labels")
     if mode not in LABEL_MODES:
         raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
-    raw, words, n_iw, label_words, tier_words = v1.split_body(body, n_pool=n_pool, n_classes=n_classes, n_tiers=n_tiers)
+    raw, words = _split(body, n_pool=n_pool, n_classes=n_classes)
     rd = v1._Reader(raw)
     tiers = None
     try:
         bounds = layout.bounds if layout_id is not None and layout is not None else None
-        indices = _decode_index(rd, words[:n_iw], n_pool, n_items, bounds)
+        dec = v1._cm().stream.queue.RangeDecoder(words)  # one stream: index, labels, tiers
+        indices = _decode_index(rd, dec, n_pool, n_items, bounds)
         if mode == "dominant":
-            labels = _decode_dominant(rd, label_words, n_classes, n_items, indices, n_pool, bounds)
+            labels = _decode_dominant(rd, dec, n_classes, n_items, indices, n_pool, bounds)
         else:
-            labels = v1._decode_labels(rd, label_words, n_classes, n_items, mode, indices, n_pool, bounds)
+            labels = v1._decode_labels(rd, dec, n_classes, n_items, mode, indices, n_pool, bounds)
         if n_tiers > 1:
-            tiers = v1.decode_tiers(rd, tier_words, n_tiers, n_items)
+            tiers = v1.decode_tiers(rd, dec, n_tiers, n_items)
     except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
         raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
     if not rd.done():
