@@ -546,31 +546,35 @@ def check_layout(codec: dict[str, Any], layout: PoolLayout | None, n_pool: int) 
     return None if layout_id is None else str(layout_id)
 
 
-def split_body(
-    body: bytes, *, n_pool: int, n_classes: int, n_tiers: int
-) -> tuple[bytes, np.ndarray, int, np.ndarray, np.ndarray]:
-    """Check and cut a body into (inflated prelude, all words, index word count, label words, tier words).
-
-    The prelude's declared size is bounded before anything inflates, so a hostile body cannot make the
-    decoder allocate without bound. Shared by every range-coded codec version."""
-    if len(body) < 8:
-        raise PayloadCorruptError("entropy body too short")
-    (plen,) = _U32.unpack_from(body, 0)
-    if 4 + plen + 4 > len(body):
-        raise PayloadCorruptError("entropy prelude runs past the body")
+def inflate_prelude(frame: bytes, *, n_pool: int, n_classes: int) -> bytes:
+    """Inflate a prelude frame whose declared size is checked first, so a hostile body cannot make the decoder
+    allocate without bound."""
     try:
-        size = zstandard.frame_content_size(body[4 : 4 + plen])
+        size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as exc:
         raise PayloadCorruptError(f"prelude is not a zstd frame: {exc}") from exc
     if not 0 <= size <= MAX_PRELUDE or size > 10 * (n_pool + 3 * n_classes + 64):
         raise PayloadCorruptError(f"prelude inflates to {size} bytes")
     dobj = zstandard.ZstdDecompressor().decompressobj()
     try:
-        raw = dobj.decompress(body[4 : 4 + plen])
+        raw = dobj.decompress(frame)
     except zstandard.ZstdError as exc:
         raise PayloadCorruptError(f"prelude does not inflate: {exc}") from exc
     if len(raw) != size or dobj.unused_data or not dobj.eof:
         raise PayloadCorruptError("prelude has the wrong length or trailing bytes")
+    return raw
+
+
+def split_body(
+    body: bytes, *, n_pool: int, n_classes: int, n_tiers: int
+) -> tuple[bytes, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Check and cut a body into (inflated prelude, all words, index word count, label words, tier words)."""
+    if len(body) < 8:
+        raise PayloadCorruptError("entropy body too short")
+    (plen,) = _U32.unpack_from(body, 0)
+    if 4 + plen + 4 > len(body):
+        raise PayloadCorruptError("entropy prelude runs past the body")
+    raw = inflate_prelude(body[4 : 4 + plen], n_pool=n_pool, n_classes=n_classes)
     pos = 4 + plen
     (n_iw,) = _U32.unpack_from(body, pos)
     pos += 4

@@ -314,7 +314,7 @@ def _encode_in(
 
 
 def _split(body: bytes, *, n_pool: int, n_classes: int) -> tuple[bytes, np.ndarray]:
-    """(prelude varint bytes, words); the prelude's size is bounded before anything inflates."""
+    """(prelude varint bytes, words)."""
     if len(body) < 4:
         raise PayloadCorruptError("entropy body too short")
     (head,) = v1._U32.unpack_from(body, 0)
@@ -324,20 +324,7 @@ def _split(body: bytes, *, n_pool: int, n_classes: int) -> tuple[bytes, np.ndarr
     words = np.frombuffer(body, dtype="<u4", offset=4 + plen).astype(np.uint32)
     if head & RAW:
         return body[4 : 4 + plen], words
-    try:
-        size = zstandard.frame_content_size(body[4 : 4 + plen])
-    except zstandard.ZstdError as exc:
-        raise PayloadCorruptError(f"prelude is not a zstd frame: {exc}") from exc
-    if not 0 <= size <= v1.MAX_PRELUDE or size > 10 * (n_pool + 3 * n_classes + 64):
-        raise PayloadCorruptError(f"prelude inflates to {size} bytes")
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        raw = dobj.decompress(body[4 : 4 + plen])
-    except zstandard.ZstdError as exc:
-        raise PayloadCorruptError(f"prelude does not inflate: {exc}") from exc
-    if len(raw) != size or dobj.unused_data or not dobj.eof:
-        raise PayloadCorruptError("prelude has the wrong length or trailing bytes")
-    return raw, words
+    return v1.inflate_prelude(body[4 : 4 + plen], n_pool=n_pool, n_classes=n_classes), words
 
 
 def encode(
