@@ -84,7 +84,7 @@ class Agent:
                 version,
                 {
                     "client_id": self.config.client_id[:128] or "client",
-                    "student_arch": self.config.train.arch,
+                    "student_arch": student_label(self.config.train, metrics),
                     "epochs": self.config.train.epochs,
                     "accuracy": metrics.get("test_accuracy"),
                     "n_test": metrics.get("n_test"),
@@ -120,3 +120,11 @@ class Agent:
             backoff = 1.0 if ok else min(backoff * 2, 60.0)
             self._stop.wait(self.config.poll_s if ok else min(backoff, self.config.poll_s))
         return done
+
+
+def student_label(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
+    """What the dashboard shows for a report: the arch, and how it was trained when not from scratch."""
+    arch = str(metrics.get("config", {}).get("arch", cfg.arch))
+    if cfg.head_only:
+        return f"{arch} (head-only)"
+    return f"{arch} (pretrained)" if cfg.pretrained else arch

@@ -203,6 +203,10 @@ def _train_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         device=args.device,
         max_tier=args.max_tier,
+        pretrained=args.pretrained,
+        head_only=args.head_only,
+        image_size=args.image_size,
+        feature_cache=str(Path(args.cache) / "features") if getattr(args, "cache", None) else None,
     )
 
 
@@ -363,10 +367,31 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_spec(text: str) -> Any:
+    """``--spec``: inline JSON of any length, ``@FILE``, or a path to a JSON file. JSON is recognised by its
+    first character, so a long inline spec is never tried as a file name (``File name too long``)."""
+    from plada.shared.errors import InvalidSpecError
+
+    raw = text
+    if text.lstrip().startswith(("{", "[")):
+        source = "inline --spec"
+    else:
+        path = Path(text[1:] if text.startswith("@") else text).expanduser()
+        try:
+            raw = path.read_text()
+        except OSError as exc:
+            raise InvalidSpecError(f"--spec {text!r} is neither inline JSON nor a readable file: {exc}") from exc
+        source = str(path)
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(f"{source} is not valid JSON: {exc}") from exc
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from plada.client.api import PladaClient
 
-    spec = json.loads(Path(args.spec).read_text()) if Path(args.spec).is_file() else json.loads(args.spec)
+    spec = read_spec(args.spec)
     with PladaClient(args.server, token=args.token) as client:
         resp = client.publish(spec, Path(args.data))
         if args.wait:
@@ -402,6 +427,20 @@ def _trusted(args: argparse.Namespace) -> Any:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="smallcnn", help="smallcnn or a timm model name")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start the timm --arch from local ImageNet weights and fine-tune every layer (AdamW, cosine)",
+    )
+    p.add_argument(
+        "--head-only",
+        action="store_true",
+        help="freeze a pretrained backbone (--arch; default efficientnet_lite0), embed the payload's items once "
+        "(cached by item hash) and fit a linear head: seconds on a laptop CPU",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="model input side (default: the pool's; pretrained: 128-224)"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -487,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     p.add_argument("--pool", required=True)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.json")
-    p.add_argument("--eval", help="client test split .npz (x, y[, classes]) to report accuracy on")
+    p.add_argument(
+        "--eval", help="client test split to report accuracy on: .npz (x, y[, classes]) or a .zip of <class>/<image>"
+    )
     _train_args(p)
     p.set_defaults(fn=cmd_train)
     p = add(
@@ -514,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plada-client publish --server URL --spec spec.json --data train.npz --wait",
     )
     _server_args(p)
-    p.add_argument("--spec", required=True)
+    p.add_argument("--spec", required=True, help="task spec: inline JSON (any length), @FILE or a JSON file path")
     p.add_argument("--data", required=True)
     p.add_argument("--wait", action="store_true", help="wait for the job and print the version")
     p.set_defaults(fn=cmd_publish)

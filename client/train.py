@@ -19,7 +19,7 @@ from plada.client.dataset import PayloadDataset
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidDataError
 from plada.shared.payload import Payload, payload_sha256
-from plada.shared.pool import Pool, atomic_write_bytes
+from plada.shared.pool import Pool, atomic_write, atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -27,6 +27,11 @@ METRICS = "metrics.json"
 
 @dataclass
 class TrainConfig:
+    """``pretrained``: start a timm ``arch`` from local ImageNet weights and fine-tune every layer (the paper's
+    recipe: AdamW 1e-3, cosine). ``head_only``: freeze a pretrained backbone (``arch``; smallcnn means the
+    default, EfficientNet-Lite0), embed the payload's items once (cached by item hash) and fit a linear probe —
+    seconds on a laptop CPU, and the same probe the server's proxy students fit."""
+
     arch: str = "smallcnn"
     epochs: int = 10
     batch_size: int = 128
@@ -34,16 +39,72 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_tier: int | None = None  # train on priority tiers 0..max_tier only (less compute), None = all
+    pretrained: bool = False
+    head_only: bool = False
+    image_size: int | None = None  # model input side; default: the pool's (pretrained: that side in 128-224)
+    feature_cache: str | None = None  # head_only: folder of cached item features (default: <cache>/features)
+
+
+def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A zip of ``<class>/<image>`` (one optional top folder), the form publishers upload: images at their own
+    size (they must agree), labels by sorted folder name."""
+    import io
+    import zipfile
+    from pathlib import PurePosixPath
+
+    from PIL import Image
+
+    items: list[tuple[str, str]] = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for m in zf.infolist():
+                parts = PurePosixPath(m.filename).parts
+                if m.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith(".") or len(parts) < 2:
+                    continue
+                items.append((parts[-2], m.filename))
+            names = sorted({c for c, _ in items})
+            xs, ys = [], []
+            for c, member in sorted(items):
+                with Image.open(io.BytesIO(zf.read(member))) as im:
+                    xs.append(np.asarray(im.convert("RGB")))
+                ys.append(names.index(c))
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise InvalidDataError(f"cannot read evaluation zip {path}: {exc}") from exc
+    if not xs:
+        raise InvalidDataError(f"evaluation zip {path} holds no <class>/<image> members")
+    if len({x.shape for x in xs}) > 1:
+        raise InvalidDataError(f"images in {path} differ in size; resize them to one size first")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), names
 
 
 def load_eval_split(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """An ``.npz`` with ``x``, ``y`` and optionally ``classes``; labels are mapped to the payload's classes."""
+    """An ``.npz`` with ``x``, ``y`` and optionally ``classes``, or a ``.zip`` of ``<class>/<image>`` folders
+    (the forms publishing accepts); labels are mapped to the payload's classes by name."""
+    path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            x, y = z["x"], z["y"].astype(np.int64)
-            names = [str(c) for c in z["classes"]] if "classes" in z.files else None
-    except (OSError, KeyError, ValueError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
         raise InvalidDataError(f"cannot read evaluation split {path}: {exc}") from exc
+    is_npz = False
+    if head[:2] == b"PK":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                is_npz = all(n.endswith(".npy") for n in zf.namelist())
+        except zipfile.BadZipFile as exc:
+            raise InvalidDataError(f"cannot read evaluation split {path}: {exc}") from exc
+    if head[:2] == b"PK" and not is_npz:
+        x, y, names_z = _read_class_zip(path)
+        names: list[str] | None = names_z
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                x, y = z["x"], z["y"].astype(np.int64)
+                names = [str(c) for c in z["classes"]] if "classes" in z.files else None
+        except (OSError, KeyError, ValueError) as exc:
+            raise InvalidDataError(f"cannot read evaluation split {path}: {exc}") from exc
     if names is not None and names != classes:
         index = {c: i for i, c in enumerate(classes)}
         missing = sorted(set(names) - set(index))
@@ -72,12 +133,24 @@ def train_student(
     h, w, c = pool.image_shape
     if cfg.max_tier is not None:
         payload = payload.prefix(cfg.max_tier)
+    if cfg.head_only:
+        return _train_head_only(payload, pool, out_dir, cfg, eval_split, payload_bytes, device, t0, progress)
+    if cfg.pretrained:
+        h = w = cfg.image_size or pretrained_input_side(pool)
+        c = 3
+    elif cfg.image_size:
+        h = w = cfg.image_size
     x: np.ndarray | pnn.PoolItems
     if getattr(pool, "decode_bound", False):  # JPEG folders, tar shards: decode while training, in workers
         x, y = pnn.PoolItems(pool, np.asarray(payload.indices)), np.asarray(payload.labels, dtype=np.int64)
     else:
         x, y = PayloadDataset(payload, pool).arrays()
-    model = pnn.create_model(cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed)
+    try:
+        model = pnn.create_model(
+            cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed, pretrained=cfg.pretrained
+        )
+    except ValueError as exc:
+        raise InvalidDataError(str(exc)) from exc
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     ckpt_path = out_dir / CHECKPOINT
     start_epoch, opt_state = 0, None
@@ -135,6 +208,116 @@ def train_student(
     pnn.save_checkpoint(
         out_dir / "model.pt",
         {"model": model.state_dict(), "arch": cfg.arch, "classes": list(payload.classes), "image_shape": [h, w, c]},
+    )
+    atomic_write_bytes(out_dir / METRICS, json.dumps(metrics, indent=2).encode())
+    return metrics
+
+
+def pretrained_input_side(pool: Pool) -> int:
+    """Input side for pretrained networks: the pool's side, but at least 128 px and at most 224 px."""
+    return int(min(224, max(128, min(pool.image_shape[:2]))))
+
+
+class FeatureStore:
+    """Frozen-backbone features of pool items, keyed by the item's manifest hash (so a changed item never
+    reuses a stale row) under ``<root>/<arch>-<side>px/``: one ``.npz`` per batch of new items."""
+
+    def __init__(self, root: Path, arch: str, side: int) -> None:
+        self.dir = Path(root).expanduser() / f"{arch}-{side}px"
+        self._rows: dict[bytes, np.ndarray] = {}
+        if self.dir.is_dir():
+            for f in sorted(self.dir.glob("*.npz")):
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        for h, row in zip(z["hashes"], z["features"], strict=True):
+                            self._rows[h.tobytes()] = row
+                except (OSError, KeyError, ValueError):
+                    f.unlink(missing_ok=True)  # a damaged file only costs its recomputation
+
+    def get_many(self, hashes: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+        """Features for each hash row, computing the missing ones with ``compute(positions)``; returns
+        (features, how many were computed)."""
+        keys = [h.tobytes() for h in hashes]
+        missing = np.asarray([i for i, k in enumerate(keys) if k not in self._rows], dtype=np.int64)
+        if len(missing):
+            new = np.asarray(compute(missing), dtype=np.float16)
+            for i, row in zip(missing, new, strict=True):
+                self._rows[keys[i]] = row
+            import hashlib
+
+            name = hashlib.sha256(b"".join(keys[i] for i in missing)).hexdigest()[:16]
+            atomic_write(self.dir / f"{name}.npz", lambda f: np.savez(f, hashes=hashes[missing], features=new))
+        return np.stack([self._rows[k] for k in keys]).astype(np.float32), len(missing)
+
+
+def _train_head_only(
+    payload: Payload,
+    pool: Pool,
+    out_dir: Path,
+    cfg: TrainConfig,
+    eval_split: tuple[np.ndarray, np.ndarray] | None,
+    payload_bytes: bytes | None,
+    device: torch.device,
+    t0: float,
+    progress: Callable[[float, str], None] | None,
+) -> dict[str, Any]:
+    from plada.client.cache import default_cache_dir
+    from plada.shared.probe import fit_linear_probe
+
+    report = progress or (lambda _f, _m: None)
+    arch = pnn.DEFAULT_BACKBONE if cfg.arch == "smallcnn" else cfg.arch
+    side = cfg.image_size or pretrained_input_side(pool)
+    try:
+        body = pnn.create_backbone(arch).to(device)
+    except ValueError as exc:
+        raise InvalidDataError(str(exc)) from exc
+    runner = pnn.for_cpu_inference(body, (side, side)) if device.type == "cpu" else body
+    idx = np.asarray(payload.indices)
+
+    def embed(images: Any, n: int, what: str) -> np.ndarray:
+        done = 0
+
+        def tick(k: int) -> None:
+            nonlocal done
+            done += k
+            report(done / max(n, 1), f"{what}: {done:,}/{n:,}")
+
+        z, _ = pnn.predict(runner, images, size=(side, side), channels=3, device=device, progress=tick)
+        return z
+
+    def pool_features(pos: np.ndarray) -> np.ndarray:
+        order = [pos[s : s + 256] for s in range(0, len(pos), 256)]
+        return embed(pnn._batches_of(pnn.PoolItems(pool, idx), order, device), len(pos), "embedding payload items")
+
+    store = FeatureStore(Path(cfg.feature_cache) if cfg.feature_cache else default_cache_dir() / "features", arch, side)
+    feats, computed = store.get_many(pool.manifest.hashes[idx], pool_features)
+    labels = np.asarray(payload.labels, dtype=np.int64)
+    report(1.0, "fitting the linear head")
+    probe = fit_linear_probe(feats, labels, len(payload.classes), seed=cfg.seed)
+    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
+    metrics: dict[str, Any] = {
+        "task": payload.task,
+        "version": payload.version,
+        "payload_sha256": sha,
+        "pool_id": payload.pool_id,
+        "n_items": len(payload),
+        "config": asdict(cfg) | {"arch": arch, "image_size": side},
+        "mode": "head-only (linear probe on frozen pretrained features)",
+        "features_computed": computed,
+        "features_cached": len(idx) - computed,
+        "probe": {"l2": probe.l2, "temperature": round(probe.temperature, 4)},
+        "train_accuracy_on_pseudo_labels": probe.accuracy(feats, labels),
+        "device": str(device),
+    }
+    if eval_split is not None:
+        ex, ey = eval_split
+        chunks = (ex[s : s + 256] for s in range(0, len(ex), 256))
+        metrics["test_accuracy"] = probe.accuracy(embed(chunks, len(ex), "embedding the eval split"), ey)
+        metrics["n_test"] = len(ey)
+    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+    atomic_write(
+        out_dir / "probe.npz",
+        lambda f: np.savez(f, **probe.as_arrays(), arch=arch, image_size=side, classes=np.asarray(payload.classes)),
     )
     atomic_write_bytes(out_dir / METRICS, json.dumps(metrics, indent=2).encode())
     return metrics

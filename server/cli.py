@@ -106,22 +106,28 @@ def _progress_printer(label: str) -> Callable[[int, int], None]:
 
 
 def cmd_pool_build(args: argparse.Namespace) -> int:
-    from plada.shared.datasets.mini import POOL_NAME, build_mini_world
+    from plada.shared.datasets import mini, photo
 
-    if args.name != POOL_NAME:
-        raise PladaError(
-            f"only the built-in pool {POOL_NAME!r} can be built; index your own images with "
-            f"'plada-server pool index-folder'"
-        )
     out = Path(args.out).expanduser()
-    pool = build_mini_world(out, log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.name == mini.POOL_NAME:
+        pool = mini.build_mini_world(out, log=log)
+    elif args.name == photo.POOL_NAME:
+        if not args.source:
+            raise PladaError(f"pool {photo.POOL_NAME!r} is built from a folder of zips: add --from DIR")
+        pool = photo.build_photo_world(Path(args.source), out, log=log)
+    else:
+        raise PladaError(
+            f"the built-in worlds are {mini.POOL_NAME!r} and {photo.POOL_NAME!r} (with --from DIR); index your own "
+            f"images with 'plada-server pool index-folder'"
+        )
     print(
         json.dumps(
             {
                 "pool": pool.name,
                 "pool_id": pool.pool_id,
                 "n_items": len(pool),
-                "pool_dir": str(out / "pools" / POOL_NAME),
+                "pool_dir": str(out / "pools" / pool.name),
                 "tasks_dir": str(out / "tasks"),
             },
             indent=2,
@@ -174,7 +180,12 @@ def cmd_key_show(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_embed(args: argparse.Namespace) -> int:
-    from plada.server.pipeline.features import build_feature_index, open_feature_index
+    from plada.server.pipeline.features import (
+        build_feature_index,
+        build_pretrained_index,
+        default_backbone,
+        open_feature_index,
+    )
     from plada.shared.nn import pick_device
     from plada.shared.pool import open_pool
 
@@ -183,15 +194,26 @@ def cmd_pool_embed(args: argparse.Namespace) -> int:
     reused = index is not None
     if index is None:
         bar = _progress_printer("embedding")
-        index = build_feature_index(
-            pool,
-            args.name,
-            epochs=args.epochs,
-            train_items=args.train_items,
-            seed=args.seed,
-            device=pick_device(args.device),
-            progress=lambda f, _m: bar(round(1000 * f), 1000),
-        )
+        arch = default_backbone(pool) if args.arch == "auto" else args.arch
+        if arch is not None and arch != "smallcnn":
+            index = build_pretrained_index(
+                pool,
+                args.name,
+                arch=arch,
+                image_size=args.image_size,
+                device=pick_device(args.device),
+                progress=lambda f, _m: bar(round(1000 * f), 1000),
+            )
+        else:
+            index = build_feature_index(
+                pool,
+                args.name,
+                epochs=args.epochs,
+                train_items=args.train_items,
+                seed=args.seed,
+                device=pick_device(args.device),
+                progress=lambda f, _m: bar(round(1000 * f), 1000),
+            )
     print(json.dumps({"pool": pool.name, "index": index.name, "reused": reused, **index.info}, indent=2))
     return 0
 
@@ -312,9 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
     pool = sub.add_parser("pool", help="build, index, register and list reference pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)
-    p = psub.add_parser("build", help="build the built-in mini world (pool mini-v1 + tasks) into OUT")
-    p.add_argument("name", help="mini-v1")
-    p.add_argument("--out", required=True, help="world folder: OUT/pools/mini-v1 and OUT/tasks/*")
+    p = psub.add_parser(
+        "build", help="build a built-in world (pool mini-v1, or photo-v1 from its folder of zips) + tasks into OUT"
+    )
+    p.add_argument("name", help="mini-v1, or photo-v1 (with --from)")
+    p.add_argument("--out", required=True, help="world folder: OUT/pools/<name> and OUT/tasks/*")
+    p.add_argument("--from", dest="source", help="photo-v1: the photo-world folder (pool_photo40k.zip, target_*.zip)")
     p.set_defaults(fn=cmd_pool_build)
     p = psub.add_parser(
         "index-folder",
@@ -323,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--out", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument(
+        "--image-size", type=int, default=None, help="working side in pixels (default: the images' native size)"
+    )
     p.add_argument("--channels", type=int, choices=[1, 3], default=3)
     p.add_argument("--workers", type=int, default=None, help="hashing threads (default: one per core)")
     p.set_defaults(fn=cmd_pool_index)
@@ -331,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder of uncompressed *.tar shards")
     p.add_argument("--out", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument(
+        "--image-size", type=int, default=None, help="working side in pixels (default: the images' native size)"
+    )
     p.add_argument("--channels", type=int, choices=[1, 3], default=3)
     p.set_defaults(fn=cmd_pool_index)
     p = psub.add_parser("cluster", help="compute a coding order (k-means clusters) once and store it in the manifest")
@@ -341,13 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_pool_cluster)
     p = psub.add_parser(
         "embed",
-        help="cache features for every pool item once (a backbone trained on the manifest groups), so tasks can "
-        "use a 'probe' teacher and feature selectors without a pool forward pass",
+        help="cache features for every pool item once (an ImageNet-pretrained backbone for RGB pools when its "
+        "weights are installed, else a small CNN trained on the manifest groups), so tasks get a probe teacher, "
+        "feature selectors and proxy students without a pool forward pass",
     )
     p.add_argument("dir", help="pool folder")
     p.add_argument("--name", default="default", help="index name (several backbones can coexist)")
-    p.add_argument("--epochs", type=int, default=3, help="backbone training epochs")
-    p.add_argument("--train-items", type=int, default=20_000, help="items sampled to train the backbone")
+    p.add_argument(
+        "--arch",
+        default="auto",
+        help="auto (efficientnet_lite0 pretrained for RGB pools with its weights installed, else smallcnn), "
+        "smallcnn (trained on the pool's groups), or a timm model with local weights (PLADA_WEIGHTS_DIR)",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="pretrained backbones: input side (default: pool side in 128-224)"
+    )
+    p.add_argument("--epochs", type=int, default=3, help="smallcnn: backbone training epochs")
+    p.add_argument("--train-items", type=int, default=20_000, help="smallcnn: items sampled to train the backbone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching index exists")

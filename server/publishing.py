@@ -45,6 +45,27 @@ def parse_spec(raw: str) -> TaskSpec:
     return spec
 
 
+def upload_shape(pool_shape: list[int], pool_dir: Path, spec: TaskSpec) -> tuple[int, int, int]:
+    """The size a zip upload's images are decoded to: what the teacher reads, not what the pool stores.
+
+    ``teacher.image_size`` when given; else the largest input of the pool's pretrained feature indexes (a
+    probe teacher embeds the upload at that size) or the pool's own size, whichever is larger. npz uploads
+    keep the size they come in: every consumer resizes to its own input."""
+    h, w, c = (int(v) for v in pool_shape)
+    if spec.teacher.image_size is not None:
+        side = spec.teacher.image_size
+        return side, side, c
+    for info_path in sorted((pool_dir / "features").glob("*/index.json")):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("kind") == "pretrained":
+            ih, iw, _ = info["image_shape"]
+            h, w = max(h, int(ih)), max(w, int(iw))
+    return h, w, c
+
+
 def publish(
     factory: sessionmaker[Session], settings: Settings, *, spec_json: str, data: bytes, filename: str
 ) -> tuple[TaskRow, VersionRow, JobRow]:
@@ -52,7 +73,7 @@ def publish(
     spec = parse_spec(spec_json)
     with factory() as s:
         pool = repo.resolve_pool(session=s, ref=spec.pool_id)
-        h, w, c = pool.info["image_shape"]
+        h, w, c = upload_shape(pool.info["image_shape"], Path(pool.path), spec)
     if spec.max_bytes is not None:
         floor = len(
             encode_payload(

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     )
     ray_address: str = Field("", description="Ray cluster address for executor=ray ('' starts a local Ray)")
     ray_actors: int = Field(2, ge=1, le=4096, description="CPU model actors when the Ray cluster has no GPUs")
+    teacher_cache_bytes: int = Field(
+        4 << 30,
+        ge=0,
+        description="disk for cached teachers (pool scores per upload + teacher options + pool), so a version "
+        "that changes only the selector or budget takes seconds; oldest entries go first; 0 = off",
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from plada.server import jobs
 from plada.server.db import init_db, make_engine
 from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.teacher_cache import TeacherCache
 from plada.server.settings import Settings
 from plada.server.uploads import load_upload
 from plada.shared import nn as pnn
@@ -88,6 +89,7 @@ class Worker:
         assert settings.signing_key is not None
         self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}
+        self.cache = TeacherCache(settings.data_dir / "cache" / "teachers", settings.teacher_cache_bytes)
         self._stop = threading.Event()
 
     def stop(self, *_: Any) -> None:
@@ -113,7 +115,9 @@ class Worker:
                 spec = TaskSpec.model_validate(job.spec)
                 x, y = load_upload(Path(job.data_path))
                 pool = self._pool(job.pool_path)
-                result = run_pipeline(pool, x, y, spec, version=job.version, device=self.device, progress=hb.report)
+                result = run_pipeline(
+                    pool, x, y, spec, version=job.version, device=self.device, progress=hb.report, cache=self.cache
+                )
                 metrics = result.metrics | {"worker": self.worker_id, "attempt": job.attempt}
             if hb.lost:
                 log.warning("job %s: lease lost; result discarded", job.id)

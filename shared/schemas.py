@@ -21,8 +21,9 @@ class TeacherOptions(_Strict):
     """How the server trains its teacher on the publisher's labelled data."""
 
     arch: str = Field(
-        "smallcnn",
-        description="'smallcnn' (built in), 'probe' (a head on the pool's cached features: no pool forward pass) "
+        "auto",
+        description="'auto' (a probe when the pool has a pretrained feature index, else smallcnn), 'smallcnn' "
+        "(built in), 'probe' (a calibrated linear head on the pool's cached features: no pool forward pass) "
         "or a timm model name",
         max_length=100,
     )
@@ -35,7 +36,10 @@ class TeacherOptions(_Strict):
         "full", description="with pretrained: train every layer, or only a new classifier on the frozen body"
     )
     image_size: int | None = Field(
-        None, ge=16, le=1024, description="teacher input side in pixels (default: the pool's image size)"
+        None,
+        ge=16,
+        le=1024,
+        description="teacher input side in pixels (default: the pool's image size; pretrained: that side in 128-224)",
     )
     epochs: int = Field(10, ge=1, le=300)
     batch_size: int = Field(128, ge=1, le=4096)
@@ -68,7 +72,13 @@ class SelectorOptions(_Strict):
     validate_candidates: bool = Field(
         True, description="train a short proxy student per candidate to predict client accuracy (auto needs it)"
     )
-    proxy_epochs: int = Field(6, ge=1, le=50, description="epochs of each proxy student (fewer for big selections)")
+    proxy: Literal["auto", "smallcnn", "probe"] = Field(
+        "auto",
+        description="proxy student per candidate: 'probe' (a linear head on the pool's pretrained features, what a "
+        "head-only client trains; seconds), 'smallcnn' (a small CNN on pixels); auto = probe when the pool has a "
+        "pretrained feature index",
+    )
+    proxy_epochs: int = Field(6, ge=1, le=50, description="smallcnn proxies: epochs (fewer for big selections)")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

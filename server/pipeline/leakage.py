@@ -29,6 +29,7 @@ class LeakageReport:
     pool_indices: np.ndarray  # every flagged pool item (sorted, unique)
     examples: list[dict[str, Any]] = field(default_factory=list)
     method: str = ""
+    nn_similarity: np.ndarray | None = None  # (n,) cosine of each upload image to its nearest pool item
 
     def as_metrics(self, excluded: bool) -> dict[str, Any]:
         return {
@@ -75,8 +76,10 @@ def audit_leakage(
             for i in hit[:5]:
                 examples.append({"pool_key": str(pool.manifest.keys[i]), "kind": "exact"})
     near_mask = np.zeros(n, dtype=bool)
+    nn_sim = None
     if pool_features is not None and target_features is not None and len(target_features) == n:
         sims, idx = nearest(pool_features, target_features, k=1)
+        nn_sim = sims[:, 0]
         nn_idx = idx[:, 0]
         if same_shape:
             methods.append(f"feature neighbour with pixel difference ≤ {max_pixel_diff:g}")
@@ -100,4 +103,84 @@ def audit_leakage(
         pool_indices=pool_idx.astype(np.int64),
         examples=examples,
         method="; ".join(methods) or "none (no comparable pixels or features)",
+        nn_similarity=nn_sim,
     )
+
+
+def domain_typicality(
+    pool_features: np.ndarray, target_sims: np.ndarray, *, sample: int = 1000, quantile: float = 0.05, seed: int = 0
+) -> dict[str, Any]:
+    """How typical the upload looks *to the pool*: each upload image's cosine to its nearest pool item, against
+    the same statistic of pool items among themselves (a sample, nearest other item). ``atypical_share`` is the
+    share of upload images less similar to the pool than all but ``quantile`` of the pool's own items are —
+    around ``quantile`` for a task drawn from the pool's domain, near 1 for one far outside it (textures
+    against a pool of objects). A statistical test with generic constants, not a threshold fitted to tasks."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(pool_features), size=min(sample, len(pool_features)), replace=False))
+    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
+    own = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])  # the nearest item other than itself
+    floor = float(np.quantile(own, quantile))
+    return {
+        "upload_nearest_pool_cosine_median": round(float(np.median(target_sims)), 4),
+        "pool_nearest_pool_cosine_median": round(float(np.median(own)), 4),
+        "pool_quantile": quantile,
+        "pool_quantile_cosine": round(floor, 4),
+        "atypical_share": round(float((target_sims < floor).mean()), 4),
+    }
+
+
+def copy_variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Edited copies a duplicate would arrive as: downscaled to 3/4 and back, JPEG re-encoded at quality 60,
+    centre crop of 90 % of each side (resized back), and a slight brightness change."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    h, w = images.shape[1:3]
+    out: dict[str, list[np.ndarray]] = {"resized-75%": [], "jpeg-q60": [], "crop-90%": [], "brightness+15%": []}
+    for img in images:
+        im = Image.fromarray(img if img.shape[-1] == 3 else img[..., 0])
+        out["resized-75%"].append(np.asarray(im.resize((max(8, 3 * w // 4), max(8, 3 * h // 4))).resize((w, h))))
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=60)
+        out["jpeg-q60"].append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(im.mode)))
+        dh, dw = h // 20, w // 20
+        out["crop-90%"].append(np.asarray(im.crop((dw, dh, w - dw, h - dh)).resize((w, h))))
+        out["brightness+15%"].append(np.asarray(ImageEnhance.Brightness(im).enhance(1.15)))
+    return {k: np.stack(v).reshape(images.shape) for k, v in out.items()}
+
+
+def calibrate_near_duplicates(
+    pool: Pool,
+    pool_features: np.ndarray,
+    embed: Any,
+    *,
+    sample: int = 400,
+    max_false_positive: float = 0.001,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Choose the cosine above which a pool item counts as a near duplicate, from the pool itself.
+
+    Distinct images: ``sample`` pool items and their nearest *other* pool item (the pool's own near-duplicate
+    rate is part of the false positives, so a pool full of duplicates gets a stricter threshold). Copies: the
+    same items edited (``copy_variants``) and embedded with ``embed``; a copy is found when its nearest pool
+    item is its original at or above the threshold. The threshold is the smallest cosine whose false-positive
+    rate on the distinct pairs is at most ``max_false_positive``; recall is reported per edit."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(pool), size=min(sample, len(pool)), replace=False))
+    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
+    distinct = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])
+    threshold = float(np.quantile(distinct, 1.0 - max_false_positive, method="higher")) + 1e-4
+    threshold = min(threshold, 0.999)
+    variants = copy_variants(pool.batch(rows), seed=seed)
+    recall: dict[str, float] = {}
+    for name, imgs in variants.items():
+        s, i = nearest(pool_features, embed(imgs), k=1)
+        recall[name] = round(float(((i[:, 0] == rows) & (s[:, 0] >= threshold)).mean()), 4)
+    return {
+        "near_duplicate_cosine": round(threshold, 4),
+        "distinct_pairs": len(rows),
+        "distinct_cosine_p50_p99_max": [round(float(np.quantile(distinct, q)), 4) for q in (0.5, 0.99, 1.0)],
+        "false_positive_rate": round(float((distinct >= threshold).mean()), 4),
+        "recall": recall,
+    }

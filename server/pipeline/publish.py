@@ -20,7 +20,7 @@ import torch
 from plada.server.pipeline import scoring
 from plada.server.pipeline.clusters import feature_strata
 from plada.server.pipeline.features import FeatureIndex, open_feature_index
-from plada.server.pipeline.leakage import LeakageReport, audit_leakage
+from plada.server.pipeline.leakage import LeakageReport, audit_leakage, domain_typicality
 from plada.server.pipeline.selection import (
     ScoreInputs,
     create_selector,
@@ -29,7 +29,8 @@ from plada.server.pipeline.selection import (
     list_selectors,
     select,
 )
-from plada.server.pipeline.teacher import score_pool, stratified_split, train_probe, train_teacher
+from plada.server.pipeline.teacher import score_pool, stratified_split, train_teacher
+from plada.server.pipeline.teacher_cache import TeacherCache, teacher_key
 from plada.server.pipeline.validate import (
     DEFAULT_CANDIDATES,
     FEATURE_SELECTORS,
@@ -37,12 +38,14 @@ from plada.server.pipeline.validate import (
     ProxyConfig,
     Trial,
     choose,
+    probe_proxy_accuracy,
     proxy_accuracy,
 )
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
 from plada.shared.payload import Payload, encode_payload, payload_sha256, read_header
 from plada.shared.pool import Pool
+from plada.shared.probe import fit_linear_probe
 from plada.shared.schemas import SelectorOptions, TaskSpec
 
 StageProgress = Callable[[float, str], None]
@@ -73,6 +76,16 @@ class TeacherOutput:
     n_train: int
     n_val: int
     classify: Callable[[np.ndarray], np.ndarray] | None = None  # images → logits (benchmarks measure the teacher)
+    details: dict[str, Any] = field(default_factory=dict)
+    pretrained_features: bool = False  # pool/target features come from an ImageNet-pretrained backbone
+
+
+def resolve_teacher_arch(arch: str, index: FeatureIndex | None) -> str:
+    """``auto``: a probe on the pool's features when they come from a pretrained backbone (seconds, and as good
+    as fine-tuning on small tasks), else the small CNN trained on pixels."""
+    if arch != "auto":
+        return arch
+    return "probe" if index is not None and index.pretrained else "smallcnn"
 
 
 def _features_source(index: FeatureIndex) -> str:
@@ -94,43 +107,42 @@ def run_teacher(
     """A probe head on the pool's cached features (no pool forward pass), or a CNN/timm model trained on
     pixels that then labels the pool in chunks. Either way the held-out part is only used to measure."""
     k = len(spec.classes)
-    if spec.teacher.arch == "probe":
+    arch = resolve_teacher_arch(spec.teacher.arch, index)
+    if arch == "probe":
         if index is None:
             raise InvalidSpecError(
                 f"teacher 'probe' needs cached features for pool {pool.name}: run 'plada-server pool embed {pool.name}'"
             )
         report(0.0, "teacher: embedding the upload with the pool's backbone")
         tf = index.embed(x, device=device)
-        head = train_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
-        report(_TEACHER, "teacher: probe trained")
-        logits = head.logits(index.features, device=device)
+        probe = fit_linear_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
+        report(_TEACHER, f"teacher: probe trained (L2 {probe.l2:g}, temperature {probe.temperature:.2f})")
+        logits = probe.logits(index.features)
         report(_TEACHER + _SCORE, "pool scored from cached features")
-
-        def acc(rows: np.ndarray) -> float:
-            return float((head.logits(tf[rows]).argmax(1) == y[rows]).mean()) if len(rows) else float("nan")
-
         return TeacherOutput(
             "probe",
             logits,
             index.features,
             tf,
             _features_source(index),
-            acc(va),
-            acc(tr),
+            probe.accuracy(tf[va], y[va]),
+            probe.accuracy(tf[tr], y[tr]),
             len(tr),
             len(va),
-            classify=lambda imgs: head.logits(index.embed(imgs, device=device)),
+            classify=lambda imgs: probe.logits(index.embed(imgs, device=device)),
+            details={"l2": probe.l2, "temperature": round(probe.temperature, 4), **probe.info},
+            pretrained_features=index.pretrained,
         )
     if spec.teacher.pretrained:
         try:  # a missing weights file is the publisher's (or operator's) to fix: no retries
-            pnn.find_weights(spec.teacher.arch)
+            pnn.find_weights(arch)
         except ValueError as exc:
             raise InvalidSpecError(f"teacher.pretrained: {exc}") from exc
     teacher = train_teacher(
         x,
         y,
         k,
-        spec.teacher,
+        spec.teacher.model_copy(update={"arch": arch}),
         image_shape=pool.image_shape,
         device=device,
         progress=lambda f, m: report(_TEACHER * f, f"teacher: {m}"),
@@ -157,7 +169,7 @@ def run_teacher(
         source = "none"
 
     return TeacherOutput(
-        spec.teacher.arch,
+        arch,
         logits,
         pool_f,
         target_f,
@@ -167,7 +179,77 @@ def run_teacher(
         teacher.n_train,
         teacher.n_val,
         classify=lambda imgs: run(imgs, False)[0],
+        pretrained_features=index is not None and index.pretrained,
     )
+
+
+RETENTION_FLOOR = 0.8  # a student that keeps less than this share of the teacher's accuracy is flagged
+
+
+# Shares of the upload less like the pool than 95 % of the pool's own items (≈ 5 % for a task drawn from the
+# pool's domain): above 0.25 (5×) the task is partly outside the domain, above 0.5 (most of it) far outside.
+ATYPICAL_PARTLY, ATYPICAL_FAR = 0.25, 0.5
+
+
+def far_ood_warnings(
+    predicted: float | None,
+    out: TeacherOutput,
+    proxy_kind: str,
+    pool_name: str,
+    k: int,
+    domain: dict[str, Any] | None = None,
+) -> list[str]:
+    """A warning when validation predicts the client will keep less than ``RETENTION_FLOOR`` of what the
+    teacher knows, naming the likeliest cause from what the server measured: a weak teacher (it labels the
+    pool), weak students (small CNNs from scratch, no pretrained features), or a pool that holds little of
+    the task's domain (a good teacher, pretrained students, and still no recipe transfers)."""
+    teacher = out.val_accuracy
+    found: list[str] = []
+    if domain is not None and domain["atypical_share"] > ATYPICAL_PARTLY:
+        how = "far" if domain["atypical_share"] > ATYPICAL_FAR else "partly"
+        found.append(
+            f"the task looks {how} out of pool {pool_name}'s domain: {domain['atypical_share']:.0%} of the upload's "
+            f"images are less similar to their nearest pool item than {1 - domain['pool_quantile']:.0%} of the "
+            f"pool's own items are to theirs (median cosine {domain['upload_nearest_pool_cosine_median']:.2f} vs "
+            f"{domain['pool_nearest_pool_cosine_median']:.2f}); the shipped recipe is the best validation found, "
+            "but expect the client to depend on it more than usual"
+        )
+    if predicted is None or not predicted < max(1.5 / k, RETENTION_FLOOR * teacher):
+        return found
+    head = (
+        f"predicted client accuracy {predicted:.1%} is far below the teacher's {teacher:.1%} "
+        f"(server validation; {predicted / max(teacher, 1e-9):.0%} retained)"
+    )
+    if teacher < max(2.0 / k, 0.5):
+        cause = (
+            f"likely cause: the teacher ({out.arch}) is weak, and its labels are what the pool items carry; "
+            "a stronger teacher (a pretrained feature index: 'plada-server pool embed' with local weights, or "
+            "a pretrained timm arch) comes first"
+        )
+    elif proxy_kind != "probe" and not out.pretrained_features:
+        cause = (
+            "likely cause: the students — small CNNs trained from scratch on a few thousand pool images; a "
+            "pretrained feature index makes the proxies (and head-only or pretrained clients) much stronger; "
+            f"if that does not help, pool {pool_name} holds little of this task's domain"
+        )
+    else:
+        cause = (
+            f"likely cause: pool {pool_name} holds little of this task's domain (far out of distribution: the "
+            "teacher is good and the students are pretrained, yet no selection recipe transfers); consider a "
+            "larger budget, another pool, or sending labelled target data instead"
+        )
+    return [f"{head}; {cause}", *found]
+
+
+def resolve_proxy(kind: str, out: TeacherOutput) -> str:
+    """``auto``: the probe proxy when pretrained features exist for the pool and the upload (it predicts a
+    head-only client in seconds), else the small CNN on pixels (what the mini world's clients train)."""
+    have = out.pool_features is not None and out.target_features is not None
+    if kind == "probe" and not have:
+        raise InvalidSpecError("selector.proxy 'probe' needs cached pool features: run 'plada-server pool embed'")
+    if kind == "auto":
+        return "probe" if have and out.pretrained_features else "smallcnn"
+    return kind
 
 
 def candidates_for(sel: SelectorOptions, have_features: bool) -> list[Candidate]:
@@ -196,6 +278,7 @@ class Prepared:
     leak: LeakageReport
     inputs: ScoreInputs
     seconds: float
+    domain: dict[str, Any] | None = None  # how typical the upload looks to the pool (leakage.domain_typicality)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     strata: np.ndarray | None = None
     proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
@@ -216,6 +299,44 @@ class Prepared:
         return order if eligible.all() else order[eligible[order]]
 
 
+def _to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from_index = index is not None and out.pool_features is index.features
+    meta = {
+        "arch": out.arch,
+        "feature_source": out.feature_source,
+        "val_accuracy": out.val_accuracy,
+        "train_accuracy": out.train_accuracy,
+        "n_train": out.n_train,
+        "n_val": out.n_val,
+        "details": out.details,
+        "pretrained_features": out.pretrained_features,
+        "pool_features": "index" if from_index else ("teacher" if out.pool_features is not None else "none"),
+    }
+    arrays = {"logits": np.asarray(out.logits)}
+    if out.target_features is not None:
+        arrays["target_features"] = out.target_features
+    if out.pool_features is not None and not from_index:
+        arrays["pool_features"] = np.asarray(out.pool_features)
+    return meta, arrays
+
+
+def _from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: FeatureIndex | None) -> TeacherOutput:
+    pool_f = index.features if meta["pool_features"] == "index" and index is not None else arrays.get("pool_features")
+    return TeacherOutput(
+        meta["arch"],
+        arrays["logits"],
+        pool_f,
+        arrays.get("target_features"),
+        meta["feature_source"],
+        meta["val_accuracy"],
+        meta["train_accuracy"],
+        meta["n_train"],
+        meta["n_val"],
+        details=meta["details"] | {"cached": True},
+        pretrained_features=meta["pretrained_features"],
+    )
+
+
 def prepare(
     pool: Pool,
     x: np.ndarray,
@@ -224,15 +345,38 @@ def prepare(
     *,
     device: torch.device,
     progress: StageProgress | None = None,
+    cache: TeacherCache | None = None,
 ) -> Prepared:
-    """Split, teacher, pool logits and features, leakage audit."""
+    """Split, teacher, pool logits and features, leakage audit. With a ``cache``, a teacher already trained
+    on the same upload with the same options over the same pool is reused (no training, no pool pass)."""
     report = progress or (lambda _f, _m: None)
     t0 = time.perf_counter()
     tr, va = stratified_split(y, spec.teacher.val_fraction, spec.teacher.seed)
     index = open_feature_index(pool)
-    out = run_teacher(pool, x, y, tr, va, spec, index, device=device, report=report)
+    out = None
+    key = ""
+    if cache is not None:
+        key = teacher_key(x, y, spec.teacher, pool.pool_id, index.model_id if index else "", len(spec.classes))
+        hit = cache.get(key)
+        if hit is not None:
+            out = _from_cache(*hit, index)
+            report(_TEACHER + _SCORE, "teacher and pool scores reused from the cache")
+    if out is None:
+        out = run_teacher(pool, x, y, tr, va, spec, index, device=device, report=report)
+        if cache is not None:
+            cache.put(key, *_to_cache(out, index))
     report(_TEACHER + _SCORE, "leakage audit")
-    leak = audit_leakage(pool, x, pool_features=out.pool_features, target_features=out.target_features)
+    cos = index.near_duplicate_cosine if index is not None and out.pool_features is index.features else None
+    leak = audit_leakage(
+        pool,
+        x,
+        pool_features=out.pool_features,
+        target_features=out.target_features,
+        **({"min_cosine": cos} if cos is not None else {}),
+    )
+    domain = None
+    if out.pool_features is not None and leak.nn_similarity is not None:
+        domain = domain_typicality(out.pool_features, leak.nn_similarity, seed=spec.selector.seed)
     inputs = ScoreInputs(
         logits=out.logits,
         features=out.pool_features,
@@ -240,7 +384,7 @@ def prepare(
         seed=spec.selector.seed,
     )
     labels = scoring.labels(out.logits)
-    return Prepared(pool, x, y, tr, va, out, labels, leak, inputs, time.perf_counter() - t0)
+    return Prepared(pool, x, y, tr, va, out, labels, leak, inputs, time.perf_counter() - t0, domain=domain)
 
 
 @dataclass
@@ -260,9 +404,10 @@ def run_pipeline(
     version: int,
     device: torch.device,
     progress: StageProgress | None = None,
+    cache: TeacherCache | None = None,
 ) -> PipelineResult:
     """Teacher, leakage audit, candidate selections under the spec's budget, validation, the payload."""
-    prep = prepare(pool, x, y, spec, device=device, progress=progress)
+    prep = prepare(pool, x, y, spec, device=device, progress=progress, cache=cache)
     return finish(prep, spec, version=version, device=device, progress=progress)
 
 
@@ -324,7 +469,7 @@ def finish(
 
     built = [Built(c, *build(c, count_for(c))) for c in cands]
     t2 = time.perf_counter()
-    proxy = ProxyConfig(epochs=sel.proxy_epochs, seed=sel.seed)
+    proxy = ProxyConfig(epochs=sel.proxy_epochs, seed=sel.seed, kind=resolve_proxy(sel.proxy, out))
     trials: list[Trial] = []
     va = prep.va
     if sel.validate_candidates and len(va) > 0:
@@ -332,7 +477,21 @@ def finish(
             base = _TEACHER + _SCORE + _VALIDATE * i / len(built)
             msg = f"validating {i + 1}/{len(built)}: {b.candidate.label}"
             key = (payload_sha256(b.data), proxy)  # the same selection is never trained twice
-            if key not in prep.proxy_cache:
+            if key in prep.proxy_cache:
+                pass
+            elif proxy.kind == "probe":
+                assert out.pool_features is not None and out.target_features is not None
+                report(base, msg)
+                prep.proxy_cache[key] = probe_proxy_accuracy(
+                    out.pool_features,
+                    b.payload.indices,
+                    b.payload.labels,
+                    out.target_features[va],
+                    prep.y[va],
+                    k,
+                    proxy,
+                )
+            else:
                 prep.proxy_cache[key] = proxy_accuracy(
                     pool,
                     b.payload.indices,
@@ -352,13 +511,7 @@ def finish(
         chosen = built[0]
     t3 = time.perf_counter()
     cand, payload, data, predicted = chosen.candidate, chosen.payload, chosen.data, chosen.val_accuracy
-    warnings: list[str] = []
-    if predicted is not None and predicted < max(1.5 / k, 0.5 * out.val_accuracy):
-        warnings.append(
-            f"predicted client accuracy {predicted:.1%} is far below the teacher's {out.val_accuracy:.1%}: "
-            f"pool {pool.name} seems to hold little of this task's domain (far out of distribution); "
-            "consider a larger budget, another pool, or sending labelled target data instead"
-        )
+    warnings = far_ood_warnings(predicted, out, proxy.kind, pool.name, k, prep.domain)
     prefixes = Counter(str(pool.manifest.keys[i]).split("/", 1)[0] for i in payload.indices)
     metrics: dict[str, Any] = {
         "teacher": {
@@ -368,6 +521,8 @@ def finish(
             "n_train": out.n_train,
             "n_val": out.n_val,
             "epochs": spec.teacher.epochs if out.arch != "probe" else None,
+            "cached": bool(out.details.get("cached")),
+            **({"probe": out.details} if out.arch == "probe" else {}),
             "features": out.feature_source,
             "split": "server validation",
         },
@@ -388,12 +543,17 @@ def finish(
         "validation": {
             "split": "server validation (the publisher's held-out images; never the client's test data)",
             "n_val": len(va),
-            "proxy_student": {"arch": "smallcnn", "epochs": proxy.epochs, "max_samples": proxy.max_samples},
+            "proxy_student": (
+                {"arch": "probe", "features": out.feature_source}
+                if proxy.kind == "probe"
+                else {"arch": "smallcnn", "epochs": proxy.epochs, "max_samples": proxy.max_samples}
+            ),
             "candidates": [t.summary() for t in trials],
             "chosen": cand.label,
             "predicted_client_accuracy": predicted,
         },
         "leakage": prep.leak.as_metrics(excluded=sel.exclude_duplicates),
+        "domain": prep.domain,
         "warnings": warnings,
         "payload": {
             "bytes": len(data),

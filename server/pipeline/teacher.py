@@ -54,10 +54,13 @@ def train_teacher(
     h, w, c = image_shape
     if opts.image_size is not None:
         h = w = opts.image_size
+    elif opts.pretrained:  # ImageNet features are weak on 28-64 px inputs and costly past 224
+        h = w = int(min(224, max(128, min(h, w))))
     if opts.pretrained:
         c = 3  # ImageNet weights see RGB; grey pools are repeated over the channels
     tr, va = stratified_split(y, opts.val_fraction, opts.seed)
-    model = pnn.create_model(opts.arch, in_chans=c, num_classes=n_classes, seed=opts.seed, pretrained=opts.pretrained)
+    arch = "smallcnn" if opts.arch == "auto" else opts.arch  # (auto's probe needs a feature index: run_teacher)
+    model = pnn.create_model(arch, in_chans=c, num_classes=n_classes, seed=opts.seed, pretrained=opts.pretrained)
     if opts.pretrained and opts.finetune == "head":
         pnn.freeze_body(model)
     cfg = pnn.FitConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)

@@ -20,6 +20,7 @@ import torch
 
 from plada.shared import nn as pnn
 from plada.shared.pool import Pool
+from plada.shared.probe import fit_linear_probe
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ProxyConfig:
     max_samples: int = 24_000  # epochs shrink for large selections so a candidate costs about the same
     batch_size: int = 128
     seed: int = 0
+    kind: str = "smallcnn"  # or "probe": a linear head on cached pretrained features
 
     def epochs_for(self, n_items: int) -> int:
         return int(min(self.epochs, max(2, round(self.max_samples / max(n_items, 1)))))
@@ -95,6 +97,25 @@ def proxy_accuracy(
     fit = pnn.FitConfig(epochs=cfg.epochs_for(len(kept)), batch_size=cfg.batch_size, seed=cfg.seed)
     pnn.fit(model, pool.batch(kept), labels, fit, size=(h, w), channels=c, device=device, progress=progress)
     return pnn.accuracy(model, x_val, y_val, size=(h, w), channels=c, device=device)
+
+
+def probe_proxy_accuracy(
+    pool_features: np.ndarray,
+    kept: np.ndarray,
+    labels: np.ndarray,
+    f_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    cfg: ProxyConfig,
+) -> float:
+    """A head-only client in miniature: the same linear probe a client fits on the kept items' frozen
+    features (``plada-client train --head-only``), scored on the validation images' features."""
+    if len(kept) == 0:
+        return 0.0
+    probe = fit_linear_probe(
+        np.asarray(pool_features[np.asarray(kept)], dtype=np.float32), labels, n_classes, seed=cfg.seed
+    )
+    return probe.accuracy(f_val, y_val)
 
 
 @dataclass

@@ -137,3 +137,20 @@ def test_every_server_command_has_an_example() -> None:
 
     walk(server_parser(), "")
     assert sorted(seen) == sorted(_SUB_EXAMPLES)
+
+
+def test_spec_is_inline_json_of_any_length_a_file_or_at_file(tmp_path: Path) -> None:
+    from plada.client.cli import read_spec
+    from plada.shared.errors import InvalidSpecError
+
+    spec = {"name": "t", "classes": [f"class number {i}" for i in range(40)], "pool_id": "mini-v1"}
+    inline = json.dumps(spec)
+    assert len(inline) > 255 and read_spec(inline) == spec  # no 'File name too long'
+    (tmp_path / "s.json").write_text(inline)
+    assert read_spec(str(tmp_path / "s.json")) == spec == read_spec(f"@{tmp_path / 's.json'}")
+    with pytest.raises(InvalidSpecError, match="is not valid JSON"):
+        read_spec('{"name": ')
+    with pytest.raises(InvalidSpecError, match="neither inline JSON nor a readable file"):
+        read_spec(str(tmp_path / "missing.json"))
+    r = run("publish", "--server", "http://127.0.0.1:9", "--spec", '{"name": ' + "x" * 400, "--data", "d.npz")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not valid JSON" in r.stderr, r.stderr

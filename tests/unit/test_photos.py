@@ -1,0 +1,227 @@
+"""Real photos end to end, offline: a pretrained feature index, the probe teacher and proxies, the teacher cache,
+head-only and pretrained client students, the photo-world builder and the friction fixes of the photo issue.
+
+The photos are scikit-image's (crops of six real pictures); the weights are the packaged EfficientNet-Lite0.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plada.client.train import TrainConfig, load_eval_split, train_student
+from plada.server.pipeline.features import build_pretrained_index, open_feature_index
+from plada.server.pipeline.publish import (
+    TeacherOutput,
+    far_ood_warnings,
+    run_pipeline,
+)
+from plada.server.pipeline.teacher_cache import TeacherCache
+from plada.shared import nn as pnn
+from plada.shared.datasets.photo import build_photo_world
+from plada.shared.errors import PoolSourceMissingError
+from plada.shared.pool import Pool, index_image_folder, open_pool
+from plada.shared.schemas import TaskSpec
+
+skimage_data = pytest.importorskip("skimage.data")
+CPU = torch.device("cpu")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
+
+
+def _photo(name: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"))
+
+
+def _crops(img: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w, _ = img.shape
+    out = []
+    for _ in range(n):
+        ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
+        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        out.append(np.asarray(Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((size, size))))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def photo_pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
+    """60 crops (10 of each of six photos) at their native 40 px, with a pretrained index at 64 px."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        (root / "src" / name).mkdir(parents=True)
+        for i, crop in enumerate(_crops(_photo(name), 10, 40, seed=1)):
+            Image.fromarray(crop).save(root / "src" / name / f"{i}.png")
+    pool = index_image_folder(root / "src", root / "pool", "photos")
+    build_pretrained_index(pool, image_size=64, device=CPU)
+    return pool
+
+
+def _task() -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([_crops(_photo("chelsea"), 20, 56, seed=2), _crops(_photo("coffee"), 20, 56, seed=3)])
+    return x, np.repeat([0, 1], 20)
+
+
+def test_index_folder_keeps_the_native_size(photo_pool: Pool) -> None:
+    assert photo_pool.image_shape == (40, 40, 3)
+
+
+def test_pretrained_index_matches_embedding_the_pool_again(photo_pool: Pool) -> None:
+    """The cached rows are what ``embed`` makes of the same images: the publisher's images and the pool's live
+    in one feature space (and ONNX Runtime agrees with eager torch)."""
+    index = open_feature_index(photo_pool)
+    assert index is not None and index.pretrained and index.dim == 1280 and index.input_size == (64, 64)
+    again = index.embed(photo_pool.batch(np.arange(12)), device=CPU)
+    np.testing.assert_allclose(again, np.asarray(index.features[:12], np.float32), rtol=0.01, atol=0.02)
+    body = pnn.create_backbone("efficientnet_lite0")
+    ort = pnn.for_cpu_inference(body, (64, 64))
+    assert isinstance(ort, pnn.OrtBackbone)  # onnxruntime is a project dependency
+    x = pnn.to_input(photo_pool.batch(np.arange(4)), size=(64, 64), channels=3, device=CPU, norm=body.plada_norm)  # type: ignore[arg-type]
+    with torch.no_grad():
+        torch.testing.assert_close(ort(x), body(x), rtol=1e-3, atol=1e-3)
+    cal = index.info["near_duplicates"]
+    assert 0 < cal["near_duplicate_cosine"] < 1 and set(cal["recall"]) == {
+        "resized-75%",
+        "jpeg-q60",
+        "crop-90%",
+        "brightness+15%",
+    }
+
+
+def test_default_spec_uses_a_probe_teacher_probe_proxies_and_the_cache(photo_pool: Pool, tmp_path: Path) -> None:
+    x, y = _task()
+    spec = TaskSpec(name="cat-or-coffee", classes=["cat", "coffee"], pool_id="photos", keep=20 / 60)
+    cache = TeacherCache(tmp_path / "teachers")
+    t0 = time.perf_counter()
+    first = run_pipeline(photo_pool, x, y, spec, version=1, device=CPU, cache=cache)
+    t_first = time.perf_counter() - t0
+    m = first.metrics
+    assert m["teacher"]["arch"] == "probe" and m["teacher"]["cached"] is False
+    assert m["teacher"]["val_accuracy"] >= 0.9 and m["teacher"]["probe"]["temperature"] > 0
+    assert m["validation"]["proxy_student"]["arch"] == "probe"
+    assert len(m["validation"]["candidates"]) == 6 and m["validation"]["predicted_client_accuracy"] >= 0.75
+    folders = [photo_pool.manifest.keys[i].split("/")[0] for i in first.payload.indices]
+    assert np.isin(folders, ["chelsea", "coffee"]).mean() >= 0.75, folders
+    assert m["domain"] is not None and 0 <= m["domain"]["atypical_share"] <= 1
+    # only the budget changes: the teacher and its pool scores come from the cache
+    t0 = time.perf_counter()
+    second = run_pipeline(
+        photo_pool, x, y, spec.model_copy(update={"keep": 10 / 60}), version=2, device=CPU, cache=cache
+    )
+    assert second.metrics["teacher"]["cached"] is True
+    assert second.metrics["teacher"]["val_accuracy"] == m["teacher"]["val_accuracy"]
+    assert len(second.payload) == 10 and time.perf_counter() - t0 < t_first
+    # another teacher option is another key
+    other = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"seed": 1})})
+    assert (
+        run_pipeline(photo_pool, x, y, other, version=3, device=CPU, cache=cache).metrics["teacher"]["cached"] is False
+    )
+
+
+def test_head_only_and_pretrained_clients(photo_pool: Pool, tmp_path: Path) -> None:
+    x, y = _task()
+    spec = TaskSpec(name="cat-or-coffee", classes=["cat", "coffee"], pool_id="photos", keep=20 / 60)
+    res = run_pipeline(photo_pool, x, y, spec, version=1, device=CPU)
+    xt, yt = (
+        np.concatenate([_crops(_photo("chelsea"), 10, 48, 7), _crops(_photo("coffee"), 10, 48, 8)]),
+        np.repeat([0, 1], 10),
+    )
+    cfg = TrainConfig(head_only=True, image_size=64, feature_cache=str(tmp_path / "feats"))
+    m1 = train_student(res.payload, photo_pool, tmp_path / "head", cfg, eval_split=(xt, yt), payload_bytes=res.data)
+    assert m1["test_accuracy"] >= 0.85 and m1["features_computed"] == len(res.payload)
+    assert m1["config"]["arch"] == "efficientnet_lite0" and (tmp_path / "head" / "probe.npz").is_file()
+    m2 = train_student(res.payload, photo_pool, tmp_path / "head2", cfg, eval_split=(xt, yt), payload_bytes=res.data)
+    assert m2["features_computed"] == 0 and m2["test_accuracy"] == m1["test_accuracy"]  # cached by item hash
+    full = TrainConfig(arch="efficientnet_lite0", pretrained=True, image_size=64, epochs=2, batch_size=8)
+    m3 = train_student(res.payload, photo_pool, tmp_path / "full", full, eval_split=(xt, yt), payload_bytes=res.data)
+    assert m3["test_accuracy"] >= 0.8, m3
+
+
+def test_far_ood_warning_names_the_likely_cause() -> None:
+    def out(val: float, pretrained: bool) -> TeacherOutput:
+        z = np.zeros((1, 2), np.float32)
+        return TeacherOutput("probe", z, None, None, "x", val, 1.0, 1, 1, pretrained_features=pretrained)
+
+    assert far_ood_warnings(0.9, out(0.95, True), "probe", "p", 10) == []
+    weak = far_ood_warnings(0.2, out(0.3, True), "probe", "p", 10)
+    assert "far below" in weak[0] and "teacher (probe) is weak" in weak[0]
+    students = far_ood_warnings(0.3, out(0.9, False), "smallcnn", "p", 10)
+    assert "the students" in students[0] and "pretrained feature index" in students[0]
+    pool = far_ood_warnings(0.3, out(0.9, True), "probe", "p", 10)
+    assert "pool p holds little of this task's domain" in pool[0]
+    domain = {
+        "atypical_share": 0.6,
+        "pool_quantile": 0.05,
+        "upload_nearest_pool_cosine_median": 0.5,
+        "pool_nearest_pool_cosine_median": 0.7,
+    }
+    far = far_ood_warnings(0.9, out(0.95, True), "probe", "p", 10, domain)
+    assert len(far) == 1 and "looks far out of pool p's domain: 60%" in far[0]
+    partly = far_ood_warnings(0.9, out(0.95, True), "probe", "p", 10, domain | {"atypical_share": 0.3})
+    assert "looks partly out" in partly[0]
+    assert far_ood_warnings(0.9, out(0.95, True), "probe", "p", 10, domain | {"atypical_share": 0.2}) == []
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _png(seed: int, size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    arr = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_photo_world_builder_from_a_folder_of_zips(tmp_path: Path) -> None:
+    src = tmp_path / "photo-world"
+    src.mkdir()
+    with pytest.raises(PoolSourceMissingError, match=r"pool_photo40k\.zip not found"):
+        build_photo_world(src, tmp_path / "out", log=lambda _m: None)
+    pool_files = {f"n0{g}/n0{g}_{i}.JPEG": _png(10 * g + i, 20) for g in range(3) for i in range(4)}
+    (src / "pool_photo40k.zip").write_bytes(_zip_of(pool_files))
+    task = {
+        f"{split}/{c}/{i}.jpg": _png(100 + i, 24) for split in ("pub", "test") for c in ("a", "b") for i in range(3)
+    }
+    task["classes.txt"] = b"0\ta\tAlpha\n1\tb\tBeta\n"
+    (src / "target_toy.zip").write_bytes(_zip_of(task))
+    pool = build_photo_world(src, tmp_path / "out", log=lambda _m: None)
+    assert pool.name == "photo-v1" and len(pool) == 12 and pool.image_shape == (20, 20, 3)
+    assert pool.manifest.groups is not None and len(set(pool.manifest.groups.tolist())) == 3
+    meta = json.loads((tmp_path / "out" / "tasks" / "toy" / "task.json").read_text())
+    assert meta["classes"] == ["Alpha", "Beta"] and meta["n_train"] == 6 and meta["n_test"] == 6
+    with np.load(tmp_path / "out" / "tasks" / "toy" / "test.npz") as z:
+        assert z["x"].shape == (6, 24, 24, 3) and z["y"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert open_pool(tmp_path / "out" / "pools" / "photo-v1").pool_id == pool.pool_id
+    # a second build is the stamp's: nothing is redone
+    assert build_photo_world(src, tmp_path / "out", log=pytest.fail).pool_id == pool.pool_id
+
+
+def test_eval_split_may_be_a_zip_of_class_folders(tmp_path: Path) -> None:
+    files = {f"split/{c}/{i}.png": _png(i, 16) for c in ("dog", "cat") for i in range(2)}
+    (tmp_path / "test.zip").write_bytes(_zip_of(files | {"__MACOSX/split/._x.png": b"junk"}))
+    x, y = load_eval_split(tmp_path / "test.zip", ["cat", "dog"])
+    assert x.shape == (4, 16, 16, 3) and y.tolist() == [0, 0, 1, 1]  # mapped to the payload's class order
+    from plada.shared.errors import InvalidDataError
+
+    (tmp_path / "bad.zip").write_bytes(_zip_of({"cow/1.png": _png(1, 16)}))
+    with pytest.raises(InvalidDataError, match="not in the payload's classes"):
+        load_eval_split(tmp_path / "bad.zip", ["cat", "dog"])
