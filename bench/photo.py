@@ -78,8 +78,42 @@ def full_student(b: Built, pool: Any, test: tuple[np.ndarray, np.ndarray], epoch
     return float(m["test_accuracy"])
 
 
+def _pm(vals: list[float]) -> str:
+    v = 100 * np.asarray(vals, dtype=np.float64)
+    return f"{v.mean():.1f}" + (f" ± {v.std():.1f}" if len(v) > 1 else "")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per task × budget, mean ± std over the seeds present (client test split unless noted)."""
+    out = [
+        "| task | budget | seeds | bytes (items) | teacher val / test | sklearn LR val / test | energy | paper (val) "
+        "| random | **auto** (head) | predicted (val) | full fine-tune | auto's choice (seed 0) | publish s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys: list[tuple[str, str]] = []
+    for r in rows:
+        if (r["task"], r["budget"]) not in keys:
+            keys.append((r["task"], r["budget"]))
+    for task, budget in keys:
+        rs = [r for r in rows if r["task"] == task and r["budget"] == budget]
+        full = [r["full"] for r in rs if "full" in r]
+        first = min(rs, key=lambda r: r["seed"])
+        out.append(
+            f"| {task} | {budget} | {len(rs)} | {np.mean([r['bytes'] for r in rs]):,.0f} "
+            f"({np.mean([r['n_kept'] for r in rs]):,.0f}) | {_pm([r['teacher_val'] for r in rs])} / "
+            f"{_pm([r['teacher_test'] for r in rs])} | {_pm([r['sklearn_val'] for r in rs])} / "
+            f"{_pm([r['sklearn_test'] for r in rs])} | {_pm([r['energy'] for r in rs])} | "
+            f"{_pm([r['paper'] for r in rs])} | {_pm([r['random'] for r in rs])} | "
+            f"**{_pm([r['auto'] for r in rs])}** | "
+            f"{_pm([r['predicted'] for r in rs])} | {_pm(full) + f' ({len(full)})' if full else '-'} | "
+            f"{first['auto_choice']} | {np.mean([r['publish_s'] for r in rs]):.0f} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", nargs="+", type=Path, help="print the markdown table of these JSONL files and exit")
     ap.add_argument("--source", type=Path, default=Path("../shared/photo-world"))
     ap.add_argument("--world", type=Path, default=Path(".cache/photo"))
     ap.add_argument("--tasks", nargs="+", default=None)
@@ -89,7 +123,10 @@ def main() -> int:
     ap.add_argument("--full-budgets", nargs="+", default=["keep:0.05"])
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per cell")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.table:
+        rows = [json.loads(line) for f in args.table for line in f.read_text().splitlines() if line.startswith("{")]
+        print(table(rows))
+        return 0
     pool = build_photo_world(args.source, args.world, log=lambda m: print(m, file=sys.stderr))
     index = open_feature_index(pool)
     if index is None or not index.pretrained:
