@@ -5,6 +5,7 @@ Checkpoints after every epoch (atomic), resumes from the last one, writes ``metr
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -228,7 +229,7 @@ class FeatureStore:
         if self.dir.is_dir():
             for f in sorted(self.dir.glob("*.npz")):
                 try:
-                    with np.load(f, allow_pickle=False) as z:
+                    with np.load(io.BytesIO(f.read_bytes()), allow_pickle=False) as z:
                         for h, row in zip(z["hashes"], z["features"], strict=True):
                             self._rows[h.tobytes()] = row
                 except (OSError, KeyError, ValueError):

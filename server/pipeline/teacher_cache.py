@@ -10,7 +10,9 @@ entry, and the oldest entries are removed once the folder exceeds its byte budge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -41,16 +43,24 @@ class TeacherCache:
         d = self.root / key
         try:
             meta = json.loads((d / "meta.json").read_text())
-            with np.load(d / "arrays.npz", allow_pickle=False) as z:
+            data = (d / "arrays.npz").read_bytes()  # np.load leaks its handle on a damaged zip: read first
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {name: z[name] for name in z.files}
-        except (OSError, ValueError, KeyError):
+        except Exception:  # absent, half-removed by another worker's eviction, or damaged: a miss, never an error
             return None
-        os.utime(d)  # least recently used goes first
+        with contextlib.suppress(OSError):
+            os.utime(d)  # least recently used goes first
         return meta, arrays
 
     def put(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Best effort: a full disk or another worker writing the same key at once must not fail the job."""
         if self.max_bytes <= 0:
             return
+        with contextlib.suppress(OSError):
+            self._put(key, meta, arrays)
+            self._evict()
+
+    def _put(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,14 +73,16 @@ class TeacherCache:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self._evict()
 
     def _evict(self) -> None:
         entries = []
         for d in self.root.iterdir():
             if d.name.startswith(".") or not d.is_dir():
                 continue
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            try:
+                size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            except OSError:  # removed meanwhile by another worker
+                continue
             entries.append((d.stat().st_mtime, size, d))
         total = sum(s for _, s, _ in entries)
         for _, size, d in sorted(entries):  # oldest first; the newest entry always stays
