@@ -40,21 +40,24 @@ def predict_pool(
     device: torch.device,
     want_features: bool,
     n: int | None = None,
+    start: int = 0,
     chunk: int = 2048,
     workers: int | None = None,
     executor: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and features) of ``model`` on the first ``n`` pool items, in pool order."""
+    """Logits (and features) of ``model`` on pool items ``start`` … ``n`` − 1 (default: all), in pool order."""
     n = len(pool) if n is None else n
     if (executor or current_executor()) == "ray":
-        return _ray_predict(model, pool, n, size=size, channels=channels, want_features=want_features, chunk=chunk)
-    out = _Outputs(n)
-    start = 0
-    for xb in pnn.pool_batches(pool, device=device, chunk=chunk, stop=n, workers=workers):
+        return _ray_predict(
+            model, pool, n, start=start, size=size, channels=channels, want_features=want_features, chunk=chunk
+        )
+    out = _Outputs(n - start)
+    done = 0
+    for xb in pnn.pool_batches(pool, device=device, chunk=chunk, start=start, stop=n, workers=workers):
         z, f = pnn.predict(model, [xb], size=size, channels=channels, device=device, want_features=want_features)
-        out.put(np.arange(start, start + len(z)), z, f)
-        start += len(z)
+        out.put(np.arange(done, done + len(z)), z, f)
+        done += len(z)
         if progress:
             progress(len(z))
     return out.result()
@@ -107,17 +110,19 @@ class _Outputs:
 class _PoolModelActor:
     """One per GPU (or CPU slot): loads the pool and the model once, then scores chunks of item ids."""
 
-    def __init__(self, model: nn.Module, pool_root: str, size: tuple[int, int], channels: int, features: bool) -> None:
+    def __init__(
+        self, model: nn.Module, pool_root: str, size: tuple[int, int], channels: int, features: bool, offset: int = 0
+    ) -> None:
         pnn.set_threads()
         self.device = pnn.pick_device("auto")
         self.model, self.pool = model, open_pool(pool_root)
-        self.size, self.channels, self.features = size, channels, features
+        self.size, self.channels, self.features, self.offset = size, channels, features, offset
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["id"], dtype=np.int64)
         z, f = pnn.predict(
             self.model,
-            [self.pool.batch(ids)],
+            [self.pool.batch(ids + self.offset)],
             size=self.size,
             channels=self.channels,
             device=self.device,
@@ -134,6 +139,7 @@ def _ray_predict(
     pool: Pool,
     n: int,
     *,
+    start: int = 0,
     size: tuple[int, int],
     channels: int,
     want_features: bool,
@@ -154,7 +160,8 @@ def _ray_predict(
     # each actor holds a CPU; leave one for Ray Data's own tasks (reading the id blocks), or it waits forever
     cpu_actors = max(1, min(int(os.environ.get("PLADA_RAY_ACTORS") or 2), int(resources.get("CPU", 2)) - 1))
     actors = gpus or cpu_actors
-    ds = ray.data.range(n, override_num_blocks=max(1, -(-n // chunk))).map_batches(
+    m = n - start  # ids are 0 … m − 1 in the dataset; actors add the offset
+    ds = ray.data.range(m, override_num_blocks=max(1, -(-m // chunk))).map_batches(
         _PoolModelActor,
         fn_constructor_kwargs={
             "model": model.cpu().eval(),
@@ -162,13 +169,14 @@ def _ray_predict(
             "size": size,
             "channels": channels,
             "features": want_features,
+            "offset": start,
         },
         batch_size=chunk,
         batch_format="numpy",
         concurrency=actors,
         num_gpus=1 if gpus else 0,
     )
-    out = _Outputs(n)
+    out = _Outputs(m)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         ids: Any = b["id"]
         out.put(ids, b["logits"], b.get("features"))

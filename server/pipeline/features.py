@@ -36,7 +36,7 @@ from torch import nn
 
 from plada.shared import nn as pnn
 from plada.shared.errors import PoolError
-from plada.shared.pool import Pool, atomic_write_bytes
+from plada.shared.pool import Pool, atomic_write, atomic_write_bytes
 
 INDEX_DIR = "features"
 DEFAULT_INDEX = "default"
@@ -173,6 +173,7 @@ def build_pretrained_index(
     device: torch.device | None = None,
     progress: Progress | None = None,
     calibrate: bool = True,
+    block: int = 65_536,
 ) -> FeatureIndex:
     """Embed every pool item with a pretrained body (pooled features, float16); nothing is trained. Then
     (``calibrate``) choose the leakage audit's near-duplicate cosine for these features from the pool itself
@@ -196,12 +197,41 @@ def build_pretrained_index(
     from plada.server.pipeline.executor import predict_pool
 
     runner = pnn.for_cpu_inference(model, (size, size)) if device.type == "cpu" else model
-    feats, _ = predict_pool(
-        runner, pool, size=(size, size), channels=3, device=device, want_features=False, chunk=512, progress=tick
-    )
     buf = io.BytesIO()
-    torch.save(model.cpu().state_dict(), buf)
+    torch.save(model.state_dict(), buf)
     weights = buf.getvalue()
+    model_id = hashlib.sha256(weights).hexdigest()[:32]
+    # blocks of features are kept as they finish, so an interrupted embedding of ImageNet resumes
+    partial = index_dir(pool, name).with_name(f".{name}.partial")
+    stamp = {"pool_id": pool.pool_id, "arch": arch, "size": size, "model_id": model_id, "block": block}
+    stamp_path = partial / "stamp.json"
+    if not (stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp):
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        atomic_write_bytes(stamp_path, json.dumps(stamp).encode())
+    parts: list[np.ndarray] = []
+    resumed = 0
+    for b0 in range(0, n, block):
+        path = partial / f"{b0 // block:07d}.npy"
+        if path.is_file():
+            parts.append(np.load(path, mmap_mode="r"))
+            resumed += len(parts[-1])
+            tick(len(parts[-1]))
+            continue
+        z, _ = predict_pool(
+            runner,
+            pool,
+            size=(size, size),
+            channels=3,
+            device=device,
+            want_features=False,
+            chunk=512,
+            start=b0,
+            n=min(n, b0 + block),
+            progress=tick,
+        )
+        atomic_write(path, lambda f, z=z: np.save(f, np.asarray(z, dtype=np.float16)))
+        parts.append(np.load(path, mmap_mode="r"))  # RAM holds one block at a time, not the pool's features
     mean, std = model.plada_norm  # type: ignore[misc]
     seconds = time.perf_counter() - t0
     info = {
@@ -210,16 +240,19 @@ def build_pretrained_index(
         "arch": arch,
         "pool_id": pool.pool_id,
         "n_items": n,
-        "dim": int(feats.shape[1]),
+        "dim": int(parts[0].shape[1]) if parts else 0,
         "in_chans": 3,
         "image_shape": [size, size, 3],
         "norm": [list(mean), list(std)],
-        "model_id": hashlib.sha256(weights).hexdigest()[:32],
+        "model_id": model_id,
         "seconds": {"embed": round(seconds, 1)},
-        "images_per_s": round(n / max(seconds, 1e-9), 1),
+        "images_per_s": round((n - resumed) / max(seconds, 1e-9), 1),
+        "resumed_items": resumed,
         "device": str(device),
         "runtime": "onnxruntime" if isinstance(runner, pnn.OrtBackbone) else "torch",
     }
+    index = _write_index(pool, name, parts, weights, info)
+    shutil.rmtree(partial, ignore_errors=True)
     if calibrate:
         from plada.server.pipeline.leakage import calibrate_near_duplicates
 
@@ -230,19 +263,33 @@ def build_pretrained_index(
             z, _ = pnn.predict(runner, [imgs], size=(size, size), channels=3, device=device)
             return z
 
-        info["near_duplicates"] = calibrate_near_duplicates(pool, feats, embed)
-        info["seconds"]["calibrate"] = round(time.perf_counter() - t1, 1)
-    return _write_index(pool, name, feats, weights, info)
+        info["near_duplicates"] = calibrate_near_duplicates(pool, index.features, embed)
+        info["seconds"]["calibrate"] = round(time.perf_counter() - t1, 1)  # type: ignore[index]
+        atomic_write_bytes(index.root / "index.json", json.dumps(info, indent=2).encode())
+        index.info = info
+    return index
 
 
-def _write_index(pool: Pool, name: str, feats: np.ndarray, weights: bytes, info: dict[str, Any]) -> FeatureIndex:
-    """Into a temporary folder, then renamed into place: an interrupted build leaves no index behind."""
+def _write_index(
+    pool: Pool, name: str, feats: np.ndarray | list[np.ndarray], weights: bytes, info: dict[str, Any]
+) -> FeatureIndex:
+    """Into a temporary folder, then renamed into place: an interrupted build leaves no index behind. ``feats``
+    may come as row blocks (memory-mapped), copied one at a time into the memory-mapped output."""
     final = index_dir(pool, name)
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / "features.npy", np.asarray(feats, dtype=np.float16))
+        blocks = feats if isinstance(feats, list) else [feats]
+        rows = sum(len(b) for b in blocks)
+        dim = int(blocks[0].shape[1]) if blocks else 0
+        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
+        at = 0
+        for b in blocks:
+            out[at : at + len(b)] = b
+            at += len(b)
+        out.flush()
+        del out
         atomic_write_bytes(tmp / "backbone.pt", weights)
         atomic_write_bytes(tmp / "index.json", json.dumps(info, indent=2).encode())
         if final.exists():

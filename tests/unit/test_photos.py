@@ -225,3 +225,21 @@ def test_eval_split_may_be_a_zip_of_class_folders(tmp_path: Path) -> None:
     (tmp_path / "bad.zip").write_bytes(_zip_of({"cow/1.png": _png(1, 16)}))
     with pytest.raises(InvalidDataError, match="not in the payload's classes"):
         load_eval_split(tmp_path / "bad.zip", ["cat", "dog"])
+
+
+def test_interrupted_pretrained_embedding_resumes_from_its_blocks(photo_pool: Pool) -> None:
+    def crash(frac: float, _msg: str) -> None:
+        if frac >= 0.5:
+            raise KeyboardInterrupt  # a killed 'pool embed'
+
+    with pytest.raises(KeyboardInterrupt):
+        build_pretrained_index(
+            photo_pool, "resume", image_size=64, device=CPU, block=16, progress=crash, calibrate=False
+        )
+    assert open_feature_index(photo_pool, "resume") is None  # nothing half-written is visible as an index
+    index = build_pretrained_index(photo_pool, "resume", image_size=64, device=CPU, block=16, calibrate=False)
+    # the crash came while the second block was being reported: the first block was kept, the second redone
+    assert index.info["resumed_items"] == 16
+    full = open_feature_index(photo_pool, "default")
+    assert full is not None
+    np.testing.assert_array_equal(np.asarray(index.features), np.asarray(full.features))
