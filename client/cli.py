@@ -204,6 +204,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         device=args.device,
         max_tier=args.max_tier,
         pretrained=args.pretrained,
+        head_init=args.head_init,
         head_only=args.head_only,
         image_size=args.image_size,
         feature_cache=str(Path(args.cache) / "features") if getattr(args, "cache", None) else None,
@@ -431,6 +432,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--pretrained",
         action="store_true",
         help="start the timm --arch from local ImageNet weights and fine-tune every layer (AdamW, cosine)",
+    )
+    p.add_argument(
+        "--head-init",
+        choices=["probe", "zero"],
+        default="probe",
+        help="--pretrained: start the classifier from the head-only probe (linear probe, then fine-tune) or at zero",
     )
     p.add_argument(
         "--head-only",

@@ -44,6 +44,7 @@ class TrainConfig:
     head_only: bool = False
     image_size: int | None = None  # model input side; default: the pool's (pretrained: that side in 128-224)
     feature_cache: str | None = None  # head_only: folder of cached item features (default: <cache>/features)
+    head_init: str = "probe"  # pretrained: start the classifier from the head-only probe ("probe", LP-FT) or zero
 
 
 def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -152,6 +153,9 @@ def train_student(
         )
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
+    if cfg.pretrained and cfg.head_init == "probe":
+        report = progress or (lambda _f, _m: None)
+        init_classifier_from_probe(model, _fit_head(payload, pool, cfg, cfg.arch, h, device, report).probe)
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     ckpt_path = out_dir / CHECKPOINT
     start_epoch, opt_state = 0, None
@@ -262,12 +266,62 @@ def _train_head_only(
     t0: float,
     progress: Callable[[float, str], None] | None,
 ) -> dict[str, Any]:
-    from plada.client.cache import default_cache_dir
-    from plada.shared.probe import fit_linear_probe
-
     report = progress or (lambda _f, _m: None)
     arch = pnn.DEFAULT_BACKBONE if cfg.arch == "smallcnn" else cfg.arch
     side = cfg.image_size or pretrained_input_side(pool)
+    head = _fit_head(payload, pool, cfg, arch, side, device, report)
+    probe, feats, labels, computed = head.probe, head.feats, head.labels, head.computed
+    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
+    metrics: dict[str, Any] = {
+        "task": payload.task,
+        "version": payload.version,
+        "payload_sha256": sha,
+        "pool_id": payload.pool_id,
+        "n_items": len(payload),
+        "config": asdict(cfg) | {"arch": arch, "image_size": side},
+        "mode": "head-only (linear probe on frozen pretrained features)",
+        "features_computed": computed,
+        "features_cached": len(labels) - computed,
+        "probe": {"l2": probe.l2, "temperature": round(probe.temperature, 4)},
+        "train_accuracy_on_pseudo_labels": probe.accuracy(feats, labels),
+        "device": str(device),
+    }
+    if eval_split is not None:
+        ex, ey = eval_split
+        chunks = (ex[s : s + 256] for s in range(0, len(ex), 256))
+        metrics["test_accuracy"] = probe.accuracy(head.embed(chunks, len(ex), "embedding the eval split"), ey)
+        metrics["n_test"] = len(ey)
+    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+    atomic_write(
+        out_dir / "probe.npz",
+        lambda f: np.savez(f, **probe.as_arrays(), arch=arch, image_size=side, classes=np.asarray(payload.classes)),
+    )
+    atomic_write_bytes(out_dir / METRICS, json.dumps(metrics, indent=2).encode())
+    return metrics
+
+
+@dataclass
+class _Head:
+    probe: Any  # LinearProbe
+    feats: np.ndarray
+    labels: np.ndarray
+    computed: int
+    embed: Callable[[Any, int, str], np.ndarray]
+
+
+def _fit_head(
+    payload: Payload,
+    pool: Pool,
+    cfg: TrainConfig,
+    arch: str,
+    side: int,
+    device: torch.device,
+    report: Callable[[float, str], None],
+) -> _Head:
+    """Frozen-backbone features of the payload's items (cached by item hash) and the linear probe on them."""
+    from plada.client.cache import default_cache_dir
+    from plada.shared.probe import fit_linear_probe
+
     try:
         body = pnn.create_backbone(arch).to(device)
     except ValueError as exc:
@@ -295,30 +349,18 @@ def _train_head_only(
     labels = np.asarray(payload.labels, dtype=np.int64)
     report(1.0, "fitting the linear head")
     probe = fit_linear_probe(feats, labels, len(payload.classes), seed=cfg.seed)
-    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
-    metrics: dict[str, Any] = {
-        "task": payload.task,
-        "version": payload.version,
-        "payload_sha256": sha,
-        "pool_id": payload.pool_id,
-        "n_items": len(payload),
-        "config": asdict(cfg) | {"arch": arch, "image_size": side},
-        "mode": "head-only (linear probe on frozen pretrained features)",
-        "features_computed": computed,
-        "features_cached": len(idx) - computed,
-        "probe": {"l2": probe.l2, "temperature": round(probe.temperature, 4)},
-        "train_accuracy_on_pseudo_labels": probe.accuracy(feats, labels),
-        "device": str(device),
-    }
-    if eval_split is not None:
-        ex, ey = eval_split
-        chunks = (ex[s : s + 256] for s in range(0, len(ex), 256))
-        metrics["test_accuracy"] = probe.accuracy(embed(chunks, len(ex), "embedding the eval split"), ey)
-        metrics["n_test"] = len(ey)
-    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-    atomic_write(
-        out_dir / "probe.npz",
-        lambda f: np.savez(f, **probe.as_arrays(), arch=arch, image_size=side, classes=np.asarray(payload.classes)),
-    )
-    atomic_write_bytes(out_dir / METRICS, json.dumps(metrics, indent=2).encode())
-    return metrics
+    return _Head(probe, feats, labels, computed, embed)
+
+
+def init_classifier_from_probe(model: torch.nn.Module, probe: Any) -> None:
+    """Set a timm model's classifier to the probe's calibrated logits (standardisation folded in): fine-tuning
+    then starts from a good head instead of a zero one, so early gradients do not scramble the pretrained
+    body to fit a random classifier (linear probing, then fine-tuning: LP-FT)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise InvalidDataError(f"{type(model).__name__} has no linear classifier to initialise from a probe")
+    w = probe.weight / probe.sd[:, None] / probe.temperature
+    b = (probe.bias - (probe.mu / probe.sd) @ probe.weight) / probe.temperature
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w.T, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(b, dtype=head.bias.dtype))

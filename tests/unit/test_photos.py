@@ -243,3 +243,28 @@ def test_interrupted_pretrained_embedding_resumes_from_its_blocks(photo_pool: Po
     full = open_feature_index(photo_pool, "default")
     assert full is not None
     np.testing.assert_array_equal(np.asarray(index.features), np.asarray(full.features))
+
+
+def test_lp_ft_classifier_reproduces_the_probe() -> None:
+    """``--pretrained`` starts its classifier from the head-only probe: same logits on the same features."""
+    from plada.client.train import init_classifier_from_probe
+    from plada.shared.probe import fit_linear_probe
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(300, 24)).astype(np.float32) * 3 + 1
+    y = (f[:, 0] + f[:, 1] > 2).astype(np.int64)
+    probe = fit_linear_probe(f, y, 2)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(24, 2)
+
+        def get_classifier(self) -> torch.nn.Module:
+            return self.fc
+
+    net = Net()
+    init_classifier_from_probe(net, probe)
+    with torch.no_grad():
+        got = net.fc(torch.from_numpy(f)).numpy()
+    np.testing.assert_allclose(got, probe.logits(f), rtol=1e-4, atol=1e-4)
