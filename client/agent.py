@@ -125,6 +125,6 @@ class Agent:
 def student_label(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
     """What the dashboard shows for a report: the arch, and how it was trained when not from scratch."""
     arch = str(metrics.get("config", {}).get("arch", cfg.arch))
-    if cfg.head_only:
+    if metrics.get("config", {}).get("head_only"):
         return f"{arch} (head-only)"
     return f"{arch} (pretrained)" if cfg.pretrained else arch

@@ -441,9 +441,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--head-only",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="freeze a pretrained backbone (--arch; default efficientnet_lite0), embed the payload's items once "
-        "(cached by item hash) and fit a linear head: seconds on a laptop CPU",
+        "(cached by item hash) and fit a linear head: seconds on a laptop CPU (default: on for RGB pools when the "
+        "weights are installed and neither --arch nor --pretrained is given)",
     )
     p.add_argument(
         "--image-size", type=int, default=None, help="model input side (default: the pool's; pretrained: 128-224)"

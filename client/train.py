@@ -29,9 +29,10 @@ METRICS = "metrics.json"
 @dataclass
 class TrainConfig:
     """``pretrained``: start a timm ``arch`` from local ImageNet weights and fine-tune every layer (the paper's
-    recipe: AdamW 1e-3, cosine). ``head_only``: freeze a pretrained backbone (``arch``; smallcnn means the
-    default, EfficientNet-Lite0), embed the payload's items once (cached by item hash) and fit a linear probe —
-    seconds on a laptop CPU, and the same probe the server's proxy students fit."""
+    recipe: AdamW 1e-3, cosine; the classifier starts from the head-only probe unless ``head_init="zero"``).
+    ``head_only``: freeze a pretrained backbone (``arch``; smallcnn means the default, EfficientNet-Lite0), embed
+    the payload's items once (cached by item hash) and fit a linear probe — seconds on a laptop CPU, and the
+    same probe the server's proxy students fit; None decides by the pool (``resolve_head_only``)."""
 
     arch: str = "smallcnn"
     epochs: int = 10
@@ -41,7 +42,7 @@ class TrainConfig:
     device: str = "auto"
     max_tier: int | None = None  # train on priority tiers 0..max_tier only (less compute), None = all
     pretrained: bool = False
-    head_only: bool = False
+    head_only: bool | None = None  # None: head-only on RGB pools when pretrained weights are installed
     image_size: int | None = None  # model input side; default: the pool's (pretrained: that side in 128-224)
     feature_cache: str | None = None  # head_only: folder of cached item features (default: <cache>/features)
     head_init: str = "probe"  # pretrained: start the classifier from the head-only probe ("probe", LP-FT) or zero
@@ -135,7 +136,7 @@ def train_student(
     h, w, c = pool.image_shape
     if cfg.max_tier is not None:
         payload = payload.prefix(cfg.max_tier)
-    if cfg.head_only:
+    if resolve_head_only(cfg, pool):
         return _train_head_only(payload, pool, out_dir, cfg, eval_split, payload_bytes, device, t0, progress)
     if cfg.pretrained:
         h = w = cfg.image_size or pretrained_input_side(pool)
@@ -218,6 +219,21 @@ def train_student(
     return metrics
 
 
+def resolve_head_only(cfg: TrainConfig, pool: Pool) -> bool:
+    """``head_only`` None (the default) means: on an RGB pool, with local weights for the default backbone, a
+    plain config (smallcnn, not ``pretrained``) trains head-only. That is the client the server's probe proxies
+    predict, and a small CNN from scratch on a few thousand photos learns little. Grey pools (the mini world)
+    keep the small CNN."""
+    if cfg.head_only is not None:
+        return cfg.head_only
+    return (
+        not cfg.pretrained
+        and cfg.arch == "smallcnn"
+        and pool.image_shape[2] == 3
+        and pnn.backbone_available(pnn.DEFAULT_BACKBONE)
+    )
+
+
 def pretrained_input_side(pool: Pool) -> int:
     """Input side for pretrained networks: the pool's side, but at least 128 px and at most 224 px."""
     return int(min(224, max(128, min(pool.image_shape[:2]))))
@@ -278,7 +294,7 @@ def _train_head_only(
         "payload_sha256": sha,
         "pool_id": payload.pool_id,
         "n_items": len(payload),
-        "config": asdict(cfg) | {"arch": arch, "image_size": side},
+        "config": asdict(cfg) | {"arch": arch, "image_size": side, "head_only": True},
         "mode": "head-only (linear probe on frozen pretrained features)",
         "features_computed": computed,
         "features_cached": len(labels) - computed,

@@ -268,3 +268,15 @@ def test_lp_ft_classifier_reproduces_the_probe() -> None:
     with torch.no_grad():
         got = net.fc(torch.from_numpy(f)).numpy()
     np.testing.assert_allclose(got, probe.logits(f), rtol=1e-4, atol=1e-4)
+
+
+def test_client_default_is_head_only_on_rgb_pools_with_weights(photo_pool: Pool, tmp_path: Path) -> None:
+    from plada.client.train import resolve_head_only
+    from plada.shared.pool import write_array_pool
+
+    grey = write_array_pool(tmp_path / "grey", "grey", np.zeros((4, 8, 8), np.uint8), [f"g{i}" for i in range(4)])
+    assert resolve_head_only(TrainConfig(), photo_pool) is True
+    assert resolve_head_only(TrainConfig(), grey) is False  # the mini world keeps its small CNN
+    assert resolve_head_only(TrainConfig(head_only=False), photo_pool) is False
+    assert resolve_head_only(TrainConfig(arch="resnet18"), photo_pool) is False
+    assert resolve_head_only(TrainConfig(arch="efficientnet_lite0", pretrained=True), photo_pool) is False
