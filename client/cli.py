@@ -435,9 +435,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--head-init",
-        choices=["probe", "zero"],
-        default="probe",
-        help="--pretrained: start the classifier from the head-only probe (linear probe, then fine-tune) or at zero",
+        choices=["zero", "probe"],
+        default="zero",
+        help="--pretrained: start the classifier at zero (the paper's recipe) or from the head-only probe (LP-FT)",
     )
     p.add_argument(
         "--head-only",

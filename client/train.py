@@ -29,7 +29,7 @@ METRICS = "metrics.json"
 @dataclass
 class TrainConfig:
     """``pretrained``: start a timm ``arch`` from local ImageNet weights and fine-tune every layer (the paper's
-    recipe: AdamW 1e-3, cosine; the classifier starts from the head-only probe unless ``head_init="zero"``).
+    recipe: AdamW 1e-3, cosine; ``head_init="probe"`` starts the classifier from the head-only probe, LP-FT).
     ``head_only``: freeze a pretrained backbone (``arch``; smallcnn means the default, EfficientNet-Lite0), embed
     the payload's items once (cached by item hash) and fit a linear probe — seconds on a laptop CPU, and the
     same probe the server's proxy students fit; None decides by the pool (``resolve_head_only``)."""
@@ -45,7 +45,7 @@ class TrainConfig:
     head_only: bool | None = None  # None: head-only on RGB pools when pretrained weights are installed
     image_size: int | None = None  # model input side; default: the pool's (pretrained: that side in 128-224)
     feature_cache: str | None = None  # head_only: folder of cached item features (default: <cache>/features)
-    head_init: str = "probe"  # pretrained: start the classifier from the head-only probe ("probe", LP-FT) or zero
+    head_init: str = "zero"  # pretrained: start the classifier at zero (the paper's recipe) or from the head-only probe
 
 
 def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -144,7 +144,9 @@ def test_head_only_and_pretrained_clients(photo_pool: Pool, tmp_path: Path) -> N
     assert m1["config"]["arch"] == "efficientnet_lite0" and (tmp_path / "head" / "probe.npz").is_file()
     m2 = train_student(res.payload, photo_pool, tmp_path / "head2", cfg, eval_split=(xt, yt), payload_bytes=res.data)
     assert m2["features_computed"] == 0 and m2["test_accuracy"] == m1["test_accuracy"]  # cached by item hash
-    full = TrainConfig(arch="efficientnet_lite0", pretrained=True, image_size=64, epochs=2, batch_size=8)
+    full = TrainConfig(
+        arch="efficientnet_lite0", pretrained=True, image_size=64, epochs=2, batch_size=8, head_init="probe"
+    )
     m3 = train_student(res.payload, photo_pool, tmp_path / "full", full, eval_split=(xt, yt), payload_bytes=res.data)
     assert m3["test_accuracy"] >= 0.8, m3
 
