@@ -30,28 +30,19 @@ from plada.shared.errors import PoolSourceMissingError
 from plada.shared.pool import Pool, index_image_folder, open_pool
 from plada.shared.schemas import TaskSpec
 
-skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
+from photo_crops import crops, photo
+
 CPU = torch.device("cpu")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
 
 
 def _photo(name: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"))
+    return photo(name)
 
 
 def _crops(img: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    h, w, _ = img.shape
-    out = []
-    for _ in range(n):
-        ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
-        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        out.append(np.asarray(Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((size, size))))
-    return np.stack(out)
+    return crops(img, n, size, seed, smallest=0.5)
 
 
 @pytest.fixture(scope="module")

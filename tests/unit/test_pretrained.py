@@ -18,30 +18,20 @@ from plada.shared.errors import InvalidSpecError
 from plada.shared.pool import index_image_folder
 from plada.shared.schemas import TaskSpec
 
-skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
+from photo_crops import crops, photo
+
 CPU = torch.device("cpu")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
 IMAGENET_CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def _photo(name: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"))
+    return photo(name)
 
 
 def _crops(img: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
-    """Random crops covering 60-100 % of each side, resized to ``size``: many views of one real photo."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    h, w, _ = img.shape
-    out = []
-    for _ in range(n):
-        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        out.append(np.asarray(Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((size, size))))
-    return np.stack(out)
+    return crops(img, n, size, seed)
 
 
 def test_packaged_lite0_weights_see_a_cat_in_chelsea() -> None:
