@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,14 @@ DEFAULT_INDEX = "default"
 Progress = Callable[[float, str], None]
 
 
+_BACKBONES: dict[tuple[str, str, str], nn.Module] = {}  # (index folder, model id, device) → network
+
+
 @dataclass
 class FeatureIndex:
     root: Path
     info: dict[str, Any]
     features: np.ndarray  # (N, D) float16, memory-mapped
-    _models: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # per device: built once
 
     @property
     def name(self) -> str:
@@ -79,10 +81,13 @@ class FeatureIndex:
         return int(h), int(w)
 
     def backbone(self, device: torch.device) -> nn.Module:
-        """The network that made the features (on CPU through ONNX Runtime when pretrained), built once."""
-        if str(device) not in self._models:
-            self._models[str(device)] = self._load_backbone(device)
-        return self._models[str(device)]
+        """The network that made the features (on CPU through ONNX Runtime when pretrained). Built once per
+        process and device, not once per publish: a worker opens the index for every job, and the ONNX export
+        alone takes seconds."""
+        key = (str(self.root), self.model_id, str(device))
+        if key not in _BACKBONES:
+            _BACKBONES[key] = self._load_backbone(device)
+        return _BACKBONES[key]
 
     def _load_backbone(self, device: torch.device) -> nn.Module:
         state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)

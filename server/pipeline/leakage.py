@@ -107,18 +107,43 @@ def audit_leakage(
     )
 
 
+_SELF_SIMS: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def nearest_other(
+    pool_features: np.ndarray, *, sample: int, seed: int, cache_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sorted random sample of pool rows and each one's cosine to its nearest *other* pool item.
+
+    A property of the pool's features alone: with ``cache_key`` (a feature index's id) it is computed once per
+    process, not once per publish (on ImageNet-21K it is a search of the whole pool)."""
+    key = (cache_key, sample, seed) if cache_key is not None else None
+    if key is not None and key in _SELF_SIMS:
+        return _SELF_SIMS[key]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(pool_features), size=min(sample, len(pool_features)), replace=False))
+    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
+    own = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])  # the nearest item other than itself
+    if key is not None:
+        _SELF_SIMS[key] = (rows, own)
+    return rows, own
+
+
 def domain_typicality(
-    pool_features: np.ndarray, target_sims: np.ndarray, *, sample: int = 1000, quantile: float = 0.05, seed: int = 0
+    pool_features: np.ndarray,
+    target_sims: np.ndarray,
+    *,
+    sample: int = 1000,
+    quantile: float = 0.05,
+    seed: int = 0,
+    cache_key: str | None = None,
 ) -> dict[str, Any]:
     """How typical the upload looks *to the pool*: each upload image's cosine to its nearest pool item, against
     the same statistic of pool items among themselves (a sample, nearest other item). ``atypical_share`` is the
     share of upload images less similar to the pool than all but ``quantile`` of the pool's own items are —
     around ``quantile`` for a task drawn from the pool's domain, near 1 for one far outside it (textures
     against a pool of objects). A statistical test with generic constants, not a threshold fitted to tasks."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(pool_features), size=min(sample, len(pool_features)), replace=False))
-    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
-    own = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])  # the nearest item other than itself
+    _, own = nearest_other(pool_features, sample=sample, seed=seed, cache_key=cache_key)
     floor = float(np.quantile(own, quantile))
     return {
         "upload_nearest_pool_cosine_median": round(float(np.median(target_sims)), 4),
@@ -166,10 +191,7 @@ def calibrate_near_duplicates(
     same items edited (``copy_variants``) and embedded with ``embed``; a copy is found when its nearest pool
     item is its original at or above the threshold. The threshold is the smallest cosine whose false-positive
     rate on the distinct pairs is at most ``max_false_positive``; recall is reported per edit."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(pool), size=min(sample, len(pool)), replace=False))
-    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
-    distinct = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])
+    rows, distinct = nearest_other(pool_features, sample=sample, seed=seed)
     threshold = float(np.quantile(distinct, 1.0 - max_false_positive, method="higher")) + 1e-4
     threshold = min(threshold, 0.999)
     variants = copy_variants(pool.batch(rows), seed=seed)

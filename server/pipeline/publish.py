@@ -376,7 +376,13 @@ def prepare(
     )
     domain = None
     if out.pool_features is not None and leak.nn_similarity is not None:
-        domain = domain_typicality(out.pool_features, leak.nn_similarity, seed=spec.selector.seed)
+        from_index = index is not None and out.pool_features is index.features
+        domain = domain_typicality(
+            out.pool_features,
+            leak.nn_similarity,
+            seed=spec.selector.seed,
+            cache_key=f"{pool.pool_id}:{index.model_id}" if from_index and index is not None else None,
+        )
     inputs = ScoreInputs(
         logits=out.logits,
         features=out.pool_features,
