@@ -195,13 +195,7 @@ def train_student(
             on_epoch_end=on_epoch_end,
         )
     train_acc = pnn.accuracy(model, x, y, size=(h, w), channels=c, device=device)
-    metrics: dict[str, Any] = {
-        "task": payload.task,
-        "version": payload.version,
-        "payload_sha256": sha,
-        "pool_id": payload.pool_id,
-        "n_items": len(payload),
-        "config": asdict(cfg),
+    metrics: dict[str, Any] = _run_metrics(payload, sha, asdict(cfg)) | {
         "resumed_from_epoch": start_epoch,
         "train_accuracy_on_pseudo_labels": train_acc,
         "device": str(device),
@@ -217,6 +211,18 @@ def train_student(
     )
     atomic_write_bytes(out_dir / METRICS, json.dumps(metrics, indent=2).encode())
     return metrics
+
+
+def _run_metrics(payload: Payload, sha: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What every run's metrics.json starts with: which payload, which pool, which configuration."""
+    return {
+        "task": payload.task,
+        "version": payload.version,
+        "payload_sha256": sha,
+        "pool_id": payload.pool_id,
+        "n_items": len(payload),
+        "config": config,
+    }
 
 
 def resolve_head_only(cfg: TrainConfig, pool: Pool) -> bool:
@@ -288,13 +294,8 @@ def _train_head_only(
     head = _fit_head(payload, pool, cfg, arch, side, device, report)
     probe, feats, labels, computed = head.probe, head.feats, head.labels, head.computed
     sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
-    metrics: dict[str, Any] = {
-        "task": payload.task,
-        "version": payload.version,
-        "payload_sha256": sha,
-        "pool_id": payload.pool_id,
-        "n_items": len(payload),
-        "config": asdict(cfg) | {"arch": arch, "image_size": side, "head_only": True},
+    config = asdict(cfg) | {"arch": arch, "image_size": side, "head_only": True}
+    metrics: dict[str, Any] = _run_metrics(payload, sha, config) | {
         "mode": "head-only (linear probe on frozen pretrained features)",
         "features_computed": computed,
         "features_cached": len(labels) - computed,

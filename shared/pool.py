@@ -580,35 +580,34 @@ def index_image_folder(
     return pool
 
 
-def _native_tar_size(shards: list[Path], shard_of: list[int], offsets: list[int], sizes: list[int]) -> int:
-    import io
-
+def _median_side(n: int, open_item: Callable[[int], Any], sample: int = 64) -> int:
+    """The median shorter side of up to ``sample`` images spread over ``n`` items (headers only, no decoding);
+    ``open_item(i)`` gives a path or file object. Unreadable items are skipped."""
     from PIL import Image
 
     sides = []
-    for i in np.linspace(0, len(offsets) - 1, min(64, len(offsets))).astype(int):
-        with open(shards[shard_of[i]], "rb") as f:
-            data = os.pread(f.fileno(), sizes[i], offsets[i])
+    for i in np.linspace(0, n - 1, min(sample, n)).astype(int):
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(open_item(int(i))) as im:
                 sides.append(min(im.size))
         except OSError:
             continue
     return int(np.median(sides)) if sides else FALLBACK_IMAGE_SIZE
+
+
+def _native_tar_size(shards: list[Path], shard_of: list[int], offsets: list[int], sizes: list[int]) -> int:
+    import io
+
+    def member(i: int) -> io.BytesIO:
+        with open(shards[shard_of[i]], "rb") as f:
+            return io.BytesIO(os.pread(f.fileno(), sizes[i], offsets[i]))
+
+    return _median_side(len(offsets), member)
 
 
 def native_image_size(source: Path, keys: Sequence[str], sample: int = 64) -> int:
     """The median shorter side of up to ``sample`` images spread over ``keys`` (headers only, no decoding)."""
-    from PIL import Image
-
-    sides = []
-    for i in np.linspace(0, len(keys) - 1, min(sample, len(keys))).astype(int):
-        try:
-            with Image.open(source / keys[int(i)]) as im:
-                sides.append(min(im.size))
-        except OSError:
-            continue
-    return int(np.median(sides)) if sides else FALLBACK_IMAGE_SIZE
+    return _median_side(len(keys), lambda i: source / keys[i], sample)
 
 
 def _finish(out: Path, manifest: PoolManifest, extra: dict[str, Any]) -> Pool:
