@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
-from plada.server.api.tasks import PayloadBytesCache
+from plada.server.api.tasks import PayloadBytesCache, UploadSlots
 from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
@@ -68,9 +68,13 @@ def register_pools(factory: sessionmaker[Session], settings: Settings) -> list[s
     return names
 
 
+JSON_BODY_LIMIT = 64 << 10  # reports and every other JSON body: far above any valid one
+
+
 class BodyLimit:
-    """Refuse a request body over ``limit`` bytes before it is spooled to disk: at once when Content-Length
-    says so, else as soon as the streamed body passes the limit (413 ``payload_too_large`` either way)."""
+    """Refuse a request body over its limit before it is spooled to disk: at once when Content-Length says so,
+    else as soon as the streamed body passes the limit (413 ``payload_too_large`` either way). The publish
+    route (``POST /v1/tasks``) may carry ``limit`` bytes; every other route ``JSON_BODY_LIMIT``."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -79,9 +83,12 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        detail = f"request body exceeds {self.limit} bytes (PLADA_MAX_UPLOAD_BYTES)"
+        upload = scope["path"].rstrip("/") == "/v1/tasks"
+        limit = self.limit if upload else JSON_BODY_LIMIT
+        what = "(PLADA_MAX_UPLOAD_BYTES)" if upload else "(JSON bodies)"
+        detail = f"request body exceeds {limit} bytes {what}"
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             await problem(413, "payload_too_large", "Upload too large", detail)(scope, receive, send)
             return
         seen = 0
@@ -90,7 +97,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise StarletteHTTPException(413, detail)
             return message
 
@@ -132,6 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
     # the multipart envelope and the spec field come on top of the data file itself
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + (1 << 20))
     app.state.publish_limiter = RateLimiter(settings.publish_rate_per_min, 60.0)
+    app.state.report_limiter = RateLimiter(settings.report_rate_per_min, 60.0, what="reports")
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.state.payload_cache = PayloadBytesCache()
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)

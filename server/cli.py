@@ -227,23 +227,64 @@ def cmd_token(args: argparse.Namespace) -> int:
     factory = init_db(make_engine(settings.database_url))
     with factory.begin() as s:
         if args.token_command == "create":
-            row, plain = auth.create_token(session=s, name=args.name, scope=args.scope)
+            try:
+                row, plain = auth.create_token(session=s, name=args.name, scope=args.scope, owner=args.owner)
+            except ValueError as exc:
+                raise PladaError(f"--owner {args.owner!r}: {exc}") from exc
             out: Any = {
                 "id": row.id,
                 "name": row.name,
                 "scope": row.scope,
+                "owner": row.owner,
                 "token": plain,
                 "note": "shown once: store it now (only its hash is kept)",
             }
         elif args.token_command == "list":
             out = [
-                {"id": r.id, "name": r.name, "scope": r.scope, "revoked": r.revoked, "last_used_at": r.last_used_at}
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "scope": r.scope,
+                    "owner": r.owner,
+                    "revoked": r.revoked,
+                    "last_used_at": r.last_used_at,
+                }
                 for r in auth.list_tokens(session=s)
             ]
         else:
             if not auth.revoke_token(session=s, token_id=args.id):
                 raise PladaError(f"no token with id {args.id}")
             out = {"id": args.id, "revoked": True}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    """Owner administration from the server's own shell (which holds the database: an admin by definition)."""
+    from plada.server import auth, repo
+    from plada.server.db import init_db, make_engine
+
+    factory = init_db(make_engine(_settings(args).database_url))
+    admin = auth.Caller(None, "admin", owner=None, name="plada-server task (server shell)")
+    with factory.begin() as s:
+        if args.task_command == "chown":
+            try:
+                auth.check_owner(args.owner)
+            except ValueError as exc:
+                raise PladaError(f"owner {args.owner!r}: {exc}") from exc
+            task = repo.set_owner(session=s, name=args.name, owner=args.owner, caller=admin)
+            out: Any = {"task": task.name, "owner": task.owner}
+        else:
+            task = repo.get_task(session=s, name=args.name)
+            out = {
+                "task": task.name,
+                "owner": task.owner,
+                "access": task.access,
+                "history": [
+                    {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
+                    for e in repo.task_history(session=s, task=task)
+                ],
+            }
     print(json.dumps(out, indent=2))
     return 0
 
@@ -291,9 +332,11 @@ _SUB_EXAMPLES = {
     "pool embed": "plada-server pool embed ~/.cache/plada/world/pools/mini-v1",
     "pool add": "plada-server pool add pools/in1k",
     "pool list": "plada-server pool list",
-    "token create": "plada-server token create --scope publish --name alice",
+    "token create": "plada-server token create --scope publish --name alice --owner vision-team",
     "token list": "plada-server token list",
     "token revoke": "plada-server token revoke 3",
+    "task chown": "plada-server task chown fashion vision-team",
+    "task history": "plada-server task history fashion",
     "key show": "plada-server key show --data-dir plada-data   # then: plada-client pull --trust ed25519:...",
 }
 
@@ -402,8 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tok.add_subparsers(dest="token_command", required=True)
     p = tsub.add_parser("create", help="create a token and print it once")
     _common(p)
-    p.add_argument("--scope", choices=["read", "publish"], required=True)
+    p.add_argument(
+        "--scope",
+        choices=["read", "publish", "admin"],
+        required=True,
+        help="read: gated tasks and reports; publish: also publish (own tasks); admin: any task, owners",
+    )
     p.add_argument("--name", default="token", help="who it is for (shown in 'token list')")
+    p.add_argument(
+        "--owner",
+        default=None,
+        help="the team whose tasks this token may publish to (default: --name); tokens of one owner share tasks",
+    )
     p.set_defaults(fn=cmd_token)
     p = tsub.add_parser("list", help="list tokens (never the secrets)")
     _common(p)
@@ -412,6 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("id", type=int)
     p.set_defaults(fn=cmd_token)
+    tk = sub.add_parser("task", help="task owners and history (who published and changed what)")
+    tksub = tk.add_subparsers(dest="task_command", required=True)
+    p = tksub.add_parser("chown", help="give a task to another owner (also for tasks older than ownership)")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("owner")
+    p.set_defaults(fn=cmd_task)
+    p = tksub.add_parser("history", help="a task's owner, access and history")
+    _common(p)
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_task)
     key = sub.add_parser("key", help="the ed25519 key that signs every version")
     ksub = key.add_subparsers(dest="key_command", required=True)
     p = ksub.add_parser("show", help="print the public key clients pin (creates the key on first use)")

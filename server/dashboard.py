@@ -28,6 +28,14 @@ code{background:#f4f4f4;padding:1px 4px}
 """
 
 _JS = """
+// a job appeared or ended: reload to show it, but at most every 15 s (a page that can never match the
+// job list, or dozens of jobs starting and ending, must not turn into a reload loop)
+function reload(){
+  const last = Number(sessionStorage.getItem('plada-reload') || 0);
+  if (Date.now() - last < 15000){ setTimeout(poll, 5000); return; }
+  sessionStorage.setItem('plada-reload', String(Date.now()));
+  location.reload();
+}
 async function poll(){
   try{
     const r = await fetch('/v1/jobs?active=true&limit=100', {cache:'no-store'});
@@ -35,20 +43,24 @@ async function poll(){
     for (const j of body.data){
       live.add(String(j.id));
       const row = document.getElementById('job-'+j.id);
-      if (!row){ location.reload(); return; }
+      if (!row){ reload(); return; }
       row.querySelector('progress').value = j.progress;
       row.querySelector('.pct').textContent = (100*j.progress).toFixed(0)+' %';
       row.querySelector('.state').textContent = j.state;
       row.querySelector('.msg').textContent = j.message;
     }
     for (const row of document.querySelectorAll('tr.job-active')){
-      if (!live.has(row.dataset.job)){ location.reload(); return; }
+      if (!live.has(row.dataset.job)){ reload(); return; }
     }
   }catch(e){ /* server restarting: try again */ }
   setTimeout(poll, 1000);
 }
 setTimeout(poll, 1000);
 """
+
+
+PLOT_REPORTS = 200  # per version
+_ACTIVE = ("queued", "running")
 
 
 def _e(v: Any) -> str:
@@ -147,7 +159,8 @@ def _task_section(session: Session, task: TaskRow) -> str:
             tip = f"v{v.number} shipped: {sel.get('label', '')}"
             points.append(("shipped", v.size_bytes, val["predicted_client_accuracy"], tip))
         if v.size_bytes:
-            for r in repo.list_reports(session=session, version=v):
+            # the plot shows the latest reports only: thousands of points would make the page slow and unreadable
+            for r in repo.list_reports(session=session, version=v, limit=PLOT_REPORTS, newest=True):
                 if r.accuracy is not None:
                     points.append(("reported", v.size_bytes, r.accuracy, f"v{v.number} {r.client_id}"))
     table = (
@@ -166,7 +179,10 @@ def render_dashboard(session: Session, *, version: str) -> str:
     pools = repo.list_pools(session=session)
     # the page is anonymous: token-gated tasks and their jobs are not shown
     tasks = [t for t in repo.list_tasks(session=session) if t.access == "public"]
-    jobs = repo.list_jobs(session=session, limit=20, public_only=True)
+    # every active job (the page's script polls the same 100), then the latest finished ones
+    active = repo.list_jobs(session=session, limit=100, active_only=True, public_only=True)
+    done = [j for j in repo.list_jobs(session=session, limit=20, public_only=True) if j.state not in _ACTIVE]
+    jobs = active + done
     from plada.server.api.views import job_info
 
     job_rows = []

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -52,6 +53,9 @@ class TaskRow(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     latest_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     access: Mapped[str] = mapped_column(String(16), default="public")  # public | token (reads need a token)
+    # who may publish versions and change access: tokens whose owner is this (or admin tokens); NULL for
+    # tasks from before ownership existed, which only an admin may publish to until 'task chown'
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -99,17 +103,32 @@ class TokenRow(Base):
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
-    scope: Mapped[str] = mapped_column(String(16))  # read | publish
+    scope: Mapped[str] = mapped_column(String(16))  # read | publish | admin
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the team its tasks belong to
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class TaskEventRow(Base):
+    """A task's history: who created it, published each version, changed its access or owner, and when."""
+
+    __tablename__ = "task_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_ref: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    at: Mapped[float] = mapped_column(Float, default=now)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))  # created | published | access | owner
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class ReportRow(Base):
     """A client's training outcome on one version: what publishers most want to see."""
 
     __tablename__ = "reports"
+    # one report per client and version: a client that reports again replaces its earlier report
+    __table_args__ = (Index("uq_reports_version_client", "version_ref", "client_id", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_ref: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
     client_id: Mapped[str] = mapped_column(String(128))
@@ -145,6 +164,49 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# Columns added after the first release: (table, column, SQL type). ``create_all`` makes missing tables but
+# never alters existing ones, so an older database gets them here (nullable, so no data has to be invented).
+_ADDED_COLUMNS = (("tasks", "owner", "VARCHAR(128)"), ("tokens", "owner", "VARCHAR(128)"))
+
+
+def upgrade_db(engine: Engine) -> list[str]:
+    """Bring an older database up to this schema in place; returns what it added. Idempotent.
+
+    Tasks published before ownership existed keep ``owner`` NULL: only an admin token may publish to them
+    (or change their access) until an admin gives them an owner (``plada-server task chown``)."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import DBAPIError
+
+    def missing(table: str, column: str) -> bool:
+        insp = inspect(engine)
+        return table in insp.get_table_names() and column not in {c["name"] for c in insp.get_columns(table)}
+
+    added = []
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if not missing(table, column):
+            continue
+        try:
+            with engine.begin() as con:
+                con.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+            added.append(f"{table}.{column}")
+        except DBAPIError:
+            if missing(table, column):  # not a server and a worker upgrading at the same moment: a real error
+                raise
+    with engine.begin() as con:  # reports became one per (version, client): keep each client's newest
+        if "uq_reports_version_client" not in {i["name"] for i in inspect(engine).get_indexes("reports")}:
+            con.execute(
+                text(
+                    "DELETE FROM reports WHERE id NOT IN (SELECT MAX(id) FROM reports GROUP BY version_ref, client_id)"
+                )
+            )
+            con.execute(
+                text("CREATE UNIQUE INDEX IF NOT EXISTS uq_reports_version_client ON reports (version_ref, client_id)")
+            )
+            added.append("reports.uq_reports_version_client")
+    return added
+
+
 def init_db(engine: Engine) -> sessionmaker[Any]:
     Base.metadata.create_all(engine)
+    upgrade_db(engine)
     return sessionmaker(engine, expire_on_commit=False)

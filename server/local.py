@@ -37,19 +37,21 @@ class LocalStack:
     _logs: list[IO[bytes]] = field(default_factory=list)
     _tokens: dict[str, str] = field(default_factory=dict)
 
-    def token(self, scope: str = "publish") -> str:
-        """A bearer token of ``scope`` for this stack (created once with 'plada-server token create')."""
-        if scope not in self._tokens:
+    def token(self, scope: str = "publish", owner: str = "local") -> str:
+        """A bearer token of ``scope`` for ``owner`` on this stack (made once with 'plada-server token create')."""
+        key = f"{scope}/{owner}"
+        if key not in self._tokens:
+            cmd = ["token", "create", "--scope", scope, "--name", owner, "--owner", owner]
             out = subprocess.run(
-                [sys.executable, "-m", "plada.server.cli", "token", "create", "--scope", scope, "--name", "local"],
+                [sys.executable, "-m", "plada.server.cli", *cmd],
                 env=self._env(),
                 capture_output=True,
                 text=True,
                 check=True,
                 timeout=60,
             )
-            self._tokens[scope] = json.loads(out.stdout)["token"]
-        return self._tokens[scope]
+            self._tokens[key] = json.loads(out.stdout)["token"]
+        return self._tokens[key]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ) | {"PLADA_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"} | self.env

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server import repo
+from plada.server.auth import LOCAL, Caller
 from plada.server.db import JobRow, TaskRow, VersionRow
 from plada.server.pipeline.selection import list_selectors
 from plada.server.settings import Settings
@@ -67,7 +68,13 @@ def upload_shape(pool_shape: list[int], pool_dir: Path, spec: TaskSpec) -> tuple
 
 
 def publish(
-    factory: sessionmaker[Session], settings: Settings, *, spec_json: str, data: bytes, filename: str
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    spec_json: str,
+    data: bytes,
+    filename: str,
+    caller: Caller = LOCAL,
 ) -> tuple[TaskRow, VersionRow, JobRow]:
     """Validate spec, pool and data; then store the upload and commit task/version/job in one transaction."""
     spec = parse_spec(spec_json)
@@ -97,7 +104,7 @@ def publish(
                 f"({floor} bytes: header with {len(spec.classes)} class names)"
             )
     with factory() as s:  # fail fast, before parsing a big upload; checked again in the write transaction
-        repo.check_task_name(session=s, spec=spec)
+        repo.check_may_publish(session=s, spec=spec, caller=caller)
     limits = ArchiveLimits(max_inflated=settings.max_inflated_bytes)
     x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)), limits)
     path: Path = store_upload(settings.uploads_dir, x, y)
@@ -107,7 +114,12 @@ def publish(
                 with factory.begin() as s:
                     pool = repo.resolve_pool(session=s, ref=spec.pool_id)
                     task, version, job = repo.create_publication(
-                        session=s, spec=spec, pool=pool, data_path=path, max_attempts=settings.job_max_attempts
+                        session=s,
+                        spec=spec,
+                        pool=pool,
+                        data_path=path,
+                        max_attempts=settings.job_max_attempts,
+                        caller=caller,
                     )
                 return task, version, job
             except IntegrityError:

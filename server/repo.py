@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
-from plada.server.db import JobRow, PoolRow, ReportRow, TaskRow, VersionRow, now
+from plada.server.auth import Caller, require_owner
+from plada.server.db import JobRow, PoolRow, ReportRow, TaskEventRow, TaskRow, VersionRow, now
 from plada.shared.errors import (
+    ForbiddenError,
     JobNotFoundError,
     PoolError,
     TaskConflictError,
@@ -75,18 +78,38 @@ def check_task_name(*, session: Session, spec: TaskSpec) -> TaskRow | None:
     return task
 
 
-def create_publication(
-    *, session: Session, spec: TaskSpec, pool: PoolRow, data_path: Path, max_attempts: int
-) -> tuple[TaskRow, VersionRow, JobRow]:
-    """Task (created or reused by name), a pending version with the next number, and a queued job."""
+def check_may_publish(*, session: Session, spec: TaskSpec, caller: Caller) -> TaskRow | None:
+    """The existing task (None if new), after the class-list and ownership checks: only the owner (or an
+    admin) publishes a new version of a task."""
     task = check_task_name(session=session, spec=spec)
+    if task is not None:
+        require_owner(caller, task.name, task.owner, "publish a new version of")
+    return task
+
+
+def add_event(*, session: Session, task: TaskRow, caller: Caller, action: str, **detail: Any) -> None:
+    session.add(TaskEventRow(task_ref=task.id, actor=caller.actor[:200], action=action, detail=detail))
+
+
+def create_publication(
+    *, session: Session, spec: TaskSpec, pool: PoolRow, data_path: Path, max_attempts: int, caller: Caller
+) -> tuple[TaskRow, VersionRow, JobRow]:
+    """Task (created or reused by name), a pending version with the next number, and a queued job.
+
+    Access never changes as a side effect: a spec without ``access`` keeps the task's; an explicit change
+    (the owner's, checked above) is recorded in the task's history with who and when."""
+    task = check_may_publish(session=session, spec=spec, caller=caller)
     if task is None:
-        task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes), access=spec.access)
+        access = spec.access or "public"
+        task = TaskRow(name=spec.name, pool_ref=pool.id, classes=list(spec.classes), access=access, owner=caller.owner)
         session.add(task)
         session.flush()
+        add_event(session=session, task=task, caller=caller, action="created", owner=caller.owner, access=access)
     else:
         task.pool_ref, task.classes, task.updated_at = pool.id, list(spec.classes), now()
-        task.access = spec.access
+        if spec.access is not None and spec.access != task.access:
+            add_event(session=session, task=task, caller=caller, action="access", old=task.access, new=spec.access)
+            task.access = spec.access
     number = (session.scalar(select(func.max(VersionRow.number)).where(VersionRow.task_ref == task.id)) or 0) + 1
     version = VersionRow(
         task_ref=task.id, number=number, status="pending", spec=spec.model_dump(mode="json"), metrics={}
@@ -97,8 +120,25 @@ def create_publication(
         task_ref=task.id, version_ref=version.id, state="queued", max_attempts=max_attempts, data_path=str(data_path)
     )
     session.add(job)
+    add_event(session=session, task=task, caller=caller, action="published", version=number)
     session.flush()
     return task, version, job
+
+
+def set_owner(*, session: Session, name: str, owner: str, caller: Caller) -> TaskRow:
+    """Give a task to another owner (an admin's act; also how tasks from before ownership get one)."""
+    task = get_task(session=session, name=name)
+    if not caller.is_admin:
+        raise ForbiddenError("changing a task's owner needs an admin token")
+    add_event(session=session, task=task, caller=caller, action="owner", old=task.owner, new=owner)
+    task.owner, task.updated_at = owner, now()
+    session.flush()
+    return task
+
+
+def task_history(*, session: Session, task: TaskRow) -> list[TaskEventRow]:
+    q = select(TaskEventRow).where(TaskEventRow.task_ref == task.id).order_by(TaskEventRow.id)
+    return list(session.scalars(q))
 
 
 def get_task(*, session: Session, name: str) -> TaskRow:
@@ -174,16 +214,37 @@ def job_context(*, session: Session, job: JobRow) -> dict[str, Any]:
 
 
 def add_report(*, session: Session, version: VersionRow, report: ReportIn) -> ReportRow:
+    """Insert or replace this client's report on this version (one per client and version: a client that
+    retrains or re-posts cannot flood the table or outvote the others)."""
     if version.status != "ready":
         raise VersionNotReadyError(f"version {version.number} is {version.status}; only ready versions take reports")
-    row = ReportRow(version_ref=version.id, **report.model_dump())
-    session.add(row)
-    session.flush()
-    return row
+    fields = report.model_dump()
+    for _ in range(2):  # a concurrent first report by the same client wins the insert: update it instead
+        row = session.scalar(
+            select(ReportRow).where(ReportRow.version_ref == version.id, ReportRow.client_id == report.client_id)
+        )
+        if row is None:
+            row = ReportRow(version_ref=version.id, **fields)
+            session.add(row)
+        else:
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.created_at = now()
+        try:
+            session.flush()
+            return row
+        except IntegrityError:
+            session.rollback()
+    raise AssertionError("unreachable: the second try sees the other insert")
 
 
-def list_reports(*, session: Session, version: VersionRow) -> list[ReportRow]:
-    return list(session.scalars(select(ReportRow).where(ReportRow.version_ref == version.id).order_by(ReportRow.id)))
+def list_reports(
+    *, session: Session, version: VersionRow, limit: int | None = None, after: int = 0, newest: bool = False
+) -> list[ReportRow]:
+    """Reports oldest first from id ``after`` (a page of ``limit``); ``newest``: the latest ``limit``."""
+    q = select(ReportRow).where(ReportRow.version_ref == version.id)
+    q = q.order_by(ReportRow.id.desc()) if newest else q.where(ReportRow.id > after).order_by(ReportRow.id)
+    return list(session.scalars(q.limit(limit) if limit is not None else q))
 
 
 def report_summaries(*, session: Session, version_ids: list[int]) -> dict[int, tuple[int, int, float | None]]:

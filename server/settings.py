@@ -25,6 +25,21 @@ class Settings(BaseSettings):
     max_inflated_bytes: int = Field(
         2 << 30, ge=1024, description="largest total a target-data archive may inflate to (zip/npz bomb guard)"
     )
+    max_decoded_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="largest total the decoded images of one upload may take (width x height x channels, summed "
+        "from the image headers before anything is decoded)",
+    )
+    max_concurrent_uploads: int = Field(
+        4, ge=1, le=1024, description="uploads received and checked at once per API process; more get 429"
+    )
+    upload_retention_s: float = Field(
+        86400.0,
+        ge=0.0,
+        description="a job's upload is deleted this long after the job succeeded or failed for good (0 = at once)",
+    )
+    report_rate_per_min: int = Field(60, ge=1, le=100_000, description="reports per token (or address) a minute")
     orphan_grace_s: float = Field(
         3600.0, ge=0.0, description="uploads no job refers to are removed at start-up once this old (crash leftovers)"
     )

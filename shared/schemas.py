@@ -99,8 +99,10 @@ class TaskSpec(_Strict):
     tiers: int = Field(
         1, ge=1, le=16, description="priority tiers (by relevance) so a client can train on a prefix; 1 = none"
     )
-    access: Literal["public", "token"] = Field(
-        "public", description="public: anyone may read the task and its payloads; token: readers need a token"
+    access: Literal["public", "token"] | None = Field(
+        None,
+        description="public: anyone may read the task and its payloads; token: readers need a token. Omitted: a "
+        "new task is public and an existing one keeps its access (only its owner may change it)",
     )
     codec: Literal["auto", "paper-v1", "entropy-v1", "entropy-v2"] = Field(
         "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
@@ -162,7 +164,7 @@ class ReportIn(_Strict):
     student_arch: str = Field(min_length=1, max_length=100)
     epochs: int = Field(ge=0, le=100_000)
     accuracy: float | None = Field(None, ge=0.0, le=1.0, description="on the client's own test split, if any")
-    n_test: int | None = Field(None, ge=1)
+    n_test: int | None = Field(None, ge=1, le=2**31 - 1)
     wall_s: float = Field(ge=0.0, le=1e7)
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form, at most 4 KB as JSON")
 
@@ -185,7 +187,8 @@ class ReportInfo(ReportIn):
 
 class ReportsPublic(BaseModel):
     data: list[ReportInfo]
-    count: int
+    count: int = Field(description="reports on this page")
+    next: str | None = Field(None, description="URL of the next page, if there is one")
 
 
 class ReportSummary(BaseModel):
@@ -227,6 +230,20 @@ class TaskInfo(BaseModel):
     latest_version: int | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class TaskEvent(BaseModel):
+    at: datetime
+    actor: str
+    action: Literal["created", "published", "access", "owner"]
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskHistory(BaseModel):
+    task: str
+    owner: str | None = None
+    data: list[TaskEvent]
+    count: int
 
 
 class TasksPublic(BaseModel):

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import repo
-from plada.server.api.deps import CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
-from plada.server.api.views import job_info, report_info, task_info, version_info
-from plada.server.auth import Caller, require
+from plada.server.api.deps import MAX_ID, CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
+from plada.server.api.views import job_info, report_info, task_info, ts, version_info
+from plada.server.auth import Caller, require, require_owner
 from plada.server.db import TaskRow
 from plada.server.publishing import publish
-from plada.shared.errors import PayloadTooLargeError, TaskNotFoundError
+from plada.shared.errors import (
+    PayloadTooLargeError,
+    RateLimitedError,
+    TaskNotFoundError,
+)
 from plada.shared.payload import MEDIA_TYPE
 from plada.shared.schemas import (
     PublishResponse,
     ReportIn,
     ReportInfo,
     ReportsPublic,
+    TaskEvent,
+    TaskHistory,
     TaskInfo,
     TasksPublic,
     VersionInfo,
@@ -40,15 +49,81 @@ def _readable(session: SessionDep, name: str, caller: Caller) -> TaskRow:
     return t
 
 
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await upload.read(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"upload exceeds {limit} bytes (PLADA_MAX_UPLOAD_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+_PUBLISH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["spec", "data"],
+                    "properties": {
+                        "spec": {"type": "string", "description": "TaskSpec as JSON"},
+                        "data": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "labelled target train set: .npz or .zip",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _publish_form(request: Request, limit: int) -> tuple[str, str, bytes]:
+    """(spec JSON, file name, data bytes) from the multipart body, read only now that the caller is known."""
+    try:  # the app's BodyLimit middleware stops the body at PLADA_MAX_UPLOAD_BYTES (+1 MiB of form framing)
+        form = await request.form(max_files=1, max_fields=2)
+    except StarletteHTTPException as exc:  # the multipart parser's own complaints (bad framing, too many parts)
+        if exc.status_code == 413:
+            raise
+        raise _form_error("body", f"not a valid multipart form: {exc.detail}") from exc
+    try:
+        spec, data = form.get("spec"), form.get("data")
+        if not isinstance(spec, str):
+            raise _form_error("spec", "Field required (text: the TaskSpec as JSON)")
+        if data is None or isinstance(data, str):
+            raise _form_error("data", "Field required (a file: .npz or .zip)")
+        chunks, total = [], 0
+        while chunk := await data.read(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLargeError(f"upload exceeds {limit} bytes (PLADA_MAX_UPLOAD_BYTES)")
+            chunks.append(chunk)
+        return spec, data.filename or "", b"".join(chunks)
+    finally:
+        await form.close()
+
+
+def _form_error(field: str, msg: str) -> RequestValidationError:
+    """The same 422 ``validation_error`` FastAPI gives for a malformed request."""
+    return RequestValidationError([{"loc": ("body", field), "msg": msg, "type": "value_error"}])
+
+
+class UploadSlots:
+    """At most ``n`` uploads received and checked at once per process. A publish waits up to ``wait_s`` for a
+    slot *before its body is read*, then gets 429: parallel uploads cannot fill memory or the disk."""
+
+    def __init__(self, n: int, wait_s: float = 10.0) -> None:
+        self.n, self.wait_s = n, wait_s
+        self._sem: asyncio.Semaphore | None = None  # made on first use, inside the server's event loop
+
+    async def take(self) -> None:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.n)
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.wait_s)
+        except TimeoutError:
+            raise RateLimitedError(
+                f"{self.n} uploads are already being processed (PLADA_MAX_CONCURRENT_UPLOADS); retry shortly",
+                retry_after=5,
+            ) from None
+
+    def release(self) -> None:
+        assert self._sem is not None
+        self._sem.release()
 
 
 @router.post(
@@ -56,25 +131,28 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PublishResponse,
     summary="Publish a task (or a new version of it)",
+    openapi_extra=_PUBLISH_BODY,
 )
 async def create_task(
-    request: Request,
-    caller: CallerDep,
-    factory: FactoryDep,
-    settings: SettingsDep,
-    spec: Annotated[str, Form(description="TaskSpec as JSON")],
-    data: Annotated[UploadFile, File(description="labelled target train set: .npz or .zip")],
+    request: Request, caller: CallerDep, factory: FactoryDep, settings: SettingsDep
 ) -> PublishResponse:
     """Queues a job that trains a teacher, selects pool items and publishes a new immutable version.
 
-    Needs a ``publish`` token (unless ``PLADA_AUTH=off``); at most ``PLADA_PUBLISH_RATE_PER_MIN`` a minute."""
+    Needs a ``publish`` token (unless ``PLADA_AUTH=off``) and, for an existing task, its owner's token (or an
+    admin's); at most ``PLADA_PUBLISH_RATE_PER_MIN`` a minute. The caller is checked before a byte of the body
+    is read, so refused uploads cost nothing."""
     require(caller, "publish", "publishing")
     request.app.state.publish_limiter.hit(caller.token_id or (request.client.host if request.client else "?"))
-    raw = await _read_limited(data, settings.max_upload_bytes)
-    # parsing up to PLADA_MAX_UPLOAD_BYTES and the SQLite commit must not block the event loop
-    task, version, job = await run_in_threadpool(
-        publish, factory, settings, spec_json=spec, data=raw, filename=data.filename or ""
-    )
+    slots: UploadSlots = request.app.state.upload_slots
+    await slots.take()
+    try:
+        spec, filename, raw = await _publish_form(request, settings.max_upload_bytes)
+        # parsing up to PLADA_MAX_UPLOAD_BYTES and the SQLite commit must not block the event loop
+        task, version, job = await run_in_threadpool(
+            publish, factory, settings, spec_json=spec, data=raw, filename=filename, caller=caller
+        )
+    finally:
+        slots.release()
     with factory() as s:
         info = job_info(s, repo.get_job(session=s, job_id=job.id))
     base = f"/v1/tasks/{task.name}"
@@ -84,6 +162,16 @@ async def create_task(
         job=info,
         links={"job": f"/v1/jobs/{job.id}", "task": base, "payload": f"{base}/versions/{version.number}/payload"},
     )
+
+
+@router.get("/{task}/history", response_model=TaskHistory, summary="Who created, published and changed a task")
+def get_history(task: str, session: SessionDep, caller: CallerDep) -> TaskHistory:
+    """The owner's (and admins') view: every version published, every access or owner change, who and when."""
+    t = _readable(session, task, caller)
+    require_owner(caller, t.name, t.owner, "read the history of")
+    rows = repo.task_history(session=session, task=t)
+    events = [TaskEvent(at=ts(r.at), actor=r.actor, action=r.action, detail=r.detail) for r in rows]  # type: ignore[arg-type]
+    return TaskHistory(task=t.name, owner=t.owner, data=events, count=len(events))
 
 
 @router.get("", response_model=TasksPublic, summary="List tasks")
@@ -119,10 +207,12 @@ def get_version(task: str, version: VersionNumber, session: SessionDep, caller: 
     summary="Report a client's training outcome on this version",
 )
 def create_report(
-    task: str, version: VersionNumber, report: ReportIn, session: SessionDep, caller: CallerDep
+    request: Request, task: str, version: VersionNumber, report: ReportIn, session: SessionDep, caller: CallerDep
 ) -> ReportInfo:
-    """Needs a token (``read`` is enough) unless ``PLADA_AUTH=off``: anonymous reports would be noise."""
+    """Needs a token (``read`` is enough) unless ``PLADA_AUTH=off``: anonymous reports would be noise. One report
+    per client and version (a new one replaces the old); at most ``PLADA_REPORT_RATE_PER_MIN`` a minute."""
     require(caller, "read", "reporting")
+    request.app.state.report_limiter.hit(caller.token_id or (request.client.host if request.client else "?"))
     t = _readable(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
     row = repo.add_report(session=session, version=v, report=report)
@@ -131,11 +221,21 @@ def create_report(
 
 
 @router.get("/{task}/versions/{version}/reports", response_model=ReportsPublic, summary="Client reports, oldest first")
-def list_reports(task: str, version: VersionNumber, session: SessionDep, caller: CallerDep) -> ReportsPublic:
+def list_reports(
+    task: str,
+    version: VersionNumber,
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="reports per page")] = 100,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="continue after this report id (from `next`)")] = 0,
+) -> ReportsPublic:
     t = _readable(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
-    rows = repo.list_reports(session=session, version=v)
-    return ReportsPublic(data=[report_info(t, v, r) for r in rows], count=len(rows))
+    rows = repo.list_reports(session=session, version=v, limit=limit + 1, after=after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = f"/v1/tasks/{t.name}/versions/{v.number}/reports?limit={limit}&after={rows[-1].id}" if more else None
+    return ReportsPublic(data=[report_info(t, v, r) for r in rows], count=len(rows), next=nxt)
 
 
 def _payload_response(

@@ -26,6 +26,7 @@ def api_stack(
             "PLADA_MAX_UPLOAD_BYTES": str(3_000_000),
             "PLADA_MAX_INFLATED_BYTES": str(50_000_000),
             "PLADA_PUBLISH_RATE_PER_MIN": "100000",  # the rate limit has its own stack and test
+            "PLADA_REPORT_RATE_PER_MIN": "100000",
         }
         | db,
     )

@@ -248,7 +248,7 @@ def test_reports_are_validated_and_only_taken_for_ready_versions(api_stack: Loca
         good | {"surprise": 1},
     ):
         assert_problem(httpx.post(f"{url}/1/reports", json=bad, headers=h), 422, "validation_error")
-    assert httpx.get(f"{url}/1/reports").json() == {"data": [], "count": 0}
+    assert httpx.get(f"{url}/1/reports").json() == {"data": [], "count": 0, "next": None}
     assert httpx.get(f"{url}/1").json()["reports"] == {"count": 0, "with_accuracy": 0, "mean_accuracy": None}
 
 

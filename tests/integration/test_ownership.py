@@ -1,0 +1,189 @@
+"""Who owns a task, and uploads that cannot exhaust the host: each test tries to break one property against a
+real uvicorn over a real SQLite file (and PostgreSQL, where the api_stack fixture runs both)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from test_api import GOOD, SPEC, _counts, _post, assert_problem
+
+from plada.server.local import LocalStack
+
+
+def _h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_only_the_owner_publishes_new_versions(api_stack: LocalStack) -> None:
+    spec = SPEC | {"name": "owned", "access": "token"}
+    alice, mallory = api_stack.token("publish", "team-a"), api_stack.token("publish", "team-b")
+    assert _post(api_stack, spec, GOOD, token=alice).status_code == 202
+    before = _counts(api_stack)
+    for tok in (mallory, api_stack.token("read", "team-a")):
+        r = _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=tok)
+        assert_problem(r, 403, "forbidden")
+        r = _post(api_stack, SPEC | {"name": "owned", "access": "public"}, GOOD, token=tok)
+        assert_problem(r, 403, "forbidden")
+    assert _counts(api_stack) == before  # nothing written: no version, no job, no upload
+    task = httpx.get(f"{api_stack.url}/v1/tasks/owned", headers=_h(alice)).json()
+    assert task["access"] == "token" and task["latest_version"] is None
+    versions = httpx.get(f"{api_stack.url}/v1/tasks/owned/versions", headers=_h(alice)).json()
+    assert versions["count"] == 1
+    assert _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=alice).status_code == 202
+    # a second token of the same owner (a rotated key, a teammate) publishes too
+    made = _cli(api_stack, "token", "create", "--scope", "publish", "--name", "alice-2", "--owner", "team-a")
+    assert _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=str(made["token"])).status_code == 202
+    assert _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=api_stack.token("admin", "ops")).status_code == 202
+
+
+def test_access_never_changes_as_a_side_effect(api_stack: LocalStack) -> None:
+    owner = api_stack.token("publish", "team-c")
+    base = f"{api_stack.url}/v1/tasks"
+    assert _post(api_stack, SPEC | {"name": "gated", "access": "token"}, GOOD, token=owner).status_code == 202
+    # a republish that omits "access" (the spec most publishers send) keeps the task gated, also while pending
+    assert _post(api_stack, SPEC | {"name": "gated"}, GOOD, token=owner).status_code == 202
+    assert_problem(httpx.get(f"{base}/gated"), 404, "task_not_found")
+    assert_problem(httpx.get(f"{base}/gated/versions"), 404, "task_not_found")
+    assert "gated" not in httpx.get(api_stack.url + "/").text
+    # an explicit change by the owner is allowed and recorded: who and when
+    t0 = time.time()
+    assert _post(api_stack, SPEC | {"name": "gated", "access": "public"}, GOOD, token=owner).status_code == 202
+    assert httpx.get(f"{base}/gated").json()["access"] == "public"
+    hist = httpx.get(f"{base}/gated/history", headers=_h(owner)).json()
+    assert hist["owner"] == "team-c"
+    actions = [e["action"] for e in hist["data"]]
+    assert actions == ["created", "published", "published", "access", "published"], actions
+    change = hist["data"][3]
+    assert change["detail"] == {"old": "token", "new": "public"} and "team-c" in change["actor"]
+    from datetime import datetime
+
+    assert datetime.fromisoformat(change["at"]).timestamp() >= t0 - 1
+    # the history names tokens: only the owner and admins read it
+    assert_problem(httpx.get(f"{base}/gated/history", headers=_h(api_stack.token("read"))), 403, "forbidden")
+    other = api_stack.token("publish", "team-d")
+    assert_problem(httpx.get(f"{base}/gated/history", headers=_h(other)), 403, "forbidden")
+
+
+def test_refused_publishers_are_refused_before_the_body_is_read(api_stack: LocalStack) -> None:
+    """Headers that promise a 3 MB body (within the limit), a few bytes sent: the answer (401, 403) must come
+    without waiting for a body that never arrives; nothing is spooled to disk."""
+    host, port = api_stack.url.removeprefix("http://").split(":")
+    for auth, status in (("", 401), (f"Authorization: Bearer {api_stack.token('read')}\r\n", 403)):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = (
+                f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\n{auth}"
+                "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 3000000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b"--xyz\r\n")
+            t0 = time.monotonic()
+            answer = sock.recv(4096).decode(errors="replace")
+            assert answer.startswith(f"HTTP/1.1 {status}"), answer[:200]
+            assert time.monotonic() - t0 < 5
+    # an authorised publisher announcing more than the limit is refused from the header, before reading
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_stack.token()}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 2000000000\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        assert sock.recv(4096).decode(errors="replace").startswith("HTTP/1.1 413")
+
+
+def test_a_streamed_body_over_the_limit_is_cut_off(api_stack: LocalStack) -> None:
+    """No Content-Length (chunked): the body is counted while it streams and refused once past the limit."""
+    limit = 3_000_000  # the api_stack's PLADA_MAX_UPLOAD_BYTES
+
+    def body():  # type: ignore[no-untyped-def]
+        yield b'--b\r\nContent-Disposition: form-data; name="spec"\r\n\r\n' + json.dumps(SPEC).encode() + b"\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="data"; filename="d.npz"\r\n\r\n'
+        for _ in range(limit // 65536 + 40):
+            yield b"\0" * 65536
+
+    r = httpx.post(
+        f"{api_stack.url}/v1/tasks",
+        content=body(),
+        headers=_h(api_stack.token()) | {"Content-Type": "multipart/form-data; boundary=b"},
+        timeout=30,
+    )
+    assert_problem(r, 413, "payload_too_large")
+
+
+def test_json_bodies_are_small(api_stack: LocalStack) -> None:
+    url = f"{api_stack.url}/v1/tasks/anything/versions/1/reports"
+    r = httpx.post(url, content=b"{" + b" " * (200 << 10) + b"}", headers=_h(api_stack.token("read")))
+    assert_problem(r, 413, "payload_too_large")
+
+
+def _cli(stack: LocalStack, *args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", *args],
+        env=stack._env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_database_from_before_ownership_is_upgraded_in_place(tmp_path: Path, world_dir: Path) -> None:
+    """An old database (no owner columns, duplicate reports): the server upgrades it at start-up; its tasks are
+    ownerless, which only an admin may publish to until 'plada-server task chown' gives them an owner."""
+    stack = LocalStack(data_dir=tmp_path / "data", pools_dir=world_dir / "pools", log_dir=tmp_path / "logs")
+    try:
+        stack.start_server()
+        stack.stop_server()
+        db = sqlite3.connect(stack.data_dir / "plada.db")
+        with db:
+            db.execute("DROP INDEX uq_reports_version_client")
+            db.execute("ALTER TABLE tasks DROP COLUMN owner")
+            db.execute("ALTER TABLE tokens DROP COLUMN owner")
+            db.execute(
+                "INSERT INTO tasks (name, pool_ref, classes, access, created_at, updated_at) "
+                """VALUES ('legacy', 1, '["a", "b"]', 'token', 0, 0)"""
+            )
+            db.execute(
+                "INSERT INTO versions (task_ref, number, status, spec, metrics, created_at) "
+                "VALUES (1, 1, 'ready', '{}', '{}', 0)"
+            )
+            for acc in (0.5, 0.6):
+                db.execute(
+                    "INSERT INTO reports (version_ref, client_id, student_arch, epochs, accuracy, wall_s, extra, "
+                    f"created_at) VALUES (1, 'box', 'smallcnn', 1, {acc}, 1, '{{}}', 0)"
+                )
+        db.close()
+        stack.start_server()
+        db = sqlite3.connect(stack.data_dir / "plada.db")
+        assert db.execute("SELECT owner, access FROM tasks WHERE name = 'legacy'").fetchone() == (None, "token")
+        assert db.execute("SELECT accuracy FROM reports").fetchall() == [(0.6,)]  # the client's newest kept
+        db.close()
+        spec = SPEC | {"name": "legacy"}
+        assert_problem(_post(stack, spec, GOOD, token=stack.token("publish", "team-a")), 403, "forbidden")
+        assert _post(stack, spec, GOOD, token=stack.token("admin", "ops")).status_code == 202
+        assert _cli(stack, "task", "chown", "legacy", "team-a") == {"task": "legacy", "owner": "team-a"}
+        assert _post(stack, spec, GOOD, token=stack.token("publish", "team-a")).status_code == 202
+        hist = _cli(stack, "task", "history", "legacy")
+        assert [e["action"] for e in hist["history"]] == ["published", "owner", "published"]  # type: ignore[index]
+        assert httpx.get(f"{stack.url}/v1/tasks/legacy").status_code == 404  # still gated: access kept
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("owner", ["", "../x", "a b", "x" * 200])
+def test_bad_owner_names_are_refused_by_the_cli(api_stack: LocalStack, owner: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "plada.server.cli", "token", "create", "--scope", "publish", "--owner", owner],
+        env=api_stack._env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
