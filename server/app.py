@@ -31,7 +31,7 @@ from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
-from plada.server.publishing import sweep_orphan_uploads
+from plada.server.publishing import sweep_finished_uploads, sweep_orphan_uploads
 from plada.server.settings import Settings
 from plada.shared.errors import PladaError
 from plada.shared.pool import open_pool
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
         orphans = sweep_orphan_uploads(app.state.session_factory, settings.uploads_dir, settings.orphan_grace_s)
         if orphans:
             log.warning("removed %d orphan upload(s) left by an interrupted publish", len(orphans))
+        sweep_finished_uploads(app.state.session_factory, settings.upload_retention_s)
         log.info("plada server %s: database %s, pools %s", __version__, settings.database_url, names or "none")
         yield
         app.state.engine.dispose()
@@ -180,6 +181,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
+        # only a request body can nest deeply enough (JSON bodies are capped at 64 KiB by BodyLimit)
+        return problem(422, "validation_error", "Invalid request", "the JSON body is nested too deeply")
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -18,18 +18,35 @@ from plada.server.pipeline.selection import list_selectors
 from plada.server.settings import Settings
 from plada.server.uploads import ArchiveLimits, read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
-from plada.shared.payload import Payload, encode_payload
+from plada.shared.payload import MAX_HEADER_BYTES, Payload, encode_payload
 from plada.shared.schemas import TaskSpec
 
 _WRITE_TRIES = 5
 
 
+MAX_SPEC_CHARS = 1 << 20  # 65,535 classes of 200 characters would not fit either: the header limit says so
+MAX_SPEC_DEPTH = 8  # TaskSpec is 3 levels deep; anything deeper can only be an attack or a mistake
+
+
+def _depth(obj: object, level: int = 1) -> int:
+    if level > MAX_SPEC_DEPTH:
+        return level
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    return max((_depth(c, level + 1) for c in children), default=level)
+
+
 def parse_spec(raw: str) -> TaskSpec:
     """JSON text → TaskSpec, with every validation problem in one readable line."""
+    if len(raw) > MAX_SPEC_CHARS:
+        raise InvalidSpecError(f"spec is {len(raw)} characters; the limit is {MAX_SPEC_CHARS}")
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError:
+        raise InvalidSpecError("spec JSON is nested too deeply") from None
+    if _depth(obj) > MAX_SPEC_DEPTH:
+        raise InvalidSpecError(f"spec JSON is nested more than {MAX_SPEC_DEPTH} levels deep")
     try:
         spec = TaskSpec.model_validate(obj)
     except ValidationError as exc:
@@ -81,7 +98,7 @@ def publish(
     with factory() as s:
         pool = repo.resolve_pool(session=s, ref=spec.pool_id)
         h, w, c = upload_shape(pool.info["image_shape"], Path(pool.path), spec)
-    if spec.max_bytes is not None:
+    try:  # an empty payload of this task: its header (class names after NFC) must fit the format's limit
         floor = len(
             encode_payload(
                 Payload(
@@ -98,14 +115,20 @@ def publish(
                 codec=spec.codec,
             )
         )
-        if spec.max_bytes < floor:
-            raise InvalidSpecError(
-                f"max_bytes {spec.max_bytes} is smaller than an empty payload for this task "
-                f"({floor} bytes: header with {len(spec.classes)} class names)"
-            )
+    except ValueError as exc:
+        size = len(json.dumps(spec.classes, ensure_ascii=False).encode())
+        raise InvalidSpecError(
+            f"the class names take {size:,} bytes as UTF-8 (after Unicode NFC normalisation); a payload header "
+            f"holds at most {MAX_HEADER_BYTES:,}: {exc}"
+        ) from exc
+    if spec.max_bytes is not None and spec.max_bytes < floor:
+        raise InvalidSpecError(
+            f"max_bytes {spec.max_bytes} is smaller than an empty payload for this task "
+            f"({floor} bytes: header with {len(spec.classes)} class names)"
+        )
     with factory() as s:  # fail fast, before parsing a big upload; checked again in the write transaction
         repo.check_may_publish(session=s, spec=spec, caller=caller)
-    limits = ArchiveLimits(max_inflated=settings.max_inflated_bytes)
+    limits = ArchiveLimits(max_inflated=settings.max_inflated_bytes, max_decoded=settings.max_decoded_bytes)
     x, y = read_target_data(data, filename, spec.classes, (int(h), int(w), int(c)), limits)
     path: Path = store_upload(settings.uploads_dir, x, y)
     try:
@@ -148,4 +171,20 @@ def sweep_orphan_uploads(factory: sessionmaker[Session], uploads_dir: Path, grac
         if f.is_file() and f.name not in referenced and f.stat().st_mtime <= cutoff:
             f.unlink(missing_ok=True)
             removed.append(f)
+    return removed
+
+
+def sweep_finished_uploads(factory: sessionmaker[Session], retention_s: float) -> list[Path]:
+    """Delete the uploads of jobs that succeeded or failed for good more than ``retention_s`` ago: nothing
+    reads them again (a new version is a new upload), and a publisher's data should not outlive its use."""
+    cutoff = time.time() - retention_s
+    with factory() as s:
+        paths = s.scalars(
+            select(JobRow.data_path).where(JobRow.state.in_(("succeeded", "failed")), JobRow.updated_at <= cutoff)
+        ).all()
+    removed = []
+    for p in map(Path, paths):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed

@@ -6,6 +6,12 @@ inflated (zipfile stops at each member's declared size, so the declared sizes bo
 headers are read before their arrays so a header that claims terabytes never reaches an allocation; zip
 members are never extracted to disk and names that could escape a folder are refused; images are opened
 lazily and their pixel count checked before decoding.
+
+The checks run cheapest first: the archive's end-of-central-directory record (a few bytes at its end) gives the
+member count and the directory's size before ``zipfile`` parses the directory; every image's header gives the
+total pixels to decode before the first is decoded. Only the image formats plada documents are decoded
+(``IMAGE_FORMATS``: never EPS/PostScript or other formats that call external programs); 16-bit images are
+scaled to 8 bit (not clipped) and EXIF orientation is applied.
 """
 
 from __future__ import annotations
@@ -17,14 +23,20 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from plada.shared.errors import DecompressionBombError, InvalidDataError, UnsafeArchivePathError
 from plada.shared.pool import atomic_write
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 MAX_ITEMS = 1_000_000
 MIN_PER_CLASS = 2
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+_CD_ENTRY_MAX = 46 + 65535 * 3  # a central-directory entry: fixed part + name, extra and comment (<= 64 KiB each)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class ArchiveLimits:
     max_ratio: float = 250.0
     ratio_floor: int = 64 << 20
     max_image_pixels: int = 4096 * 4096
+    max_decoded: int = 1 << 30  # decoded bytes of all images together (sum of width x height x channels)
 
 
 DEFAULT_LIMITS = ArchiveLimits()
@@ -70,6 +83,35 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndar
     return x, y.astype(np.int64)
 
 
+def peek_central_directory(data: bytes) -> tuple[int, int]:
+    """(member count, central-directory bytes) from the end-of-central-directory record (zip64 too), read
+    before ``zipfile`` parses a directory that may claim millions of entries."""
+    tail = data[-(22 + 65535) :]
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise InvalidDataError("the archive is damaged: no end-of-central-directory record (truncated, or not a zip)")
+    entries, cd_size = (
+        int.from_bytes(tail[at + 10 : at + 12], "little"),
+        int.from_bytes(tail[at + 12 : at + 16], "little"),
+    )
+    loc = at - 20
+    if (entries == 0xFFFF or cd_size == 0xFFFFFFFF) and loc >= 0 and tail[loc : loc + 4] == b"PK\x06\x07":
+        offset = int.from_bytes(tail[loc + 8 : loc + 16], "little")  # of the zip64 end record
+        rec = data[offset : offset + 56]
+        if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
+            entries = int.from_bytes(rec[32:40], "little")
+            cd_size = int.from_bytes(rec[40:48], "little")
+    return entries, cd_size
+
+
+def _check_directory(data: bytes, limits: ArchiveLimits) -> None:
+    entries, cd_size = peek_central_directory(data)
+    if entries > limits.max_members:
+        raise DecompressionBombError(f"archive has {entries} members; the limit is {limits.max_members}")
+    if cd_size > min(len(data), max(entries, 1) * _CD_ENTRY_MAX):
+        raise InvalidDataError(f"the archive's central directory claims {cd_size} bytes for {entries} members")
+
+
 def check_archive(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
     """The archive's file members, after the count, size and ratio caps; raises before inflating anything."""
     members = [m for m in zf.infolist() if not m.is_dir()]
@@ -89,7 +131,7 @@ def check_archive(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.Zi
     return members
 
 
-def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, limit: int) -> None:
     """Read only the ``.npy`` header: its shape and dtype must fit in the bytes the member really holds."""
     fmt = np.lib.format
     with zf.open(member) as f:
@@ -104,6 +146,10 @@ def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
     if dtype.hasobject:
         raise InvalidDataError(f"array {member.filename!r} holds Python objects; only numeric arrays are read")
     need = math.prod(int(d) for d in shape) * dtype.itemsize
+    if need > limit:
+        raise DecompressionBombError(
+            f"array {member.filename!r} decodes to {need} bytes; the limit is {limit} (PLADA_MAX_DECODED_BYTES)"
+        )
     if need != member.file_size - header_len:
         raise InvalidDataError(
             f"array {member.filename!r} declares shape {tuple(shape)} of {dtype} ({need} bytes) "
@@ -119,7 +165,7 @@ def read_npz(data: bytes, n_classes: int, limits: ArchiveLimits = DEFAULT_LIMITS
                 found = sorted(n.removesuffix(".npy") for n in members)
                 raise InvalidDataError(f"the .npz needs arrays 'x' and 'y', found {found}")
             for name in ("x.npy", "y.npy"):
-                _check_npy_header(zf, members[name])
+                _check_npy_header(zf, members[name], limits.max_decoded)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             x, y = z["x"], z["y"]
     except InvalidDataError:
@@ -163,13 +209,57 @@ def _image_members(members: list[zipfile.ZipInfo], classes: set[str]) -> list[tu
     return out
 
 
+def _open_image(f: IO[bytes], name: str) -> Image.Image:
+    """Open (header only) with the documented formats alone: never a plugin that runs an external program."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(f, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # PIL's own guard, for headers far past ours
+        raise DecompressionBombError(f"image {name!r}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidDataError(
+            f"zip member {name!r} is not a readable image in a supported format ({', '.join(IMAGE_FORMATS)})"
+        ) from exc
+    except Exception as exc:  # PIL raises many types for damaged headers
+        raise InvalidDataError(f"zip member {name!r} is not a readable image: {type(exc).__name__}") from exc
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer images scaled by their range into 8-bit gray, not clipped at 255 as
+    ``convert('L')`` would; other modes (palettes, alpha, CMYK) are left to PIL's own conversions."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
+        return Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        raise InvalidDataError("floating-point images are not supported; save them as 8- or 16-bit PNG")
+    return im
+
+
+def _decode(raw: bytes, name: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image, oriented as its EXIF says, in 8 bit, resized to ``shape``."""
+    from PIL import ImageOps
+
+    h, w, c = shape
+    with _open_image(io.BytesIO(raw), name) as im:
+        try:
+            upright = _to_8bit(ImageOps.exif_transpose(im))
+            arr = np.asarray(upright.convert("L" if c == 1 else "RGB").resize((w, h)))
+        except InvalidDataError:
+            raise
+        except Exception as exc:  # PIL raises many types for undecodable images
+            raise InvalidDataError(f"zip member {name!r} is not a readable image: {type(exc).__name__}") from exc
+    return arr.reshape(h, w, c)
+
+
 def read_zip(
     data: bytes, classes: list[str], image_shape: tuple[int, int, int], limits: ArchiveLimits = DEFAULT_LIMITS
 ) -> tuple[np.ndarray, np.ndarray]:
     """``<class>/<image>`` members, decoded to the pool's image shape. Class folders match the spec's class
     names after Unicode NFC normalisation (macOS writes decomposed names into zips)."""
-    from PIL import Image
-
     h, w, c = image_shape
     index = {_nfc(name): i for i, name in enumerate(classes)}
     try:
@@ -177,27 +267,25 @@ def read_zip(
     except zipfile.BadZipFile as exc:
         raise InvalidDataError(f"data is not a readable .zip file: {exc}") from exc
     with zf:
-        xs: list[np.ndarray] = []
-        ys: list[int] = []
-        for m, folder in _image_members(check_archive(zf, limits), set(index)):
+        members = _image_members(check_archive(zf, limits), set(index))
+        for _m, folder in members:
             if folder not in index:
                 raise InvalidDataError(f"zip folder {folder!r} is not one of the spec's classes")
-            try:
-                with Image.open(io.BytesIO(zf.read(m))) as im:
-                    if im.width * im.height > limits.max_image_pixels:
-                        raise DecompressionBombError(
-                            f"image {m.filename!r} has {im.width}x{im.height} pixels; "
-                            f"the limit is {limits.max_image_pixels}"
-                        )
-                    arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)))
-            except InvalidDataError:
-                raise
-            except Image.DecompressionBombError as exc:  # PIL's own guard, for headers far past ours
-                raise DecompressionBombError(f"image {m.filename!r}: {exc}") from exc
-            except Exception as exc:  # PIL raises many types for undecodable images
-                raise InvalidDataError(f"zip member {m.filename!r} is not a readable image: {exc}") from exc
-            xs.append(arr.reshape(h, w, c))
-            ys.append(index[folder])
+        total = 0  # headers first: the whole decode is bounded before any image is decoded
+        for m, _folder in members:
+            with zf.open(m) as f, _open_image(f, m.filename) as im:
+                if im.width * im.height > limits.max_image_pixels:
+                    raise DecompressionBombError(
+                        f"image {m.filename!r} has {im.width}x{im.height} pixels; "
+                        f"the limit is {limits.max_image_pixels}"
+                    )
+                total += im.width * im.height * len(im.getbands())
+        if total > limits.max_decoded:
+            raise DecompressionBombError(
+                f"the zip's images decode to {total} bytes; the limit is {limits.max_decoded} (PLADA_MAX_DECODED_BYTES)"
+            )
+        xs = [_decode(zf.read(m), m.filename, (h, w, c)) for m, _folder in members]
+        ys = [index[folder] for _m, folder in members]
     if not xs:
         raise InvalidDataError("zip holds no images")
     return _check_arrays(np.stack(xs), np.asarray(ys, dtype=np.int64), len(classes))
@@ -215,6 +303,7 @@ def read_target_data(
         raise InvalidDataError("the data file is empty")
     if data[:2] != b"PK":
         raise InvalidDataError(f"data {filename!r} is neither a .npz nor a .zip file")
+    _check_directory(data, limits)
     try:
         names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
@@ -225,9 +314,10 @@ def read_target_data(
 
 
 def store_upload(uploads_dir: Path, x: np.ndarray, y: np.ndarray) -> Path:
-    """Write the checked arrays atomically under a fresh name; the worker reads them from here."""
+    """Write the checked arrays atomically under a fresh name; the worker reads them from here. Compressed:
+    an upload of near-constant images must not become a big file on the server's disk."""
     path = uploads_dir / f"{uuid.uuid4().hex}.npz"
-    atomic_write(path, lambda f: np.savez(f, x=x, y=y))
+    atomic_write(path, lambda f: np.savez_compressed(f, x=x, y=y))
     return path
 
 

@@ -21,6 +21,7 @@ from plada.server import jobs
 from plada.server.db import init_db, make_engine
 from plada.server.pipeline.publish import run_pipeline
 from plada.server.pipeline.teacher_cache import TeacherCache
+from plada.server.publishing import sweep_finished_uploads
 from plada.server.settings import Settings
 from plada.server.uploads import load_upload
 from plada.shared import nn as pnn
@@ -30,6 +31,7 @@ from plada.shared.schemas import TaskSpec
 from plada.shared.signing import load_or_create_key
 
 log = logging.getLogger("plada.worker")
+_SWEEP_S = 60.0  # how often an idle worker deletes expired uploads
 
 
 class _Heartbeat:
@@ -153,11 +155,21 @@ class Worker:
                 job=job,
                 worker_id=self.worker_id,
                 code="pipeline_failed",
-                message=f"{type(exc).__name__}: {exc}",
+                # publishers read this: no internal reprs or paths (the worker's log has the traceback)
+                message=f"internal error in the pipeline ({type(exc).__name__}); the worker's log has the details",
                 retry=True,
             )
             log.exception("job %s: %s", job.id, state)
         return True
+
+    def sweep_uploads(self) -> None:
+        try:
+            gone = sweep_finished_uploads(self.factory, self.settings.upload_retention_s)
+        except Exception as exc:  # house-keeping must never stop a worker (e.g. the database restarting)
+            log.warning("upload sweep failed: %s", type(exc).__name__)
+            return
+        if gone:
+            log.info("deleted %d upload(s) of finished jobs (PLADA_UPLOAD_RETENTION_S)", len(gone))
 
     def run(self, *, once: bool = False, max_idle_s: float | None = None) -> None:
         """Process jobs until stopped (SIGTERM/SIGINT), or one job with ``once``."""
@@ -167,10 +179,16 @@ class Worker:
         pnn.set_threads()
         np.seterr(over="ignore")
         idle_since = time.monotonic()
+        swept = 0.0
         log.info("worker %s ready (device %s)", self.worker_id, self.device)
         while not self._stop.is_set():
+            if time.monotonic() - swept > _SWEEP_S:
+                swept = time.monotonic()
+                self.sweep_uploads()
             if self.run_once():
                 idle_since = time.monotonic()
+                if self.settings.upload_retention_s == 0:
+                    self.sweep_uploads()
                 if once:
                     return
                 continue

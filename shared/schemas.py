@@ -45,7 +45,7 @@ class TeacherOptions(_Strict):
     batch_size: int = Field(128, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=1.0)
     val_fraction: float = Field(0.2, ge=0.05, le=0.5, description="share held out on the server for validation")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class SelectorOptions(_Strict):
@@ -79,7 +79,7 @@ class SelectorOptions(_Strict):
         "pretrained feature index",
     )
     proxy_epochs: int = Field(6, ge=1, le=50, description="smallcnn proxies: epochs (fewer for big selections)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _auto_validates(self) -> SelectorOptions:

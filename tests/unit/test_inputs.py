@@ -49,6 +49,12 @@ def test_defaults() -> None:
         ('{"name": "t", "classes": ["a", "b"], "pool_id": "mini-v1", "keep": Infinity}', "keep"),
         (json.dumps(BASE)[:-1] + ', "teacher": {"lr": NaN}}', "teacher.lr"),
         (json.dumps(BASE | {"name": "caf\u00e9"}), "name"),
+        (json.dumps(BASE | {"teacher": {"seed": 2**64}}), "teacher.seed"),
+        (json.dumps(BASE | {"selector": {"seed": -1}}), "selector.seed"),
+        (json.dumps(BASE | {"teacher": {"epochs": 10**30}}), "teacher.epochs"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (json.dumps(BASE | {"teacher": {"x": [[[[[[[[[1]]]]]]]]]}}), "nested more than"),
+        (json.dumps(BASE | {"pad": "x" * (1 << 20)}), "the limit is"),
     ],
 )
 def test_bad_spec(raw: str, match: str) -> None:
@@ -149,7 +155,7 @@ def test_npy_header_claiming_terabytes_is_refused_before_allocating() -> None:
     y = io.BytesIO()
     np.save(y, Y)
     data = _zip({"x.npy": _npy_bytes((10**7, 4096, 4096), "|u1", b"\0" * 100), "y.npy": y.getvalue()})
-    with pytest.raises(InvalidDataError, match=r"declares shape \(10000000, 4096, 4096\)"):
+    with pytest.raises(DecompressionBombError, match=r"decodes to \d+ bytes; the limit is"):
         read_target_data(data, "d.npz", ["a", "b"], SHAPE)
 
 

@@ -187,3 +187,72 @@ def test_bad_owner_names_are_refused_by_the_cli(api_stack: LocalStack, owner: st
         timeout=60,
     )
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_specs_that_can_never_succeed_are_refused_at_post(api_stack: LocalStack) -> None:
+    """U+1D160 becomes three code points (12 UTF-8 bytes) under NFC: 1,500 such class names fit the spec
+    (400 KB) but not a payload header (1.2 MB > 1 MiB). Refused at POST with 422, not after three worker
+    attempts; nothing written."""
+    before = _counts(api_stack)
+    grows = [f"{i}" + "\U0001d160" * 65 for i in range(1500)]
+    spec = json.dumps(SPEC | {"name": "nfc", "classes": grows}, ensure_ascii=False)
+    body = assert_problem(_post(api_stack, spec, GOOD), 422, "invalid_spec")
+    assert "payload header holds at most" in str(body["detail"])
+    for bad in (
+        SPEC | {"teacher": {"seed": 10**40}},
+        SPEC | {"teacher": {"epochs": 10**40}},
+        "[" * 50_000 + "]" * 50_000,
+        json.dumps(SPEC)[:-1] + ', "teacher": ' + '{"a": ' * 20 + "1" + "}" * 21,
+    ):
+        assert_problem(_post(api_stack, bad, GOOD), 422, "invalid_spec")
+    assert _counts(api_stack) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"client_id": "a", "student_arch": "s", "epochs": 1, "wall_s": 1, "extra": '
+        + b'{"a":' * 5000
+        + b"1"
+        + b"}" * 5001,
+        b'{"client_id": "a", "student_arch": "s", "epochs": 1e999, "wall_s": 1}',
+        b'{"client_id": "a", "student_arch": "s", "epochs": 1, "wall_s": 1, "n_test": 99999999999999999999999}',
+        b'{"client_id": "a", "student_arch": "s", "epochs": 1, "wall_s": 1, "accuracy": NaN}',
+        b"\xff\xfe not utf-8",
+    ],
+)
+def test_hostile_report_bodies_get_a_4xx_never_a_5xx(api_stack: LocalStack, body: bytes) -> None:
+    assert _post(api_stack, SPEC | {"name": "rep"}, GOOD).status_code == 202
+    url = f"{api_stack.url}/v1/tasks/rep/versions/1/reports"
+    r = httpx.post(url, content=body, headers=_h(api_stack.token("read")) | {"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_reports_are_one_per_client_paginated_and_rate_limited(tmp_path: Path, world_dir: Path) -> None:
+    env = {"PLADA_REPORT_RATE_PER_MIN": "5"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        assert _post(st, SPEC | {"name": "rep"}, GOOD).status_code == 202
+        db = sqlite3.connect(st.data_dir / "plada.db")
+        with db:  # no worker here: mark the version ready by hand
+            db.execute("UPDATE versions SET status = 'ready', sha256 = ?", ("0" * 64,))
+        db.close()
+        url = f"{st.url}/v1/tasks/rep/versions/1/reports"
+        h = _h(st.token("read"))
+        base = {"student_arch": "smallcnn", "epochs": 1, "wall_s": 1.0}
+        for client, acc in (("box-1", 0.5), ("box-2", 0.6), ("box-3", 0.7), ("box-1", 0.9)):
+            assert httpx.post(url, json=base | {"client_id": client, "accuracy": acc}, headers=h).status_code == 201
+        page = httpx.get(url, params={"limit": 2}).json()
+        assert page["count"] == 2 and page["next"]
+        rest = httpx.get(st.url + page["next"]).json()
+        assert rest["next"] is None
+        got = {r["client_id"]: r["accuracy"] for r in page["data"] + rest["data"]}
+        assert got == {"box-1": 0.9, "box-2": 0.6, "box-3": 0.7}  # box-1's second report replaced its first
+        summary = httpx.get(f"{st.url}/v1/tasks/rep/versions/1").json()["reports"]
+        assert summary["count"] == 3 and abs(summary["mean_accuracy"] - 0.7333) < 1e-3
+        assert httpx.post(url, json=base | {"client_id": "box-4"}, headers=h).status_code == 201  # 5th this minute
+        r = httpx.post(url, json=base | {"client_id": "box-5"}, headers=h)
+        assert_problem(r, 429, "rate_limited")
+        assert int(r.headers["Retry-After"]) >= 1
