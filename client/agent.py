@@ -1,27 +1,50 @@
 """The client daemon: follow tasks, train each new version exactly once, keep going when the server is down.
 
 State (which payload sha256 was trained, per task) lives in ``<out>/agent-state.json``, written atomically
-after each finished training, so a restarted agent neither retrains nor skips a version.
+after each finished training, so a restarted agent neither retrains nor skips a version. Several agents may
+share one ``--out``: a task is trained under a per-task lock file and the state is re-read under it, so no two
+agents train the same version (POSIX ``flock``; the locks go away with the process that held them).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plada.client.api import PladaClient
+from plada.client.api import PladaClient, check_task_name
+from plada.client.net import safe_text
 from plada.client.train import TrainConfig, load_eval_split, train_student
-from plada.shared.errors import ClientError, PladaError, ServerResponseError
+from plada.shared.errors import ClientError, PladaError, ServerResponseError, VerificationError
 from plada.shared.pool import Pool, atomic_write_bytes
 
 log = logging.getLogger("plada.agent")
 STATE_FILE = "agent-state.json"
+MAX_BACKOFF_S = 300.0
+
+
+@contextmanager
+def _flock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on ``path`` for the block; yields False at once when another holder has it and
+    ``wait`` is off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -37,6 +60,8 @@ class AgentConfig:
 
 class Agent:
     def __init__(self, client: PladaClient, pool: Pool, config: AgentConfig) -> None:
+        for task in config.tasks:
+            check_task_name(task)  # it names a folder under --out
         self.client, self.pool, self.config = client, pool, config
         self.state_path = config.out_dir / STATE_FILE
         self.state: dict[str, Any] = self._load_state()
@@ -44,12 +69,24 @@ class Agent:
 
     def _load_state(self) -> dict[str, Any]:
         try:
-            return dict(json.loads(self.state_path.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
+            state = dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError, TypeError):
             return {"trained": {}}
+        return state if isinstance(state.get("trained"), dict) else {"trained": {}}
 
     def _save_state(self) -> None:
         atomic_write_bytes(self.state_path, json.dumps(self.state, indent=2).encode())
+
+    def _trained(self, task: str) -> list[str]:
+        """What any agent on this ``--out`` has trained for ``task`` (read from disk: another may have)."""
+        self.state = self._load_state()
+        return list(self.state["trained"].get(task, []))
+
+    def _mark_trained(self, task: str, sha: str) -> None:
+        with _flock(self.config.out_dir / ".agent-state.lock", wait=True):
+            self.state = self._load_state()
+            self.state["trained"].setdefault(task, []).append(sha)
+            self._save_state()
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -57,19 +94,23 @@ class Agent:
     def poll_task(self, task: str, on_result: Callable[[dict[str, Any]], None] | None = None) -> bool:
         """Train the task's latest version if it is new; True when something was trained."""
         payload = self.client.fetch(task, pool=self.pool)
-        trained: dict[str, list[str]] = self.state.setdefault("trained", {})
         sha = payload.sha256
         assert sha is not None
-        if sha in trained.get(task, []):
+        if sha in self._trained(task):
             return False
-        log.info("task %s: new version %d (%d items), training", task, payload.version, len(payload))
-        split = None
-        if task in self.config.eval_splits:
-            split = load_eval_split(self.config.eval_splits[task], list(payload.classes))
-        out = self.config.out_dir / task / f"v{payload.version}"
-        metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split)
-        trained.setdefault(task, []).append(sha)
-        self._save_state()
+        with _flock(self.config.out_dir / task / ".train.lock", wait=False) as mine:
+            if not mine:
+                log.info("task %s: another agent on this --out is training it; skipping this round", task)
+                return False
+            if sha in self._trained(task):  # the other agent finished it while we fetched
+                return False
+            log.info("task %s: new version %d (%d items), training", task, payload.version, len(payload))
+            split = None
+            if task in self.config.eval_splits:
+                split = load_eval_split(self.config.eval_splits[task], list(payload.classes))
+            out = self.config.out_dir / task / f"v{payload.version}"
+            metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split)
+            self._mark_trained(task, sha)
         if self.config.report:
             self._report(task, payload.version, metrics)
         if on_result:
@@ -107,18 +148,26 @@ class Agent:
                 except ServerResponseError as exc:
                     if exc.problem_code in ("task_not_found", "version_not_found", "version_not_ready"):
                         log.info("task %s: nothing to train yet (%s)", task, exc.problem_code)
-                    else:
-                        log.warning("task %s: %s", task, exc.message)
+                    else:  # a broken or hostile answer: log it, back off, try again next round
+                        ok = False
+                        log.warning("task %s: bad answer from the server: %s", task, safe_text(exc.message))
+                except VerificationError as exc:
+                    ok = False
+                    log.error("task %s: refused payload: %s: %s", task, exc.code, safe_text(exc.message))
                 except ClientError as exc:
                     ok = False
-                    log.warning("server unreachable, will retry: %s", exc.message)
+                    log.warning("server unreachable, will retry: %s", safe_text(exc.message))
                 except PladaError as exc:
-                    log.error("task %s: refused payload: %s: %s", task, exc.code, exc.message)
+                    ok = False
+                    log.error("task %s: refused payload: %s: %s", task, exc.code, safe_text(exc.message))
+                except Exception as exc:  # never exit on one bad round (training bugs included): log, back off
+                    ok = False
+                    log.exception("task %s: round failed: %s", task, type(exc).__name__)
             rounds += 1
             if max_rounds is not None and rounds >= max_rounds:
                 break
-            backoff = 1.0 if ok else min(backoff * 2, 60.0)
-            self._stop.wait(self.config.poll_s if ok else min(backoff, self.config.poll_s))
+            backoff = 1.0 if ok else min(backoff * 2, MAX_BACKOFF_S)
+            self._stop.wait(self.config.poll_s if ok else min(backoff, max(self.config.poll_s, 1.0) * 10))
         return done
 
 

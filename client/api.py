@@ -11,16 +11,20 @@ import io
 import json
 import logging
 import os
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from plada.client.cache import PayloadCache
+from plada.client.net import JSON_MAX_BYTES, call_deadline, deadline_transport, safe_text
 from plada.shared.errors import (
     OfflineError,
     PipelineError,
@@ -29,9 +33,17 @@ from plada.shared.errors import (
     ServerUnavailableError,
     VerificationError,
 )
-from plada.shared.payload import Payload, decode_payload, payload_sha256, read_header
+from plada.shared.payload import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    Payload,
+    decode_payload,
+    payload_sha256,
+    read_header,
+)
 from plada.shared.pool import Pool, PoolLayout
 from plada.shared.schemas import (
+    TASK_NAME_PATTERN,
     JobInfo,
     PoolInfo,
     PublishResponse,
@@ -43,10 +55,56 @@ from plada.shared.schemas import (
 )
 from plada.shared.signing import PublicKey
 
+M = TypeVar("M", bound=BaseModel)
+
 log = logging.getLogger("plada.client")
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # seconds per socket operation (connect, each read, each write)
+DEFAULT_DEADLINE = 300.0  # seconds for a whole call, retries included: a trickling server cannot stall it
 DEFAULT_RETRIES = 3
 _RETRY_STATUS = {429, 502, 503, 504}
+PAYLOAD_MAX_BYTES = MAX_HEADER_BYTES + MAX_BODY_BYTES + 4096  # the format's own maximum (framing included)
+_TASK_NAME = re.compile(TASK_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response read in full under a size cap (what ``_request`` returns instead of a live httpx response)."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.content)
+        except (ValueError, RecursionError) as exc:
+            raise ServerResponseError(f"server sent malformed JSON for {self.url}") from exc
+
+
+def check_task_name(name: str) -> str:
+    """A task name is also a URL segment and a cache file name: anything but the server's own pattern (no
+    '/', '..', absolute paths or control characters) is refused before it reaches either."""
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
+        raise VerificationError(f"{safe_text(repr(name), 80)} is not a valid task name (lowercase a-z 0-9 . _ -)")
+    return name
+
+
+def _model(cls: type[M], obj: Any, what: str) -> M:
+    """Server JSON → model; a wrong shape or type is one readable line, not a pydantic traceback."""
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or what
+        raise ServerResponseError(f"server sent an invalid {what}: {loc}: {safe_text(first['msg'], 200)}") from None
+
+
+def _list(obj: Any, what: str) -> list[Any]:
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        raise ServerResponseError(f"server sent an invalid {what} list (no 'data' array)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -86,20 +144,28 @@ class PladaClient:
         transport: httpx.BaseTransport | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         retries: int = DEFAULT_RETRIES,
         offline: bool | None = None,
         trust: str | PublicKey | None = None,
     ) -> None:
-        headers = {"User-Agent": "plada-client"}
+        # identity: a server that compresses anyway is refused (a small body must not inflate in memory)
+        headers = {"User-Agent": "plada-client", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
-        self.retries = retries
+        self.retries, self.deadline = retries, deadline
         self.cache = PayloadCache(Path(cache_dir) if cache_dir is not None else None)
         self.offline = offline_mode() if offline is None else offline
         pinned = trust if trust is not None else os.environ.get("PLADA_TRUST") or None
         self.trust = PublicKey.parse(pinned) if isinstance(pinned, str) else pinned
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers=headers,
+            transport=transport if transport is not None else deadline_transport(),
+            follow_redirects=False,
+        )
 
     @property
     def server_key(self) -> str:
@@ -115,68 +181,124 @@ class PladaClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, *, retry: bool = True, **kw: Any) -> httpx.Response:
+    def _request(
+        self, method: str, url: str, *, retry: bool = True, max_bytes: int = JSON_MAX_BYTES, **kw: Any
+    ) -> Answer:
+        """One call: retried on transport errors and 429/5xx, all within ``deadline`` seconds; the body read
+        raw under ``max_bytes``; any status >= 400 raised as ``ServerResponseError``."""
         if self.offline:
             raise OfflineError(f"offline (PLADA_OFFLINE=1): not asking {self.base_url} for {method} {url}")
         attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                resp = self._http.request(method, url, **kw)
-            except httpx.TransportError as exc:
-                if attempt + 1 < attempts:
-                    time.sleep(min(0.25 * 2**attempt, 4.0))
+        with call_deadline(self.deadline) as at:
+            for attempt in range(attempts):
+                try:
+                    answer = self._read(method, url, max_bytes, at, **kw)
+                except httpx.TransportError as exc:
+                    if time.monotonic() >= at:
+                        raise ServerUnavailableError(
+                            f"{self.base_url} gave no complete answer to {method} {url} within {self.deadline:.0f} s"
+                        ) from exc
+                    if attempt + 1 < attempts and self._pause(attempt, at):
+                        continue
+                    raise ServerUnavailableError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+                if answer.status_code in _RETRY_STATUS and attempt + 1 < attempts and self._pause(attempt, at):
                     continue
-                raise ServerUnavailableError(f"cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from exc
-            if resp.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                time.sleep(min(0.25 * 2**attempt, 4.0))
-                continue
-            if resp.status_code >= 400:
-                raise _problem(resp)
-            return resp
+                if answer.status_code >= 400:
+                    raise _problem(answer)
+                if not 200 <= answer.status_code < 400:
+                    raise ServerResponseError(f"server answered {answer.status_code} to {method} {url}")
+                return answer
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _pause(attempt: int, at: float) -> bool:
+        """Back off before the next try, if the deadline leaves time for one."""
+        wait = min(0.25 * 2**attempt, 4.0)
+        if time.monotonic() + wait >= at:
+            return False
+        time.sleep(wait)
+        return True
+
+    def _read(self, method: str, url: str, max_bytes: int, at: float, **kw: Any) -> Answer:
+        with self._http.stream(method, url, **kw) as resp:
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ServerResponseError(
+                    f"server sent a {safe_text(encoding, 40)}-encoded body though the client asked for none; refused"
+                )
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ServerResponseError(
+                    f"server announced {int(declared):,} bytes for {url}; the cap is {max_bytes:,}"
+                )
+            chunks, total = [], 0
+            for chunk in resp.iter_bytes():  # no decoding happens: encoded bodies were refused above
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ServerResponseError(f"server sent more than {max_bytes:,} bytes for {url}; refused")
+                if time.monotonic() >= at:
+                    raise httpx.ReadTimeout("the call's deadline passed")
+                chunks.append(chunk)
+            return Answer(resp.status_code, resp.headers, b"".join(chunks), url)
 
     def _json(self, url: str) -> Any:
         return self._request("GET", url).json()
 
+    @staticmethod
+    def _path(task: str) -> str:
+        return "/v1/tasks/" + urllib.parse.quote(check_task_name(task), safe="")
+
     def health(self) -> dict[str, Any]:
-        return dict(self._json("/healthz"))
+        body = self._json("/healthz")
+        if not isinstance(body, dict):
+            raise ServerResponseError("server sent an invalid health answer")
+        return body
 
     def pools(self) -> list[PoolInfo]:
-        return [PoolInfo.model_validate(p) for p in self._json("/v1/pools")["data"]]
+        return [_model(PoolInfo, p, "pool") for p in _list(self._json("/v1/pools"), "pool")]
 
     def tasks(self) -> list[TaskInfo]:
-        return [TaskInfo.model_validate(t) for t in self._json("/v1/tasks")["data"]]
+        return [_model(TaskInfo, t, "task") for t in _list(self._json("/v1/tasks"), "task")]
 
     def task(self, name: str) -> TaskInfo:
-        return TaskInfo.model_validate(self._json(f"/v1/tasks/{name}"))
+        return _model(TaskInfo, self._json(self._path(name)), "task")
 
     def versions(self, task: str) -> list[VersionInfo]:
-        return [VersionInfo.model_validate(v) for v in self._json(f"/v1/tasks/{task}/versions")["data"]]
+        rows = _list(self._json(f"{self._path(task)}/versions"), "version")
+        return [_model(VersionInfo, v, "version") for v in rows]
 
     def version(self, task: str, version: int) -> VersionInfo:
-        return VersionInfo.model_validate(self._json(f"/v1/tasks/{task}/versions/{version}"))
+        return _model(VersionInfo, self._json(f"{self._path(task)}/versions/{int(version)}"), "version")
 
-    def pool_layout(self, pool: str) -> tuple[np.ndarray, str]:
+    def pool_layout(self, pool: str, max_items: int = 1 << 31) -> tuple[np.ndarray, str]:
         """The server's coding-layout groups for ``pool`` (name or id) and their layout id."""
-        resp = self._request("GET", f"/v1/pools/{pool}/layout")
+        resp = self._request(
+            "GET", f"/v1/pools/{urllib.parse.quote(pool, safe='')}/layout", max_bytes=max_items * 8 + 4096
+        )
         try:
             groups = np.load(io.BytesIO(resp.content), allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise VerificationError(f"layout of pool {pool!r} is not a readable .npy array: {exc}") from exc
+        except (ValueError, OSError, EOFError) as exc:
+            raise VerificationError(f"layout of pool {safe_text(pool, 80)} is not a readable .npy array") from exc
+        if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer):
+            raise VerificationError(f"layout of pool {safe_text(pool, 80)} is not a 1-D integer array")
         return groups, resp.headers.get("X-Plada-Layout-Id", "")
 
-    def ensure_layout(self, header: dict[str, Any], pool: Pool) -> None:
-        """A payload coded in a layout the local pool lacks: fetch the layout once, verify it, store it."""
+    def ensure_layout(self, header: dict[str, Any], pool: Pool) -> PoolLayout | None:
+        """The coding layout a payload needs: the pool's own, or one kept in the cache. A layout the client
+        lacks is fetched once, checked (one group per pool item, hashing to the layout id the payload names) and
+        kept in the cache: the pool's files are never rewritten on a server's word."""
         wanted = header.get("codec", {}).get("layout")
-        if wanted is None or (pool.layout is not None and pool.layout.layout_id == wanted):
-            return
-        groups, layout_id = self.pool_layout(header["pool_id"])
+        found = resolve_layout(header, pool, self.cache)
+        if found is not None or wanted is None:
+            return found
+        groups, layout_id = self.pool_layout(header["pool_id"], max_items=len(pool))
         if layout_id != wanted or len(groups) != len(pool) or PoolLayout.from_groups(groups).layout_id != wanted:
             raise VerificationError(f"the server's layout for pool {pool.name} does not match the payload's")
-        pool.set_clusters(groups)
+        self.cache.put_layout(pool.pool_id, wanted, groups)
+        return resolve_layout(header, pool, self.cache)
 
     def job(self, job_id: int) -> JobInfo:
-        return JobInfo.model_validate(self._json(f"/v1/jobs/{job_id}"))
+        return _model(JobInfo, self._json(f"/v1/jobs/{int(job_id)}"), "job")
 
     def publish(
         self, spec: TaskSpec | dict[str, Any], data: bytes | Path, *, filename: str | None = None
@@ -188,20 +310,31 @@ class PladaClient:
             data = data.read_bytes()
         files = {"data": (filename or "data.npz", data, "application/octet-stream")}
         resp = self._request("POST", "/v1/tasks", retry=False, data={"spec": body_spec}, files=files)
-        return PublishResponse.model_validate(resp.json())
+        return _model(PublishResponse, resp.json(), "publish answer")
 
     def report(self, task: str, version: int, report: ReportIn | dict[str, Any]) -> ReportInfo:
         """Tell the publisher how a student trained on this version did (shown on the server's dashboard)."""
         body = report if isinstance(report, ReportIn) else ReportIn.model_validate(report)
         resp = self._request(
-            "POST", f"/v1/tasks/{task}/versions/{version}/reports", retry=False, json=body.model_dump(mode="json")
+            "POST",
+            f"{self._path(task)}/versions/{int(version)}/reports",
+            retry=False,
+            json=body.model_dump(mode="json"),
         )
-        return ReportInfo.model_validate(resp.json())
+        return _model(ReportInfo, resp.json(), "report")
 
-    def reports(self, task: str, version: int) -> list[ReportInfo]:
-        return [
-            ReportInfo.model_validate(r) for r in self._json(f"/v1/tasks/{task}/versions/{version}/reports")["data"]
-        ]
+    def reports(self, task: str, version: int, *, max_pages: int = 100) -> list[ReportInfo]:
+        """Every report on a version, page by page (at most ``max_pages`` pages of 1,000)."""
+        out: list[ReportInfo] = []
+        url: str | None = f"{self._path(task)}/versions/{int(version)}/reports?limit=1000"
+        for _ in range(max_pages):
+            if url is None:
+                break
+            body = self._json(url)
+            out += [_model(ReportInfo, r, "report") for r in _list(body, "report")]
+            nxt = body.get("next")
+            url = nxt if isinstance(nxt, str) and nxt.startswith(self._path(task) + "/") else None
+        return out
 
     def wait_job(
         self,
@@ -229,11 +362,19 @@ class PladaClient:
             time.sleep(poll)
 
     def download(self, task: str, version: int | str = "latest", *, etag: str | None = None) -> Download:
-        url = f"/v1/tasks/{task}/payload" if version == "latest" else f"/v1/tasks/{task}/versions/{version}/payload"
+        base = self._path(task)
+        url = f"{base}/payload" if version == "latest" else f"{base}/versions/{_version_number(version)}/payload"
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
-        resp = self._request("GET", url, headers=headers)
-        sha = resp.headers.get("ETag", "").strip('"')
-        ver = int(resp.headers.get("X-Plada-Version", "0"))
+        resp = self._request("GET", url, headers=headers, max_bytes=PAYLOAD_MAX_BYTES)
+        sha = resp.headers.get("ETag", "").strip().removeprefix("W/").strip('"')
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise VerificationError(f"server sent no usable ETag for {task!r} (expected the payload's sha256)")
+        try:
+            ver = int(resp.headers.get("X-Plada-Version", ""))
+        except ValueError:
+            raise VerificationError(f"server sent no usable X-Plada-Version for {task!r}") from None
+        if version != "latest" and ver != _version_number(version):
+            raise VerificationError(f"asked for version {version} of {task!r}, the server answered version {ver}")
         sig = resp.headers.get("X-Plada-Signature")
         if resp.status_code == 304:
             return Download(data=None, sha256=sha, version=ver, signature=sig)
@@ -249,6 +390,7 @@ class PladaClient:
         """A verified payload: from the cache when the server's ETag says it is current (or when offline),
         else downloaded, checked against ``pool`` (pool_id, coding layout) and cached. ``payload.sha256`` is
         its content address; the bytes are ``client.cache.get(payload.sha256)``."""
+        check_task_name(task)
         if self.offline:
             ref = self.cache.find(task, version)
             if ref is None:
@@ -274,6 +416,18 @@ class PladaClient:
         signature = dl.signature or self.cache.signature(dl.sha256)
         self._check_signature(dl.sha256, signature)
         payload = self._verify(task, data, dl.sha256, pool)
+        if payload.version != dl.version:
+            raise VerificationError(
+                f"server labelled a payload of {task!r} version {dl.version}, but the payload says {payload.version}"
+            )
+        if version != "latest" and payload.version != _version_number(version):
+            raise VerificationError(f"asked for version {version} of {task!r}, got a payload of {payload.version}")
+        seen = self.cache.ref(self.server_key, f"{task}@latest")
+        if version == "latest" and seen is not None and payload.version < int(seen.get("version", 0)):
+            raise VerificationError(
+                f"server offers version {payload.version} of {task!r} as the latest, but version "
+                f"{seen.get('version')} was already seen from it: refused (rollback protection)"
+            )
         self.cache.put(data)
         if signature:
             self.cache.put_signature(dl.sha256, signature)
@@ -291,15 +445,40 @@ class PladaClient:
         return PublicKey.parse(self._json("/v1/signing-key")["public_key"])
 
     def _verify(self, task: str, data: bytes, sha: str, pool: Pool | None) -> Payload:
+        layout = None
         if pool is not None:  # before decoding: a payload for another pool must say so, not fail to decode
             header = read_header(data)[0]
             check_pool(header, pool)
-            if not self.offline:
-                self.ensure_layout(header, pool)
-        payload = decode_payload(data, expected_sha256=sha, layout=pool.layout if pool is not None else None)
+            layout = resolve_layout(header, pool, self.cache) if self.offline else self.ensure_layout(header, pool)
+        payload = decode_payload(data, expected_sha256=sha, layout=layout)
         if payload.task != task:
-            raise VerificationError(f"server sent a payload for task {payload.task!r}, asked for {task!r}")
+            raise VerificationError(
+                f"server sent a payload for task {safe_text(repr(payload.task), 80)}, asked for {task!r}"
+            )
         return payload
+
+
+def _version_number(version: int | str) -> int:
+    try:
+        n = int(version)
+    except ValueError:
+        raise VerificationError(f"version must be a number or 'latest', not {safe_text(repr(version), 40)}") from None
+    if n < 1:
+        raise VerificationError(f"version must be >= 1, not {n}")
+    return n
+
+
+def resolve_layout(header: dict[str, Any], pool: Pool, cache: PayloadCache | None) -> PoolLayout | None:
+    """The layout a payload header names, from the pool itself or the client cache; None if neither has it
+    (or the payload names none: then the pool's own layout, as the decoder expects)."""
+    wanted = header.get("codec", {}).get("layout")
+    if wanted is None or (pool.layout is not None and pool.layout.layout_id == wanted):
+        return pool.layout
+    groups = cache.layout(pool.pool_id, str(wanted)) if cache is not None else None
+    if groups is None or len(groups) != len(pool):
+        return None
+    layout = PoolLayout.from_groups(groups)
+    return layout if layout.layout_id == wanted else None
 
 
 def offline_mode() -> bool:
@@ -307,12 +486,16 @@ def offline_mode() -> bool:
     return os.environ.get("PLADA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _problem(resp: httpx.Response) -> ServerResponseError:
+def _problem(resp: Answer) -> ServerResponseError:
+    """The server's problem+json as an error whose text is safe to print (it came from the network)."""
     try:
-        body = resp.json()
+        body = json.loads(resp.content)
         code, detail = str(body.get("code", f"http_{resp.status_code}")), str(body.get("detail", ""))
-    except (ValueError, AttributeError):
-        code, detail = f"http_{resp.status_code}", resp.text[:200]
+    except (ValueError, AttributeError, RecursionError):
+        code, detail = f"http_{resp.status_code}", resp.content[:200].decode("utf-8", "replace")
+    code = code if re.fullmatch(r"[a-z0-9_]{1,64}", code) else f"http_{resp.status_code}"
     return ServerResponseError(
-        f"server answered {resp.status_code} {code}: {detail}", http_status=resp.status_code, problem_code=code
+        f"server answered {resp.status_code} {code}: {safe_text(detail, 500)}",
+        http_status=resp.status_code,
+        problem_code=code,
     )

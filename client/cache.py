@@ -5,13 +5,24 @@ Writes are atomic (temp file + rename) and reads re-hash the bytes, so a torn or
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from plada.client.net import safe_text
+from plada.shared.errors import VerificationError
 from plada.shared.payload import payload_sha256
 from plada.shared.pool import atomic_write_bytes
+from plada.shared.schemas import TASK_NAME_PATTERN
+
+_TASK_NAME = re.compile(TASK_NAME_PATTERN.strip("^$"))
+_REF_SERVER = re.compile(r"[0-9a-f]{16}|imported")
+_HEX = re.compile(r"[0-9a-f]{16,64}")
 
 
 def default_cache_dir() -> Path:
@@ -32,10 +43,41 @@ class PayloadCache:
         return self.root / "payloads" / f"{sha}.plada"
 
     def _ref(self, server_key: str, task: str) -> Path:
-        return self.root / "refs" / server_key / f"{task}.json"
+        """``refs/<server>/<task>@<version>.json``; names come from the network (payload headers, servers), so
+        anything but a valid task name, a version and a hex server key is refused before it becomes a path."""
+        name, _, version = task.rpartition("@")
+        if (
+            not _REF_SERVER.fullmatch(server_key)
+            or not _TASK_NAME.fullmatch(name)
+            or not (version == "latest" or version.isdigit())
+        ):
+            raise VerificationError(
+                f"refusing cache ref {safe_text(repr(server_key + '/' + task), 120)}: "
+                "not a valid task name@version (lowercase a-z 0-9 . _ -)"
+            )
+        return self.root / "refs" / server_key / f"{name}@{version}.json"
+
+    def _layout(self, pool_id: str, layout_id: str) -> Path:
+        if not _HEX.fullmatch(pool_id) or not _HEX.fullmatch(layout_id):
+            raise VerificationError("refusing a layout whose pool or layout id is not hexadecimal")
+        return self.root / "layouts" / pool_id / f"{layout_id}.npy"
+
+    def layout(self, pool_id: str, layout_id: str) -> np.ndarray | None:
+        """A coding layout (one group id per pool item) kept for ``pool_id``; None when absent or unreadable."""
+        try:
+            return np.load(self._layout(pool_id, layout_id), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put_layout(self, pool_id: str, layout_id: str, groups: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(groups, dtype=np.int32))
+        atomic_write_bytes(self._layout(pool_id, layout_id), buf.getvalue())
 
     def get(self, sha: str) -> bytes | None:
         """Cached bytes for ``sha``, or None when absent or damaged (a damaged file is removed)."""
+        if not isinstance(sha, str) or not _HEX.fullmatch(sha):
+            return None
         path = self._blob(sha)
         try:
             data = path.read_bytes()
@@ -61,9 +103,13 @@ class PayloadCache:
 
     def put_signature(self, sha: str, signature: str) -> None:
         """The server's detached signature of payload ``sha`` (verified by the caller when a key is pinned)."""
+        if not _HEX.fullmatch(sha) or len(signature) > 512:
+            raise VerificationError("refusing a signature that is too long or for a non-hex sha256")
         atomic_write_bytes(self.root / "signatures" / f"{sha}.sig", signature.encode())
 
     def signature(self, sha: str) -> str | None:
+        if not _HEX.fullmatch(sha):
+            return None
         try:
             return (self.root / "signatures" / f"{sha}.sig").read_text().strip() or None
         except (FileNotFoundError, UnicodeDecodeError):
@@ -72,7 +118,7 @@ class PayloadCache:
     def ref(self, server_key: str, task: str) -> dict[str, Any] | None:
         try:
             return dict(json.loads(self._ref(server_key, task).read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError, TypeError):  # absent, unreadable or not a JSON object: no ref
             return None
 
     def set_ref(self, server_key: str, task: str, *, sha: str, version: int) -> None:
@@ -155,6 +201,7 @@ class PayloadCache:
 
     def import_bytes(self, data: bytes, *, task: str, version: int) -> str:
         """Store a payload that arrived by other means (already verified by the caller) under ``imported``."""
+        self._ref("imported", f"{task}@{int(version)}")  # a hostile name is refused before anything is written
         sha = self.put(data)
         self.set_ref("imported", f"{task}@{version}", sha=sha, version=version)
         latest = self.ref("imported", f"{task}@latest")

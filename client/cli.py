@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plada.client.net import safe_text
 from plada.shared.errors import PladaError
 
 EXAMPLES = """examples:
@@ -79,17 +80,18 @@ def _emit(obj: Any) -> None:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
         return
     for k, v in obj.items():
-        print(f"{k}: {_cell(v)}")
+        print(f"{safe_text(k)}: {_cell(v)}")
 
 
 def _cell(v: Any) -> str:
+    """One table cell, made safe to print: much of it (task names, messages, metrics) came from a server."""
     if v is None:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict | list):
-        return json.dumps(v, default=str)
-    return str(v)
+        return safe_text(json.dumps(v, default=str))
+    return safe_text(v)
 
 
 def cmd_verify_pool(args: argparse.Namespace) -> int:
@@ -121,7 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     pool = _open_pool(args.pool) if args.pool else None
     data = _read(args.file)
-    info = inspect_payload(data, layout=pool.layout if pool is not None else None)
+    info = inspect_payload(data, layout=_layout(data, pool, getattr(args, "cache", None)))
     if not args.full:
         info.pop("label_counts", None)
     info["signature"] = _signature_report(args, data)
@@ -152,6 +154,23 @@ def _signature_report(args: argparse.Namespace, data: bytes) -> dict[str, Any]:
     return out
 
 
+def _layout(data: bytes, pool: Any, cache_dir: str | None) -> Any:
+    """The coding layout a local payload file needs: the pool's own, or one the cache kept from a server."""
+    from plada.client.api import resolve_layout
+    from plada.client.cache import PayloadCache
+    from plada.shared.payload import read_header
+
+    if pool is None:
+        return None
+    return resolve_layout(read_header(data)[0], pool, PayloadCache(Path(cache_dir) if cache_dir else None))
+
+
+def _client(args: argparse.Namespace, **kw: Any) -> Any:
+    from plada.client.api import PladaClient
+
+    return PladaClient(args.server, token=args.token, timeout=args.timeout, deadline=args.deadline, **kw)
+
+
 def _read(path: str) -> bytes:
     from plada.shared.errors import PayloadError
 
@@ -162,11 +181,10 @@ def _read(path: str) -> bytes:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from plada.client.api import PladaClient
     from plada.shared.pool import atomic_write_bytes
 
     pool = _open_pool(args.pool)
-    with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
+    with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
         payload = client.fetch(args.task, args.version, pool=pool)
         data = client.cache.get(payload.sha256 or "")
         if data is None:
@@ -212,7 +230,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from plada.client.api import PladaClient, check_pool, offline_mode
+    from plada.client.api import check_pool, offline_mode
     from plada.client.cache import PayloadCache
     from plada.client.train import load_eval_split, train_student
     from plada.shared.errors import OfflineError
@@ -222,9 +240,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.payload:
         data = _read(args.payload)
         check_pool(read_header(data)[0], pool)
-        payload = decode_payload(data, layout=pool.layout)
+        payload = decode_payload(data, layout=_layout(data, pool, args.cache))
     elif args.server and not offline_mode():
-        with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
+        with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
             payload = client.fetch(args.task, args.version, pool=pool)
     else:  # from the cache: offline, or no server given
         cache = PayloadCache(Path(args.cache) if args.cache else None)
@@ -238,7 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (key := _trusted(args)) is not None:
             key.verify(ref["sha256"], cache.signature(ref["sha256"]))
         check_pool(read_header(data)[0], pool)
-        payload = decode_payload(data, expected_sha256=ref["sha256"], layout=pool.layout)
+        payload = decode_payload(data, expected_sha256=ref["sha256"], layout=_layout(data, pool, args.cache))
         why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
         print(
             f"plada-client: {why}: training from cached payload {payload.task} v{payload.version} "
@@ -254,9 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from plada.client.api import PladaClient
 
-    with PladaClient(args.server, token=args.token) as client:
+    with _client(args) as client:
         rows = [
             {
                 "task": t.name,
@@ -272,9 +289,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from plada.client.api import PladaClient
 
-    with PladaClient(args.server, token=args.token) as client:
+    with _client(args) as client:
         rows = []
         for v in client.versions(args.task):
             val = v.metrics.get("validation", {})
@@ -321,7 +337,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     pool = _open_pool(args.pool) if args.pool else None
     if pool is not None:
         check_pool(header, pool)
-    payload = decode_payload(data, layout=pool.layout if pool is not None else None)  # full verification
+    payload = decode_payload(data, layout=_layout(data, pool, args.cache))  # full verification
     sig_path = Path(args.file + ".sig")
     signature = sig_path.read_text().strip() if sig_path.is_file() else None
     key = _trusted(args)
@@ -346,7 +362,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from plada.client.agent import Agent, AgentConfig
-    from plada.client.api import PladaClient
 
     pool = _open_pool(args.pool)
     evals = dict(item.split("=", 1) for item in args.eval)
@@ -359,7 +374,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         report=not args.no_report,
         **({"client_id": args.client_id} if args.client_id else {}),
     )
-    with PladaClient(args.server, token=args.token, cache_dir=args.cache, trust=_trusted(args)) as client:
+    with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
         agent = Agent(client, pool, cfg)
         signal.signal(signal.SIGTERM, agent.stop)
         signal.signal(signal.SIGINT, agent.stop)
@@ -390,10 +405,9 @@ def read_spec(text: str) -> Any:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from plada.client.api import PladaClient
 
     spec = read_spec(args.spec)
-    with PladaClient(args.server, token=args.token) as client:
+    with _client(args) as client:
         resp = client.publish(spec, Path(args.data))
         if args.wait:
             bar = _bar(f"publishing {resp.task} v{resp.version}")
@@ -404,10 +418,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+def _server_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--server", required=required, help="base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="bearer token (when the server asks for one)")
     _trust_arg(p)
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds each network read, write or connect may take (30)"
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        help="seconds one call to the server may take in all, retries included (300): a server that trickles "
+        "bytes cannot stall the client",
+    )
 
 
 def _trust_arg(p: argparse.ArgumentParser) -> None:
@@ -505,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--full", action="store_true", help="include per-class label counts")
     p.add_argument("--pool", help="the payload's pool: needed to decode payloads coded in the pool's group order")
+    p.add_argument("--cache", help="cache folder with layouts fetched from servers (default $PLADA_CACHE)")
     _trust_arg(p)
     p.add_argument("--require-signature", action="store_true", help="exit 1 unless FILE.sig verifies (--trust)")
     p.set_defaults(fn=cmd_inspect)
@@ -529,9 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--payload", help="payload file")
     src.add_argument("--task", help="task name: fetched from --server, or from the cache when offline")
     p.add_argument("--version", default="latest", help="with --task")
-    p.add_argument("--server", help="with --task: base URL (omit, or PLADA_OFFLINE=1, to use the cache)")
-    p.add_argument("--token", default=None)
-    _trust_arg(p)
+    _server_args(p, required=False)
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     p.add_argument("--pool", required=True)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.json")
@@ -598,13 +621,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except PladaError as exc:
-        print(f"plada-client: error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except (json.JSONDecodeError, ValueError, OSError) as exc:
-        print(f"plada-client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"plada-client: error: {exc.code}: {safe_text(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # never a traceback (PLADA_DEBUG=1 shows one): one line, exit status 1
+        if os.environ.get("PLADA_DEBUG"):
+            raise
+        print(f"plada-client: error: {type(exc).__name__}: {safe_text(exc, 500)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

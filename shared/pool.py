@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import struct
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,11 @@ def compute_pool_id(keys: KeyTable | np.ndarray | Sequence[str], hashes: np.ndar
 
 
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write through a temporary file in the same folder, then rename: readers never see half a file. The temp
+    name is unique per writer (process and call), so threads and processes writing one path never collide:
+    the last rename wins, and every rename installs a complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
         with open(tmp, "wb") as f:
             write(f)

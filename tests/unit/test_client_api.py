@@ -146,10 +146,14 @@ def test_503_is_retried() -> None:
         assert c.tasks() == []
 
 
-def _layout_server(payload_data: bytes, groups: np.ndarray, layout_id: str) -> httpx.MockTransport:
+def _layout_server(
+    payload_data: bytes, groups: np.ndarray, layout_id: str, calls: list[str] | None = None
+) -> httpx.MockTransport:
     import io
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if calls is not None:
+            calls.append(request.url.path)
         if request.url.path.endswith("/layout"):
             buf = io.BytesIO()
             np.save(buf, groups.astype("<i4"))
@@ -160,8 +164,9 @@ def _layout_server(payload_data: bytes, groups: np.ndarray, layout_id: str) -> h
     return httpx.MockTransport(handler)
 
 
-def test_fetch_installs_the_servers_cluster_layout_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The server coded the payload in its pool's cluster order; the client's copy has no clusters yet."""
+def test_fetch_keeps_the_servers_cluster_layout_in_the_cache_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The server coded the payload in its pool's cluster order; the client's copy has no clusters. The layout
+    is fetched once, checked, and kept in the client cache: the pool's own files are never rewritten."""
     from plada.shared.pool import PoolLayout, open_pool, write_array_pool
 
     rng = np.random.default_rng(0)
@@ -182,11 +187,20 @@ def test_fetch_installs_the_servers_cluster_layout_once(tmp_path) -> None:  # ty
     )
     data = encode_payload(p, codec="entropy-v1", layout=layout)
     assert "layout" in __import__("plada.shared.payload", fromlist=["x"]).read_header(data)[0]["codec"]
-    with PladaClient("http://plada.test", transport=_layout_server(data, clusters, layout.layout_id)) as c:
-        got = c.fetch("t", pool=pool)
-        assert np.array_equal(got.indices, idx)
-        assert open_pool(tmp_path / "pool").layout.layout_id == layout.layout_id  # type: ignore[union-attr]
-        wrong = rng.integers(0, 7, 500)
+    manifest = (tmp_path / "pool" / "manifest.npz").read_bytes()
+    calls: list[str] = []
+    for _ in range(2):
+        with PladaClient(
+            "http://plada.test",
+            cache_dir=tmp_path / "cache",
+            transport=_layout_server(data, clusters, layout.layout_id, calls),
+        ) as c:
+            got = c.fetch("t", pool=pool)
+            assert np.array_equal(got.indices, idx)
+    assert sum(p.endswith("/layout") for p in calls) == 1  # fetched once, then from the cache
+    assert open_pool(tmp_path / "pool").layout is None  # the pool is untouched
+    assert (tmp_path / "pool" / "manifest.npz").read_bytes() == manifest
+    wrong = rng.integers(0, 7, 500)
     other = write_array_pool(
         tmp_path / "pool2", "p", np.asarray(pool.batch(np.arange(500)))[..., 0], [f"k{i}" for i in range(500)]
     )
