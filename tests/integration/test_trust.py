@@ -256,3 +256,33 @@ def test_reports_are_one_per_client_paginated_and_rate_limited(tmp_path: Path, w
         r = httpx.post(url, json=base | {"client_id": "box-5"}, headers=h)
         assert_problem(r, 429, "rate_limited")
         assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_the_dashboard_stays_small_with_thousands_of_reports_and_dozens_of_jobs(
+    tmp_path: Path, world_dir: Path
+) -> None:
+    """3,000 reports on one version and 40 active jobs: the page plots the latest 200 reports, lists every
+    active job once, and its script reloads at most every 15 s (a page that can never match the job list
+    must not reload in a loop)."""
+    env = {"PLADA_PUBLISH_RATE_PER_MIN": "1000"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        for i in range(40):
+            assert _post(st, SPEC | {"name": f"busy-{i}"}, GOOD).status_code == 202
+        db = sqlite3.connect(st.data_dir / "plada.db")
+        with db:
+            db.execute(
+                "UPDATE versions SET status = 'ready', sha256 = ?, size_bytes = 900 WHERE task_ref = 1", ("0" * 64,)
+            )
+            db.executemany(
+                "INSERT INTO reports (version_ref, client_id, student_arch, epochs, accuracy, wall_s, extra, "
+                "created_at) VALUES (1, ?, 'smallcnn', 1, 0.5, 1, '{}', 0)",
+                [(f"box-{i}",) for i in range(3000)],
+            )
+            db.execute("UPDATE jobs SET state = 'succeeded' WHERE task_ref = 1")
+        db.close()
+        page = httpx.get(st.url + "/", timeout=30).text
+        assert page.count('class="pt-reported"') == 200
+        assert page.count('class="job-active"') == 39  # every active job, so the poller finds them all
+        assert "sessionStorage" in page and "15000" in page
+        assert len(page) < 200_000, len(page)

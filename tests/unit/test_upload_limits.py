@@ -149,3 +149,33 @@ def test_uploads_of_finished_jobs_are_deleted_after_the_retention(tmp_path: Path
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["queued.npz", "recent.npz", "running.npz"]
     assert {p.name for p in sweep_finished_uploads(factory, 0.0)} == {"recent.npz"}
     assert os.path.exists(files["running"]) and os.path.exists(files["queued"])
+
+
+def test_a_pipeline_crash_reaches_the_publisher_without_internal_text(tmp_path: Path) -> None:
+    """An unexpected exception (here: the upload file vanished) carries a path in its text; the job's message,
+    which the API shows to the publisher, names only the kind of failure."""
+    from plada.server.settings import Settings
+    from plada.server.worker import Worker
+
+    settings = Settings(data_dir=tmp_path / "data")
+    worker = Worker(settings, worker_id="w")
+    secret = tmp_path / "very" / "secret" / "upload.npz"
+    with worker.factory.begin() as s:
+        pool = PoolRow(name="p", pool_id="0" * 64, n_items=1, path=str(tmp_path / "pool"), info={})
+        s.add(pool)
+        s.flush()
+        task = TaskRow(name="t", pool_ref=pool.id, classes=["a", "b"])
+        s.add(task)
+        s.flush()
+        v = VersionRow(
+            task_ref=task.id, number=1, spec={"name": "t", "classes": ["a", "b"], "pool_id": "p"}, metrics={}
+        )
+        s.add(v)
+        s.flush()
+        s.add(JobRow(task_ref=task.id, version_ref=v.id, data_path=str(secret)))
+    assert worker.run_once()
+    with worker.factory() as s:
+        job = s.query(JobRow).one()
+        assert job.error_code == "pipeline_failed"
+        assert "secret" not in (job.error_message or "") and str(tmp_path) not in (job.error_message or "")
+        assert "FileNotFoundError" in (job.error_message or "")
