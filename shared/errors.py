@@ -211,9 +211,7 @@ class ServerResponseError(ClientError):
     code = "server_error"
     title = "Server answered with an error"
 
-    def __init__(
-        self, message: str, *, http_status: int = 0, problem_code: str = "bad_answer", **extra: Any
-    ) -> None:
+    def __init__(self, message: str, *, http_status: int = 0, problem_code: str = "bad_answer", **extra: Any) -> None:
         """``bad_answer``: the answer itself was broken (malformed, too big, wrong types, unasked encoding)."""
         super().__init__(message, **extra)
         self.http_status = http_status
