@@ -186,33 +186,56 @@ def main() -> int:
                 tok = tokens[int(rng.integers(0, len(tokens)))]
                 headers = {"Authorization": f"Bearer {tok}"} if tok else {}
                 kind = random.choice(["npz", "zip", "spec", "report", "report"])
-                if kind == "report":
-                    resp = http.post(
-                        f"{stack.url}/v1/tasks/fuzz/versions/1/reports",
-                        content=_report(rng),
-                        headers=headers | {"Content-Type": "application/json"},
-                    )
-                else:
-                    data = _npz(rng) if kind in ("npz", "spec") else _zip(rng)
-                    if kind != "spec" or rng.integers(0, 2):
-                        data = _mutate(data, rng) if rng.integers(0, 3) else data
-                    spec = _spec(rng) if kind == "spec" else json.dumps(SPEC)
-                    resp = http.post(
-                        f"{stack.url}/v1/tasks",
-                        data={"spec": spec},
-                        files={"data": (random.choice(["d.npz", "d.zip", "../x", ""]), data)},
-                        headers=headers,
-                    )
+                try:
+                    resp = _send(http, stack, kind, headers, rng)
+                except httpx.TransportError as exc:
+                    counts.setdefault(kind, Counter())[0] += 1
+                    print(f"no answer to request {i} ({kind}): {type(exc).__name__}", file=sys.stderr)
+                    if stack.server is not None and stack.server.poll() is not None:
+                        print("the server died; its log:\n" + _tail(Path(tmp) / "logs"), file=sys.stderr)
+                        return 1
+                    continue
                 counts.setdefault(kind, Counter())[resp.status_code] += 1
                 if resp.status_code >= 500:
                     print(f"5xx on request {i} ({kind}): {resp.text[:300]}", file=sys.stderr)
+                    print(_tail(Path(tmp) / "logs"), file=sys.stderr)
+    return _table(counts, args.requests)
+
+
+def _tail(logs: Path) -> str:
+    text = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+    return text[-4000:]
+
+
+def _send(
+    http: httpx.Client, stack: LocalStack, kind: str, headers: dict[str, str], rng: np.random.Generator
+) -> httpx.Response:
+    if kind == "report":
+        return http.post(
+            f"{stack.url}/v1/tasks/fuzz/versions/1/reports",
+            content=_report(rng),
+            headers=headers | {"Content-Type": "application/json"},
+        )
+    data = _npz(rng) if kind in ("npz", "spec") else _zip(rng)
+    if kind != "spec" or rng.integers(0, 2):
+        data = _mutate(data, rng) if rng.integers(0, 3) else data
+    spec = _spec(rng) if kind == "spec" else json.dumps(SPEC)
+    return http.post(
+        f"{stack.url}/v1/tasks",
+        data={"spec": spec},
+        files={"data": (random.choice(["d.npz", "d.zip", "../x", ""]), data)},
+        headers=headers,
+    )
+
+
+def _table(counts: dict[str, Counter[int]], n: int) -> int:
     statuses = sorted({s for c in counts.values() for s in c})
     print("| kind | requests | " + " | ".join(str(s) for s in statuses) + " |")
     print("|---|---|" + "---|" * len(statuses))
     for kind, c in sorted(counts.items()):
         print(f"| {kind} | {sum(c.values())} | " + " | ".join(str(c.get(s, 0)) for s in statuses) + " |")
-    n5xx = sum(n for c in counts.values() for s, n in c.items() if s >= 500)
-    print(f"\n{args.requests} requests, {n5xx} answered 5xx")
+    n5xx = sum(k for c in counts.values() for s, k in c.items() if s >= 500 or s == 0)
+    print(f"\n{n} requests, {n5xx} answered 5xx (status 0: no answer)")
     return 1 if n5xx else 0
 
 

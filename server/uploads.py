@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from plada.shared.errors import DecompressionBombError, InvalidDataError, UnsafeArchivePathError
+from plada.shared.errors import DecompressionBombError, InvalidDataError, PladaError, UnsafeArchivePathError
 from plada.shared.pool import atomic_write
 
 if TYPE_CHECKING:
@@ -298,7 +298,28 @@ def read_target_data(
     image_shape: tuple[int, int, int],
     limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sniff the content, not the name: an archive of ``.npy`` members is an npz, anything else a zip."""
+    """Sniff the content, not the name: an archive of ``.npy`` members is an npz, anything else a zip.
+
+    zipfile, numpy's header parser and PIL raise many exception types on hostile bytes (NotImplementedError
+    for an unknown zip version, tokenize errors for a mangled ``.npy`` header, RuntimeError for encryption…):
+    whatever they raise is the data's fault, so it becomes ``invalid_data`` here, never a 500."""
+    try:
+        return _read_target_data(data, filename, classes, image_shape, limits)
+    except (PladaError, MemoryError):
+        raise
+    except Exception as exc:
+        raise InvalidDataError(
+            f"data {filename!r} is not a readable archive ({type(exc).__name__} while reading it)"
+        ) from exc
+
+
+def _read_target_data(
+    data: bytes,
+    filename: str,
+    classes: list[str],
+    image_shape: tuple[int, int, int],
+    limits: ArchiveLimits,
+) -> tuple[np.ndarray, np.ndarray]:
     if not data:
         raise InvalidDataError("the data file is empty")
     if data[:2] != b"PK":

@@ -179,3 +179,30 @@ def test_a_pipeline_crash_reaches_the_publisher_without_internal_text(tmp_path: 
         assert job.error_code == "pipeline_failed"
         assert "secret" not in (job.error_message or "") and str(tmp_path) not in (job.error_message or "")
         assert "FileNotFoundError" in (job.error_message or "")
+
+
+def _npy_raw(header: bytes) -> bytes:
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    ["npy header with an open bracket", "unknown zip version", "encrypted member"],
+)
+def test_library_exceptions_on_hostile_archives_are_invalid_data(mangle: str) -> None:
+    """Found by bench/fuzz_inputs.py (500s before): numpy's header parser raises tokenize errors, zipfile
+    NotImplementedError or RuntimeError; all are the data's fault."""
+    y = io.BytesIO()
+    np.save(y, np.repeat([0, 1], 6))
+    header = b"{'descr': ([" + b" " * 50 + b"\n"
+    data = bytearray(_zip({"x.npy": _npy_raw(header) + b"\0" * 64, "y.npy": y.getvalue()}))
+    if mangle == "unknown zip version":
+        for sig, off in ((b"PK\x01\x02", 6), (b"PK\x03\x04", 4)):
+            at = bytes(data).find(sig)
+            data[at + off : at + off + 2] = (151).to_bytes(2, "little")
+    elif mangle == "encrypted member":
+        for sig, off in ((b"PK\x01\x02", 8), (b"PK\x03\x04", 6)):
+            at = bytes(data).find(sig)
+            data[at + off] |= 1
+    with pytest.raises(InvalidDataError):
+        read_target_data(bytes(data), "d.npz", ["a", "b"], SHAPE)
