@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_inputs import _zip
 
 from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, init_db, make_engine
 from plada.server.publishing import sweep_finished_uploads
@@ -19,14 +20,6 @@ from plada.server.uploads import ArchiveLimits, peek_central_directory, read_tar
 from plada.shared.errors import DecompressionBombError, InvalidDataError
 
 SHAPE = (28, 28, 1)
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, content in members.items():
-            zf.writestr(name, content)
-    return buf.getvalue()
 
 
 def _png(img: Image.Image) -> bytes:
