@@ -286,3 +286,30 @@ def test_the_dashboard_stays_small_with_thousands_of_reports_and_dozens_of_jobs(
         assert page.count('class="job-active"') == 39  # every active job, so the poller finds them all
         assert "sessionStorage" in page and "15000" in page
         assert len(page) < 200_000, len(page)
+
+
+def test_uploads_in_flight_are_bounded_before_their_bodies_are_read(tmp_path: Path, world_dir: Path) -> None:
+    """One slot (PLADA_MAX_CONCURRENT_UPLOADS=1) held by a publisher that sends its body slowly: a second
+    publisher waits for the slot (10 s) and gets 429 without its body being read; once the first upload is
+    gone, publishing works again."""
+    env = {"PLADA_MAX_CONCURRENT_UPLOADS": "1"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        host, port = st.url.removeprefix("http://").split(":")
+        slow = socket.create_connection((host, int(port)), timeout=30)
+        slow.sendall(
+            (
+                f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {st.token()}\r\n"
+                "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 2000000\r\n\r\n--xyz\r\n"
+            ).encode()
+        )
+        time.sleep(0.5)  # the first publish has its slot and waits for the rest of its body
+        t0 = time.monotonic()
+        r = _post(st, SPEC | {"name": "second"}, GOOD)
+        assert_problem(r, 429, "rate_limited")
+        assert 9 <= time.monotonic() - t0 < 20 and r.headers["Retry-After"]
+        slow.close()
+        deadline = time.monotonic() + 20
+        while (r := _post(st, SPEC | {"name": "second"}, GOOD)).status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert r.status_code == 202, r.text
