@@ -300,6 +300,10 @@ class PladaClient:
     def job(self, job_id: int) -> JobInfo:
         return _model(JobInfo, self._json(f"/v1/jobs/{int(job_id)}"), "job")
 
+    def cancel_job(self, job_id: int) -> JobInfo:
+        """Cancel a queued or running job (the task's owner or an admin); its pending version is cancelled."""
+        return _model(JobInfo, self._request("DELETE", f"/v1/jobs/{int(job_id)}", retry=False).json(), "job")
+
     def publish(
         self, spec: TaskSpec | dict[str, Any], data: bytes | Path, *, filename: str | None = None
     ) -> PublishResponse:
@@ -352,6 +356,8 @@ class PladaClient:
                 on_progress(info)
             if info.state == "succeeded":
                 return info
+            if info.state == "cancelled":
+                raise PipelineError(f"job {job_id} was cancelled")
             if info.state == "failed":
                 err = info.error
                 raise PipelineError(

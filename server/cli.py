@@ -289,6 +289,28 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job(args: argparse.Namespace) -> int:
+    """The queue from the server's shell: list it, cancel a job (the shell holds the database: an admin)."""
+    from plada.server import jobs, repo
+    from plada.server.api.views import job_info
+    from plada.server.db import init_db, make_engine
+
+    factory = init_db(make_engine(_settings(args).database_url))
+    with factory.begin() as s:
+        if args.job_command == "cancel":
+            row = jobs.cancel_job(s, repo.get_job(session=s, job_id=args.id), by="plada-server job cancel")
+            out: Any = job_info(s, row).model_dump(mode="json")
+        else:
+            rows = repo.list_jobs(session=s, limit=args.limit, active_only=not args.all)
+            out = [
+                {k: v for k, v in job_info(s, r).model_dump(mode="json").items() if k != "error"}
+                | {"worker": r.worker_id}
+                for r in rows
+            ]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from plada.server import repo
     from plada.server.db import init_db, make_engine
@@ -336,6 +358,8 @@ _SUB_EXAMPLES = {
     "token list": "plada-server token list",
     "token revoke": "plada-server token revoke 3",
     "task chown": "plada-server task chown fashion vision-team",
+    "job list": "plada-server job list --all --limit 20",
+    "job cancel": "plada-server job cancel 12",
     "task history": "plada-server task history fashion",
     "key show": "plada-server key show --data-dir plada-data   # then: plada-client pull --trust ed25519:...",
 }
@@ -476,6 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("name")
     p.set_defaults(fn=cmd_task)
+    jb = sub.add_parser("job", help="the job queue: list it, cancel a job")
+    jbsub = jb.add_subparsers(dest="job_command", required=True)
+    p = jbsub.add_parser("list", help="queued and running jobs, newest first (--all: finished ones too)")
+    _common(p)
+    p.add_argument("--all", action="store_true", help="include succeeded, failed and cancelled jobs")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(fn=cmd_job)
+    p = jbsub.add_parser(
+        "cancel", help="cancel a queued or running job (a running one stops at its next progress point)"
+    )
+    _common(p)
+    p.add_argument("id", type=int)
+    p.set_defaults(fn=cmd_job)
     key = sub.add_parser("key", help="the ed25519 key that signs every version")
     ksub = key.add_subparsers(dest="key_command", required=True)
     p = ksub.add_parser("show", help="print the public key clients pin (creates the key on first use)")

@@ -14,6 +14,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server.db import JobRow, PoolRow, TaskRow, VersionRow, now
+from plada.shared.errors import JobFinishedError
 
 
 @dataclass(frozen=True)
@@ -174,3 +175,23 @@ def fail_job(
             if version is not None:
                 version.status = "failed"
         return row.state
+
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def cancel_job(session: Session, job: JobRow, *, by: str) -> JobRow:
+    """Cancel a queued or running job: it and its pending version become ``cancelled`` at once. A running job's
+    worker finds out at its next heartbeat (the job is no longer running under its id), stops at its next
+    progress point and writes nothing: ``complete_job`` only publishes a job it still owns."""
+    if job.state not in ACTIVE:
+        raise JobFinishedError(f"job {job.id} already {job.state}; only queued or running jobs can be cancelled")
+    t = now()
+    job.state, job.updated_at, job.lease_until = "cancelled", t, None
+    job.error_code, job.error_message, job.message = "job_cancelled", f"cancelled by {by}"[:2000], "cancelled"
+    version = session.get(VersionRow, job.version_ref)
+    if version is not None and version.status == "pending":
+        version.status = "cancelled"
+    session.flush()
+    return job

@@ -175,12 +175,15 @@ def sweep_orphan_uploads(factory: sessionmaker[Session], uploads_dir: Path, grac
 
 
 def sweep_finished_uploads(factory: sessionmaker[Session], retention_s: float) -> list[Path]:
-    """Delete the uploads of jobs that succeeded or failed for good more than ``retention_s`` ago: nothing
-    reads them again (a new version is a new upload), and a publisher's data should not outlive its use."""
+    """Delete the uploads of jobs that ended (succeeded, failed for good, cancelled) more than ``retention_s``
+    ago: nothing reads them again (a new version is a new upload), and a publisher's data should not outlive
+    its use."""
     cutoff = time.time() - retention_s
     with factory() as s:
         paths = s.scalars(
-            select(JobRow.data_path).where(JobRow.state.in_(("succeeded", "failed")), JobRow.updated_at <= cutoff)
+            select(JobRow.data_path).where(
+                JobRow.state.in_(("succeeded", "failed", "cancelled")), JobRow.updated_at <= cutoff
+            )
         ).all()
     removed = []
     for p in map(Path, paths):

@@ -25,7 +25,7 @@ from plada.server.publishing import sweep_finished_uploads
 from plada.server.settings import Settings
 from plada.server.uploads import load_upload
 from plada.shared import nn as pnn
-from plada.shared.errors import PladaError
+from plada.shared.errors import JobCancelledError, PladaError
 from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import TaskSpec
 from plada.shared.signing import load_or_create_key
@@ -53,6 +53,9 @@ class _Heartbeat:
         self._thread.join()
 
     def report(self, fraction: float, message: str) -> None:
+        """The pipeline's progress callback: also where a cancelled (or lost) job stops."""
+        if self.lost:
+            raise JobCancelledError(f"job {self.job.id} was cancelled or lost its lease; stopping")
         self.progress = (fraction, message)
 
     def _run(self) -> None:
@@ -144,6 +147,8 @@ class Worker:
                 len(result.data),
                 len(result.payload),
             )
+        except JobCancelledError:
+            log.info("job %s: cancelled (or lease lost) while running; stopped, nothing written", job.id)
         except PladaError as exc:
             state = jobs.fail_job(
                 self.factory, job=job, worker_id=self.worker_id, code=exc.code, message=exc.message, retry=False

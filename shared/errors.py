@@ -189,6 +189,21 @@ class RateLimitedError(PladaError):
     title = "Too many requests"
 
 
+class JobFinishedError(PladaError):
+    """A job that already ended (succeeded, failed or cancelled) cannot be cancelled."""
+
+    code = "job_finished"
+    status = 409
+    title = "Job already finished"
+
+
+class JobCancelledError(PladaError):
+    """Raised inside a worker at the next progress point of a job that was cancelled (or lost its lease)."""
+
+    code = "job_cancelled"
+    title = "Job cancelled"
+
+
 class PipelineError(PladaError):
     code = "pipeline_failed"
     status = 500

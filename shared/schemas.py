@@ -140,8 +140,8 @@ class ErrorInfo(BaseModel):
     message: str
 
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
-VersionStatus = Literal["pending", "ready", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+VersionStatus = Literal["pending", "ready", "failed", "cancelled"]
 
 
 class JobInfo(BaseModel):

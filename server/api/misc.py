@@ -10,9 +10,10 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
-from plada.server import repo
+from plada.server import jobs, repo
 from plada.server.api.deps import CallerDep, JobId, SessionDep
 from plada.server.api.views import job_info, pool_info
+from plada.server.auth import require_owner
 from plada.server.db import TaskRow
 from plada.shared.errors import JobNotFoundError, LayoutNotFoundError
 from plada.shared.pool import Pool, open_pool
@@ -44,6 +45,21 @@ def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     task = session.get(TaskRow, row.task_ref)
     if task is not None and task.access == "token" and caller.scope is None:
         raise JobNotFoundError(f"no job {job_id}")
+    return job_info(session, row)
+
+
+@jobs_router.delete("/{job_id}", response_model=JobInfo, summary="Cancel a queued or running job")
+def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
+    """The task's owner or an admin. A queued job and its pending version are cancelled at once; a running
+    job stops at its worker's next progress point and publishes nothing. 409 ``job_finished`` otherwise."""
+    row = repo.get_job(session=session, job_id=job_id)
+    task = session.get(TaskRow, row.task_ref)
+    assert task is not None  # foreign key
+    if task.access == "token" and caller.scope is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    require_owner(caller, task.name, task.owner, "cancel a job of")
+    jobs.cancel_job(session, row, by=caller.actor)
+    session.commit()
     return job_info(session, row)
 
 

@@ -313,3 +313,21 @@ def test_uploads_in_flight_are_bounded_before_their_bodies_are_read(tmp_path: Pa
         while (r := _post(st, SPEC | {"name": "second"}, GOOD)).status_code == 429 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert r.status_code == 202, r.text
+
+
+def test_a_queued_job_is_cancelled_by_its_owner_only(api_stack: LocalStack) -> None:
+    owner = api_stack.token("publish", "team-cancel")
+    r = _post(api_stack, SPEC | {"name": "to-cancel"}, GOOD, token=owner)
+    assert r.status_code == 202
+    job = r.json()["job"]["id"]
+    url = f"{api_stack.url}/v1/jobs/{job}"
+    assert_problem(httpx.delete(url), 401, "unauthorized")
+    assert_problem(httpx.delete(url, headers=_h(api_stack.token("publish", "team-other"))), 403, "forbidden")
+    assert httpx.get(url).json()["state"] == "queued"
+    done = httpx.delete(url, headers=_h(owner))
+    assert done.status_code == 200 and done.json()["state"] == "cancelled"
+    assert done.json()["error"]["code"] == "job_cancelled"
+    version = httpx.get(f"{api_stack.url}/v1/tasks/to-cancel/versions/1").json()
+    assert version["status"] == "cancelled" and version["sha256"] is None
+    assert_problem(httpx.delete(url, headers=_h(owner)), 409, "job_finished")
+    assert_problem(httpx.delete(f"{api_stack.url}/v1/jobs/99999", headers=_h(owner)), 404, "job_not_found")
