@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +31,8 @@ from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
+from plada.server.metrics import CONTENT_TYPE as METRICS_TYPE
+from plada.server.metrics import Metrics, RequestMetrics
 from plada.server.publishing import sweep_finished_uploads, sweep_orphan_uploads
 from plada.server.settings import Settings
 from plada.shared.errors import PladaError
@@ -145,6 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.payload_cache = PayloadBytesCache()
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
+    app.state.metrics = Metrics(app.state.session_factory)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics, log_requests=settings.log_format == "json")
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
     app.mount("/static", StaticFiles(directory=_swagger_static()), name="static")
@@ -194,6 +198,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     for r in (tasks_router, jobs_router, pools_router, health_router, keys_router):
         app.include_router(r)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format: requests by route and status with latencies, payload bytes served, the job
+        queue, finished jobs and their durations, busy workers' heartbeats (server/metrics.py)."""
+        return Response(app.state.metrics.render(), media_type=METRICS_TYPE)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard(session: SessionDep) -> HTMLResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,14 +48,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from plada.server.app import create_app
+    from plada.server.logs import configure
 
     settings = _settings(args)
+    json_logs = settings.log_format == "json"
+    configure(settings.log_format, getattr(logging, args.log_level.upper()))
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
-        access_log=args.access_log,
+        # JSON: the app's own request line (route template, status, ms) replaces uvicorn's access log
+        access_log=args.access_log and not json_logs,
+        log_config=None,
     )
     _port_server(config, Path(args.port_file) if args.port_file else None).run()
     return 0
@@ -524,7 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from plada.server.logs import configure
+
+    fmt = "json" if os.environ.get("PLADA_LOG_FORMAT", "").strip().lower() == "json" else "text"
+    configure(fmt)
     try:
         return int(args.fn(args))
     except PladaError as exc:

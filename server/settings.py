@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         description="disk for cached teachers (pool scores per upload + teacher options + pool), so a version "
         "that changes only the selector or budget takes seconds; oldest entries go first; 0 = off",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="server and worker logs: text lines, or one JSON object a line (request and job events)"
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

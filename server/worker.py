@@ -34,6 +34,11 @@ log = logging.getLogger("plada.worker")
 _SWEEP_S = 60.0  # how often an idle worker deletes expired uploads
 
 
+def _fields(ev: dict[str, Any], event: str, **more: Any) -> dict[str, Any]:
+    """Structured fields of a job event (JSON logs show them; text logs keep the message)."""
+    return {"fields": ev | {"event": event} | more}
+
+
 class _Heartbeat:
     """Extends the lease every lease/3 seconds and carries the latest progress to the database."""
 
@@ -114,7 +119,10 @@ class Worker:
         job = jobs.claim_job(self.factory, worker_id=self.worker_id, lease_s=self.settings.job_lease_s)
         if job is None:
             return False
-        log.info("job %s: %s v%s (attempt %s)", job.id, job.task, job.version, job.attempt)
+        ev = {"job": job.id, "task": job.task, "version": job.version, "attempt": job.attempt}
+        log.info(
+            "job %s: %s v%s (attempt %s)", job.id, job.task, job.version, job.attempt, extra=_fields(ev, "started")
+        )
         try:
             with _Heartbeat(self.factory, job, self.worker_id, self.settings.job_lease_s) as hb:
                 spec = TaskSpec.model_validate(job.spec)
@@ -125,7 +133,7 @@ class Worker:
                 )
                 metrics = result.metrics | {"worker": self.worker_id, "attempt": job.attempt}
             if hb.lost:
-                log.warning("job %s: lease lost; result discarded", job.id)
+                log.warning("job %s: lease lost; result discarded", job.id, extra=_fields(ev, "lost"))
                 return True
             ok = jobs.complete_job(
                 self.factory,
@@ -146,14 +154,21 @@ class Worker:
                 "published" if ok else "lost lease",
                 len(result.data),
                 len(result.payload),
+                extra=_fields(ev, "published" if ok else "lost", bytes=len(result.data), items=len(result.payload)),
             )
         except JobCancelledError:
-            log.info("job %s: cancelled (or lease lost) while running; stopped, nothing written", job.id)
+            log.info(
+                "job %s: cancelled (or lease lost) while running; stopped, nothing written",
+                job.id,
+                extra=_fields(ev, "cancelled"),
+            )
         except PladaError as exc:
             state = jobs.fail_job(
                 self.factory, job=job, worker_id=self.worker_id, code=exc.code, message=exc.message, retry=False
             )
-            log.error("job %s: %s (%s): %s", job.id, state, exc.code, exc.message)
+            log.error(
+                "job %s: %s (%s): %s", job.id, state, exc.code, exc.message, extra=_fields(ev, state, code=exc.code)
+            )
         except Exception as exc:  # the boundary: any other failure becomes a retryable job failure
             state = jobs.fail_job(
                 self.factory,
@@ -164,7 +179,7 @@ class Worker:
                 message=f"internal error in the pipeline ({type(exc).__name__}); the worker's log has the details",
                 retry=True,
             )
-            log.exception("job %s: %s", job.id, state)
+            log.exception("job %s: %s", job.id, state, extra=_fields(ev, state, code="pipeline_failed"))
         return True
 
     def sweep_uploads(self) -> None:

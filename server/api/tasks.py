@@ -267,6 +267,7 @@ def _payload_response(
         data = repo.payload_bytes(session=session, version_id=row.id)
         cache.put(row.id, data)
     headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
+    request.app.state.metrics.payload_bytes.inc(len(data))
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
 
 

@@ -331,3 +331,19 @@ def test_a_queued_job_is_cancelled_by_its_owner_only(api_stack: LocalStack) -> N
     assert version["status"] == "cancelled" and version["sha256"] is None
     assert_problem(httpx.delete(url, headers=_h(owner)), 409, "job_finished")
     assert_problem(httpx.delete(f"{api_stack.url}/v1/jobs/99999", headers=_h(owner)), 404, "job_not_found")
+
+
+def test_metrics_report_requests_by_route_and_the_job_queue(api_stack: LocalStack) -> None:
+    assert _post(api_stack, SPEC | {"name": "metered"}, GOOD).status_code == 202
+    httpx.get(f"{api_stack.url}/v1/tasks/metered")
+    httpx.get(f"{api_stack.url}/v1/tasks/no-such-task")
+    r = httpx.get(f"{api_stack.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'plada_http_requests_total{method="GET",route="/v1/tasks/{task}",status="200"}' in text
+    assert 'route="/v1/tasks/{task}",status="404"' in text
+    assert "no-such-task" not in text and "metered" not in text  # templates, never raw paths
+    assert 'plada_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/tasks/{task}"}' in text
+    queued = next(line for line in text.splitlines() if line.startswith('plada_jobs{state="queued"}'))
+    assert float(queued.split()[-1]) >= 1
+    assert "plada_jobs_finished_total" in text and "plada_payload_bytes_served_total" in text

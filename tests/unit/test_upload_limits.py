@@ -199,3 +199,22 @@ def test_library_exceptions_on_hostile_archives_are_invalid_data(mangle: str) ->
             data[at + off] |= 1
     with pytest.raises(InvalidDataError):
         read_target_data(bytes(data), "d.npz", ["a", "b"], SHAPE)
+
+
+def test_json_logs_give_one_object_a_request_with_its_route(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from plada.server.app import create_app
+    from plada.server.logs import JsonFormatter
+    from plada.server.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "data", log_format="json"))
+    with caplog.at_level(logging.INFO, logger="plada.request"), TestClient(app) as client:
+        assert client.get("/v1/tasks/nope").status_code == 404
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "plada.request"]
+    obj = _json.loads(lines[-1])
+    assert obj["route"] == "/v1/tasks/{task}" and obj["status"] == 404 and obj["path"] == "/v1/tasks/nope"
+    assert obj["level"] == "info" and obj["ms"] >= 0
