@@ -317,6 +317,23 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations (they also run at every start of the server, a worker or a CLI command)."""
+    from plada.server import migrate
+    from plada.server.db import make_engine
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    if args.db_command == "upgrade":
+        before, after = migrate.upgrade(engine)
+        out = {"before": before, "after": after, "head": migrate.head()}
+    else:
+        out = {"current": migrate.current(engine), "head": migrate.head()}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from plada.server import repo
     from plada.server.db import init_db, make_engine
@@ -365,6 +382,8 @@ _SUB_EXAMPLES = {
     "token revoke": "plada-server token revoke 3",
     "task chown": "plada-server task chown fashion vision-team",
     "job list": "plada-server job list --all --limit 20",
+    "db upgrade": "plada-server db upgrade --database-url postgresql+psycopg://plada@db/plada",
+    "db current": "plada-server db current",
     "job cancel": "plada-server job cancel 12",
     "task history": "plada-server task history fashion",
     "key show": "plada-server key show --data-dir plada-data   # then: plada-client pull --trust ed25519:...",
@@ -506,6 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("name")
     p.set_defaults(fn=cmd_task)
+    dbp = sub.add_parser("db", help="database schema migrations (Alembic; also run at every start)")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    p = dbsub.add_parser("upgrade", help="migrate the database to the current schema")
+    _common(p)
+    p.set_defaults(fn=cmd_db)
+    p = dbsub.add_parser("current", help="print the database's schema revision and the newest one")
+    _common(p)
+    p.set_defaults(fn=cmd_db)
     jb = sub.add_parser("job", help="the job queue: list it, cancel a job")
     jbsub = jb.add_subparsers(dest="job_command", required=True)
     p = jbsub.add_parser("list", help="queued and running jobs, newest first (--all: finished ones too)")

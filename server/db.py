@@ -164,49 +164,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-# Columns added after the first release: (table, column, SQL type). ``create_all`` makes missing tables but
-# never alters existing ones, so an older database gets them here (nullable, so no data has to be invented).
-_ADDED_COLUMNS = (("tasks", "owner", "VARCHAR(128)"), ("tokens", "owner", "VARCHAR(128)"))
-
-
-def upgrade_db(engine: Engine) -> list[str]:
-    """Bring an older database up to this schema in place; returns what it added. Idempotent.
-
-    Tasks published before ownership existed keep ``owner`` NULL: only an admin token may publish to them
-    (or change their access) until an admin gives them an owner (``plada-server task chown``)."""
-    from sqlalchemy import inspect, text
-    from sqlalchemy.exc import DBAPIError
-
-    def missing(table: str, column: str) -> bool:
-        insp = inspect(engine)
-        return table in insp.get_table_names() and column not in {c["name"] for c in insp.get_columns(table)}
-
-    added = []
-    for table, column, sql_type in _ADDED_COLUMNS:
-        if not missing(table, column):
-            continue
-        try:
-            with engine.begin() as con:
-                con.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
-            added.append(f"{table}.{column}")
-        except DBAPIError:
-            if missing(table, column):  # not a server and a worker upgrading at the same moment: a real error
-                raise
-    with engine.begin() as con:  # reports became one per (version, client): keep each client's newest
-        if "uq_reports_version_client" not in {i["name"] for i in inspect(engine).get_indexes("reports")}:
-            con.execute(
-                text(
-                    "DELETE FROM reports WHERE id NOT IN (SELECT MAX(id) FROM reports GROUP BY version_ref, client_id)"
-                )
-            )
-            con.execute(
-                text("CREATE UNIQUE INDEX IF NOT EXISTS uq_reports_version_client ON reports (version_ref, client_id)")
-            )
-            added.append("reports.uq_reports_version_client")
-    return added
-
-
 def init_db(engine: Engine) -> sessionmaker[Any]:
-    Base.metadata.create_all(engine)
-    upgrade_db(engine)
+    """Migrate the database to the current schema (``plada.server.migrate``), then a session factory."""
+    from plada.server.migrate import upgrade
+
+    upgrade(engine)
     return sessionmaker(engine, expire_on_commit=False)

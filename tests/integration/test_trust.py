@@ -135,17 +135,27 @@ def _cli(stack: LocalStack, *args: str) -> dict[str, object]:
 
 
 def test_a_database_from_before_ownership_is_upgraded_in_place(tmp_path: Path, world_dir: Path) -> None:
-    """An old database (no owner columns, duplicate reports): the server upgrades it at start-up; its tasks are
-    ownerless, which only an admin may publish to until 'plada-server task chown' gives them an owner."""
+    """A database of the release before owners, made before migrations existed (schema 0005, no
+    alembic_version table; duplicate reports): the server infers its revision and upgrades it at start-up; its
+    tasks are ownerless, which only an admin may publish to until 'plada-server task chown' gives one."""
+    from plada.server import migrate
+    from plada.server.db import make_engine
+    from plada.shared.pool import open_pool
+
     stack = LocalStack(data_dir=tmp_path / "data", pools_dir=world_dir / "pools", log_dir=tmp_path / "logs")
     try:
-        stack.start_server()
-        stack.stop_server()
+        stack.data_dir.mkdir(parents=True)
+        engine = make_engine(f"sqlite:///{stack.data_dir / 'plada.db'}")
+        assert migrate.upgrade(engine, "0005") == (None, "0005")
+        engine.dispose()
+        pool = open_pool(world_dir / "pools" / "mini-v1")
         db = sqlite3.connect(stack.data_dir / "plada.db")
         with db:
-            db.execute("DROP INDEX uq_reports_version_client")
-            db.execute("ALTER TABLE tasks DROP COLUMN owner")
-            db.execute("ALTER TABLE tokens DROP COLUMN owner")
+            db.execute("DROP TABLE alembic_version")
+            db.execute(
+                "INSERT INTO pools (name, pool_id, n_items, path, info, created_at) VALUES (?, ?, ?, ?, '{}', 0)",
+                (pool.name, pool.pool_id, len(pool), str(pool.root)),
+            )
             db.execute(
                 "INSERT INTO tasks (name, pool_ref, classes, access, created_at, updated_at) "
                 """VALUES ('legacy', 1, '["a", "b"]', 'token', 0, 0)"""
@@ -162,6 +172,7 @@ def test_a_database_from_before_ownership_is_upgraded_in_place(tmp_path: Path, w
         db.close()
         stack.start_server()
         db = sqlite3.connect(stack.data_dir / "plada.db")
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (migrate.head(),)
         assert db.execute("SELECT owner, access FROM tasks WHERE name = 'legacy'").fetchone() == (None, "token")
         assert db.execute("SELECT accuracy FROM reports").fetchall() == [(0.6,)]  # the client's newest kept
         db.close()
