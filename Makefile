@@ -7,7 +7,7 @@ WORLD  ?= $(CURDIR)/.cache/world
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export PLADA_WORLD_DIR := $(WORLD)
 
-.PHONY: install system-deps world demo test lint format clean docs browser postgres
+.PHONY: install system-deps world demo test lint format clean docs browser postgres nginx
 
 install: $(STAMP)
 
@@ -67,7 +67,17 @@ postgres:
 	  echo "note: no PostgreSQL; its test variants will be skipped (Debian: apt-get install postgresql)"; \
 	fi
 
-test: world lint browser postgres
+# The front test runs Debian's nginx with deploy/nginx-plada.conf.template on a loopback port (nothing system-wide).
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)); \
+	else \
+	  echo "note: no nginx; the front test will be skipped (Debian: apt-get install nginx-light)"; \
+	fi
+
+test: world lint browser postgres nginx
 	$(BIN)/python -m pytest
 
 docs: install

@@ -29,6 +29,7 @@ from plada.server.api.misc import health_router, jobs_router, keys_router, pools
 from plada.server.api.tasks import PayloadBytesCache, UploadSlots
 from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
+from plada.server.blobs import BlobStore
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
 from plada.server.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -145,6 +146,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.report_limiter = RateLimiter(settings.report_rate_per_min, 60.0, what="reports")
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.state.payload_cache = PayloadBytesCache()
+    assert settings.blob_dir is not None
+    app.state.blobs = BlobStore(settings.blob_dir)
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
     app.state.metrics = Metrics(app.state.session_factory)

@@ -146,7 +146,8 @@ def complete_job(
             return False
         version = s.get(VersionRow, job.version_ref)
         assert version is not None
-        version.status, version.payload, version.sha256 = "ready", payload, sha256
+        # the bytes live in the blob store (written by the worker before this commit); the row keeps the digest
+        version.status, version.payload, version.sha256 = "ready", None, sha256
         version.signature = signature
         version.size_bytes, version.n_items, version.metrics, version.ready_at = len(payload), n_items, metrics, t
         task = s.get(TaskRow, version.task_ref)

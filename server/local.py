@@ -223,3 +223,65 @@ class LocalPostgres:
                 self.proc.wait()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "nginx-plada.conf.template"
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+@dataclass
+class NginxFront:
+    """Debian's nginx in front of a LocalStack, configured by the same template the compose stack uses
+    (``deploy/nginx-plada.conf.template``), on a free loopback port, with everything under ``folder``."""
+
+    folder: Path
+    upstream: str  # host:port of the API
+    blob_dir: Path
+    url: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> str:
+        nginx = nginx_binary()
+        if nginx is None:
+            raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        server = TEMPLATE.read_text()
+        for key, value in {
+            "${PLADA_UPSTREAM}": self.upstream,
+            "${PLADA_LISTEN}": f"127.0.0.1:{port}",
+            "${PLADA_BLOB_DIR}": str(self.blob_dir),
+        }.items():
+            server = server.replace(key, value)
+        user = "user root root;" if os.geteuid() == 0 else ""  # workers must read the blobs of a private tmp dir
+        (self.folder / "nginx.conf").write_text(
+            f"{user} daemon off; worker_processes 1; pid {self.folder}/nginx.pid; error_log {self.folder}/error.log;\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{ access_log off; client_body_temp_path {self.folder}/body; proxy_temp_path {self.folder}/proxy;\n"
+            f"{server}\n}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [nginx, "-c", str(self.folder / "nginx.conf"), "-p", str(self.folder)], stderr=subprocess.DEVNULL
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(self.folder / 'error.log').read_text(errors='replace')[-500:]}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=2)
+                return self.url
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("nginx did not answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

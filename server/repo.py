@@ -192,13 +192,6 @@ def payload_bytes(*, session: Session, version_id: int) -> bytes:
     return data
 
 
-def ready_payload(*, session: Session, task: TaskRow, number: int | None) -> tuple[VersionRow, bytes]:
-    row = get_version(session=session, task=task, number=number, with_payload=True)
-    if row.status != "ready" or row.payload is None:
-        raise VersionNotReadyError(f"version {row.number} of {task.name!r} is {row.status}, not ready")
-    return row, row.payload
-
-
 def get_job(*, session: Session, job_id: int) -> JobRow:
     row = session.get(JobRow, job_id)
     if row is None:

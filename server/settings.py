@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="server and worker logs: text lines, or one JSON object a line (request and job events)"
     )
+    blob_dir: Path | None = Field(
+        None,
+        description="content-addressed payload blobs (sha256/<aa>/<sha256>), shared by API replicas and workers; "
+        "default <data_dir>/blobs",
+    )
+    accel_redirect: str = Field(
+        "",
+        description="behind nginx: the internal location that maps to blob_dir (e.g. /_blobs/); payload GETs then "
+        "answer with X-Accel-Redirect and the proxy sends the bytes; empty = the API sends them itself",
+        pattern=r"^(/[A-Za-z0-9_./-]*/)?$",
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )
@@ -90,6 +101,8 @@ class Settings(BaseSettings):
             self.weights_dir = self.data_dir / "weights"
         if self.signing_key is None:
             self.signing_key = self.data_dir / "signing.key"
+        if self.blob_dir is None:
+            self.blob_dir = self.data_dir / "blobs"
         return self
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server import jobs
+from plada.server.blobs import BlobStore
 from plada.server.db import init_db, make_engine
 from plada.server.pipeline.publish import run_pipeline
 from plada.server.pipeline.teacher_cache import TeacherCache
@@ -100,6 +101,8 @@ class Worker:
         self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}
         self.cache = TeacherCache(settings.data_dir / "cache" / "teachers", settings.teacher_cache_bytes)
+        assert settings.blob_dir is not None
+        self.blobs = BlobStore(settings.blob_dir)
         self._stop = threading.Event()
 
     def stop(self, *_: Any) -> None:
@@ -135,6 +138,7 @@ class Worker:
             if hb.lost:
                 log.warning("job %s: lease lost; result discarded", job.id, extra=_fields(ev, "lost"))
                 return True
+            self.blobs.put(result.data)  # before the row says ready: a reader never finds a ready version without bytes
             ok = jobs.complete_job(
                 self.factory,
                 job=job,

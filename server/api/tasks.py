@@ -16,6 +16,7 @@ from plada.server import repo
 from plada.server.api.deps import MAX_ID, CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
 from plada.server.api.views import job_info, report_info, task_info, ts, version_info
 from plada.server.auth import Caller, require, require_owner
+from plada.server.blobs import BlobStore
 from plada.server.db import TaskRow
 from plada.server.publishing import publish
 from plada.shared.errors import (
@@ -257,16 +258,30 @@ def _payload_response(
         "X-Plada-Version": str(row.number),
         "X-Plada-Task": t.name,
         **({"X-Plada-Signature": row.signature} if row.signature else {}),
-        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
+        # a token-gated payload must never be kept by a shared cache (a CDN would hand it to anyone)
+        "Cache-Control": (f"{'public' if t.access == 'public' else 'private'}, max-age=31536000, immutable")
+        if immutable
+        else "no-cache",
     }
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
+    blobs: BlobStore = request.app.state.blobs
+    accel: str = request.app.state.settings.accel_redirect
+    if accel:  # behind nginx: the proxy sends the bytes from the shared blob folder, Python only said yes
+        if not blobs.has(row.sha256):
+            blobs.put(repo.payload_bytes(session=session, version_id=row.id))  # a pre-blob-store version
+        headers["X-Accel-Redirect"] = accel + blobs.relpath(row.sha256)
+        request.app.state.metrics.payload_bytes.inc(row.size_bytes or 0)
+        return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
     cache: PayloadBytesCache = request.app.state.payload_cache
     data = cache.get(row.id)
     if data is None:
-        data = repo.payload_bytes(session=session, version_id=row.id)
+        data = blobs.get(row.sha256)
+        if data is None:  # published before the blob store: its bytes are in the row; move them to a blob
+            data = repo.payload_bytes(session=session, version_id=row.id)
+            blobs.put(data)
         cache.put(row.id, data)
-    headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
     request.app.state.metrics.payload_bytes.inc(len(data))
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
 

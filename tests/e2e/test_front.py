@@ -1,0 +1,92 @@
+"""The shipped nginx front (deploy/nginx-plada.conf.template, Debian's nginx on a loopback port) before a real
+server and worker: payload bytes come from the shared blob folder via X-Accel-Redirect, access is still
+checked in Python, and the client verifies what it gets through the front (sha256, task, version, pool)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from plada.client import PladaClient
+from plada.server.local import LocalStack, NginxFront, nginx_binary
+from plada.shared.errors import ServerResponseError
+from plada.shared.payload import payload_sha256
+from plada.shared.pool import Pool
+
+pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="needs nginx (Debian: apt-get install nginx-light)")
+
+
+def _spec(name: str, access: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "classes": ["a", "b"],
+        "pool_id": "mini-v1",
+        "keep": 0.005,
+        "access": access,
+        "teacher": {"arch": "smallcnn", "epochs": 1},
+        "selector": {"name": "energy", "validate_candidates": False},
+    }
+
+
+def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool) -> None:
+    import io
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), y=np.arange(40) % 2)
+    env = {"PLADA_ACCEL_REDIRECT": "/_blobs/"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        st.start_worker()
+        front = NginxFront(tmp_path / "nginx", st.url.removeprefix("http://"), st.data_dir / "blobs")
+        try:
+            url = front.start()
+            with PladaClient(url, token=st.token()) as c:  # publishing goes through the front too
+                jobs = [
+                    c.publish(_spec(n, a), buf.getvalue(), filename="d.npz").job.id
+                    for n, a in (("open", "public"), ("closed", "token"))
+                ]
+                for j in jobs:
+                    assert c.wait_job(j, timeout=600).state == "succeeded"
+            # public: bytes from nginx, headers from the API, verified by the client
+            r = httpx.get(f"{url}/v1/tasks/open/versions/1/payload")
+            assert r.status_code == 200, r.text
+            assert r.headers["etag"] == f'"{payload_sha256(r.content)}"'
+            assert r.headers["x-plada-version"] == "1" and r.headers["x-plada-task"] == "open"
+            assert r.headers["x-plada-signature"].startswith("ed25519:")
+            assert "public" in r.headers["cache-control"] and "immutable" in r.headers["cache-control"]
+            assert r.headers["content-type"] == "application/vnd.plada.payload"
+            assert "x-accel-redirect" not in r.headers
+            assert (
+                httpx.get(
+                    f"{url}/v1/tasks/open/versions/1/payload", headers={"If-None-Match": r.headers["etag"]}
+                ).status_code
+                == 304
+            )
+            with PladaClient(url) as c:
+                assert c.fetch("open", pool=pool).version == 1
+            # the API alone (no front) only points at the blob: clients must use the front
+            direct = httpx.get(f"{st.url}/v1/tasks/open/versions/1/payload")
+            assert direct.content == b"" and direct.headers["x-accel-redirect"].startswith("/_blobs/sha256/")
+            # the blob location itself is internal
+            assert httpx.get(url + direct.headers["x-accel-redirect"]).status_code == 404
+            # token-gated: checked in Python, bytes from nginx, never cacheable by a shared cache
+            assert httpx.get(f"{url}/v1/tasks/closed/payload").status_code == 404
+            g = httpx.get(f"{url}/v1/tasks/closed/payload", headers={"Authorization": f"Bearer {st.token('read')}"})
+            assert g.status_code == 200 and g.headers["etag"] == f'"{payload_sha256(g.content)}"'
+            assert g.headers["cache-control"].startswith("no-cache")
+            v = httpx.get(
+                f"{url}/v1/tasks/closed/versions/1/payload", headers={"Authorization": f"Bearer {st.token('read')}"}
+            )
+            assert v.status_code == 200 and v.headers["cache-control"].startswith("private")
+            with PladaClient(url, token=st.token("read")) as c:
+                assert c.fetch("closed", pool=pool).version == 1
+            with PladaClient(url) as c, pytest.raises(ServerResponseError, match="404"):
+                c.fetch("closed", pool=pool)
+        finally:
+            front.stop()
+            time.sleep(0.1)
