@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
+from plada.server.api.hot import HotPath
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
 from plada.server.api.tasks import PayloadBytesCache, UploadSlots
 from plada.server.api.tasks import router as tasks_router
@@ -151,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
     app.state.metrics = Metrics(app.state.session_factory)
+    app.state.hot = HotPath(app.state.session_factory, settings.snapshot_ttl_s, settings.auth == "on")
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, log_requests=settings.log_format == "json")
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         description="disk for cached teachers (pool scores per upload + teacher options + pool), so a version "
         "that changes only the selector or budget takes seconds; oldest entries go first; 0 = off",
     )
+    snapshot_ttl_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=300.0,
+        description="hot read routes (healthz, a task, the latest pointer's 304) answer from in-process snapshots this "
+        "old at most: a new version, access change or revoked token shows within this delay; 0 = off",
+    )
+    latest_max_age_s: int = Field(
+        5, ge=0, le=3600, description="Cache-Control max-age of a public task's latest payload (0 = no-cache)"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="server and worker logs: text lines, or one JSON object a line (request and job events)"
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from plada.server import jobs, repo
@@ -101,8 +102,15 @@ def get_pool_layout(pool: str, session: SessionDep) -> Response:
 
 
 @health_router.get("/healthz", response_model=Health, summary="Liveness and database check")
-def healthz(session: SessionDep) -> Health:
+async def healthz(request: Request) -> Response:
+    """On the event loop; the database is asked at most once per PLADA_SNAPSHOT_TTL_S (a failure is a 500)."""
     from plada.server import __version__
 
-    session.execute(text("SELECT 1"))
-    return Health(status="ok", version=__version__, database="ok")
+    factory = request.app.state.session_factory
+
+    def check() -> None:
+        with factory() as s:
+            s.execute(text("SELECT 1"))
+
+    await request.app.state.hot.database_ok(check)
+    return JSONResponse({"status": "ok", "version": __version__, "database": "ok"})

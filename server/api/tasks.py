@@ -9,11 +9,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import repo
 from plada.server.api.deps import MAX_ID, CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
+from plada.server.api.hot import HotPath
 from plada.server.api.views import job_info, report_info, task_info, ts, version_info
 from plada.server.auth import Caller, require, require_owner
 from plada.server.blobs import BlobStore
@@ -182,8 +184,14 @@ def list_tasks(session: SessionDep, caller: CallerDep) -> TasksPublic:
 
 
 @router.get("/{task}", response_model=TaskInfo, summary="One task")
-def get_task(task: str, session: SessionDep, caller: CallerDep) -> TaskInfo:
-    return task_info(session, _readable(session, task, caller))
+async def get_task(task: str, request: Request) -> Response:
+    """On the event loop, from a snapshot at most PLADA_SNAPSHOT_TTL_S old (server/api/hot.py)."""
+    hot: HotPath = request.app.state.hot
+    caller = await hot.caller(request)
+    snap = await hot.task(task)
+    if snap is None or (snap["access"] == "token" and caller.scope is None):
+        raise TaskNotFoundError(f"no task named {task!r}")  # a gated task is not revealed
+    return JSONResponse(snap["info"])
 
 
 @router.get("/{task}/versions", response_model=VersionsPublic, summary="A task's versions, oldest first")
@@ -261,7 +269,7 @@ def _payload_response(
         # a token-gated payload must never be kept by a shared cache (a CDN would hand it to anyone)
         "Cache-Control": (f"{'public' if t.access == 'public' else 'private'}, max-age=31536000, immutable")
         if immutable
-        else "no-cache",
+        else _latest_cache_control(request, t.access),
     }
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -340,11 +348,36 @@ def get_version_payload(
 @router.get(
     "/{task}/payload", response_class=Response, responses=_PAYLOAD_DOC, summary="Download the latest ready payload"
 )
-def get_latest_payload(
-    request: Request,
-    task: str,
-    session: SessionDep,
-    caller: CallerDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+async def get_latest_payload(
+    request: Request, task: str, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
-    return _payload_response(request, task, None, session, caller, if_none_match, immutable=False)
+    """What every agent polls: a 304 comes from the task snapshot on the event loop (no database); anything
+    else goes through the full handler in the thread pool. Public tasks' answers may be cached by a proxy or CDN
+    for PLADA_LATEST_MAX_AGE_S."""
+    hot: HotPath = request.app.state.hot
+    caller = await hot.caller(request)
+    snap = await hot.task(task)
+    if (
+        snap is not None
+        and snap["latest"]
+        and if_none_match
+        and not (snap["access"] == "token" and caller.scope is None)
+    ):
+        number, sha, signature = snap["latest"]
+        if f'"{sha}"' in {v.strip() for v in if_none_match.split(",")}:
+            headers = {"ETag": f'"{sha}"', "X-Plada-Version": str(number), "X-Plada-Task": task}
+            if signature:
+                headers["X-Plada-Signature"] = signature
+            headers["Cache-Control"] = _latest_cache_control(request, snap["access"])
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+
+    def full() -> Response:
+        with request.app.state.session_factory() as s:
+            return _payload_response(request, task, None, s, caller, if_none_match, immutable=False)
+
+    return await run_in_threadpool(full)
+
+
+def _latest_cache_control(request: Request, access: str) -> str:
+    age = request.app.state.settings.latest_max_age_s
+    return f"public, max-age={age}" if access == "public" and age > 0 else "no-cache"

@@ -27,6 +27,7 @@ def api_stack(
             "PLADA_MAX_INFLATED_BYTES": str(50_000_000),
             "PLADA_PUBLISH_RATE_PER_MIN": "100000",  # the rate limit has its own stack and test
             "PLADA_REPORT_RATE_PER_MIN": "100000",
+            "PLADA_SNAPSHOT_TTL_S": "0",  # exact read-after-write here; the snapshots have their own test
         }
         | db,
     )

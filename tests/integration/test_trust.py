@@ -358,3 +358,18 @@ def test_metrics_report_requests_by_route_and_the_job_queue(api_stack: LocalStac
     queued = next(line for line in text.splitlines() if line.startswith('plada_jobs{state="queued"}'))
     assert float(queued.split()[-1]) >= 1
     assert "plada_jobs_finished_total" in text and "plada_payload_bytes_served_total" in text
+
+
+def test_hot_snapshots_are_bounded_in_time(tmp_path: Path, world_dir: Path) -> None:
+    """With PLADA_SNAPSHOT_TTL_S=1 a revoked token may still read for up to a second, never longer."""
+    env = {"PLADA_SNAPSHOT_TTL_S": "1"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        made = _cli(st, "token", "create", "--scope", "read", "--name", "short")
+        assert _post(st, SPEC | {"name": "snap", "access": "token"}, GOOD).status_code == 202
+        h = _h(str(made["token"]))
+        assert httpx.get(f"{st.url}/v1/tasks/snap", headers=h).status_code == 200
+        _cli(st, "token", "revoke", str(made["id"]))
+        time.sleep(1.3)
+        assert_problem(httpx.get(f"{st.url}/v1/tasks/snap", headers=h), 401, "unauthorized")
+        assert httpx.get(f"{st.url}/healthz").json()["database"] == "ok"
