@@ -254,6 +254,7 @@ class NginxFront:
             "${PLADA_UPSTREAM}": self.upstream,
             "${PLADA_LISTEN}": f"127.0.0.1:{port}",
             "${PLADA_BLOB_DIR}": str(self.blob_dir),
+            "${PLADA_CACHE_DIR}": str(self.folder / "cache"),
         }.items():
             server = server.replace(key, value)
         user = "user root root;" if os.geteuid() == 0 else ""  # workers must read the blobs of a private tmp dir

@@ -276,7 +276,10 @@ def _payload_response(
     headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
     blobs: BlobStore = request.app.state.blobs
     accel: str = request.app.state.settings.accel_redirect
-    if accel:  # behind nginx: the proxy sends the bytes from the shared blob folder, Python only said yes
+    # behind nginx, the proxy sends the bytes from the shared blob folder, Python only said yes; a public
+    # immutable version is the exception: its bytes go out once and the front keeps them (a cache hit never
+    # reaches Python, docs/operations.md), so no redirect is needed for it
+    if accel and not (immutable and t.access == "public"):
         if not blobs.has(row.sha256):
             blobs.put(repo.payload_bytes(session=session, version_id=row.id))  # a pre-blob-store version
         headers["X-Accel-Redirect"] = accel + blobs.relpath(row.sha256)

@@ -61,6 +61,9 @@ def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool)
             assert "public" in r.headers["cache-control"] and "immutable" in r.headers["cache-control"]
             assert r.headers["content-type"] == "application/vnd.plada.payload"
             assert "x-accel-redirect" not in r.headers
+            again = httpx.get(f"{url}/v1/tasks/open/versions/1/payload")  # now from nginx's cache, not Python
+            assert again.headers["x-cache"] == "HIT" and again.content == r.content
+            assert again.headers["etag"] == r.headers["etag"] and again.headers["x-plada-version"] == "1"
             assert (
                 httpx.get(
                     f"{url}/v1/tasks/open/versions/1/payload", headers={"If-None-Match": r.headers["etag"]}
@@ -70,7 +73,7 @@ def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool)
             with PladaClient(url) as c:
                 assert c.fetch("open", pool=pool).version == 1
             # the API alone (no front) only points at the blob: clients must use the front
-            direct = httpx.get(f"{st.url}/v1/tasks/open/versions/1/payload")
+            direct = httpx.get(f"{st.url}/v1/tasks/open/payload")
             assert direct.content == b"" and direct.headers["x-accel-redirect"].startswith("/_blobs/sha256/")
             # the blob location itself is internal
             assert httpx.get(url + direct.headers["x-accel-redirect"]).status_code == 404
@@ -79,10 +82,12 @@ def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool)
             g = httpx.get(f"{url}/v1/tasks/closed/payload", headers={"Authorization": f"Bearer {st.token('read')}"})
             assert g.status_code == 200 and g.headers["etag"] == f'"{payload_sha256(g.content)}"'
             assert g.headers["cache-control"].startswith("no-cache")
-            v = httpx.get(
-                f"{url}/v1/tasks/closed/versions/1/payload", headers={"Authorization": f"Bearer {st.token('read')}"}
-            )
-            assert v.status_code == 200 and v.headers["cache-control"].startswith("private")
+            read = {"Authorization": f"Bearer {st.token('read')}"}
+            for _ in range(2):  # never stored by the front: every answer comes from the API's access check
+                v = httpx.get(f"{url}/v1/tasks/closed/versions/1/payload", headers=read)
+                assert v.status_code == 200 and v.headers["cache-control"].startswith("private")
+                assert v.headers.get("x-cache") != "HIT"
+            assert httpx.get(f"{url}/v1/tasks/closed/versions/1/payload").status_code == 404
             with PladaClient(url, token=st.token("read")) as c:
                 assert c.fetch("closed", pool=pool).version == 1
             with PladaClient(url) as c, pytest.raises(ServerResponseError, match="404"):
