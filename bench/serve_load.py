@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from plada.client import PladaClient
-from plada.server.local import LocalStack
+from plada.server.local import LocalStack, NginxFront, nginx_binary
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
 
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ab = shutil.which("ab")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        LocalStack(data_dir=Path(tmp) / "server", pools_dir=args.world / "pools") as stack,
+        LocalStack(
+            data_dir=Path(tmp) / "server", pools_dir=args.world / "pools", env={"PLADA_ACCEL_REDIRECT": "/_blobs/"}
+        ) as stack,
     ):
         url = stack.start_server()
         stack.start_worker()
@@ -172,9 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         with PladaClient(url, token=stack.token()) as c:
             resp = c.publish(spec, args.world / "tasks" / "fashion" / "train.npz")
+            gated = c.publish(
+                spec | {"name": "fashion-gated", "access": "token"}, args.world / "tasks/fashion/train.npz"
+            )
             c.wait_job(resp.job.id, timeout=600)
+            c.wait_job(gated.job.id, timeout=600)
             v = c.version("fashion", resp.version)
             data = c.download("fashion", resp.version).data
+        front = NginxFront(Path(tmp) / "front", url.removeprefix("http://"), stack.data_dir / "blobs")
+        front_url = front.start() if nginx_binary() else None
         assert data is not None and v.sha256
         static_dir = Path(tmp) / "static"
         static_dir.mkdir()
@@ -190,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
                     ("plada", "etag", payload_url, {"If-None-Match": f'"{v.sha256}"'}),
                     (static_name, "full", f"{static_url}/fashion.plada", {}),
                 ]
+                if front_url:  # the shipped front: public from nginx's cache, gated via X-Accel-Redirect
+                    front_payload = payload_url.replace(url, front_url)
+                    gated_url = f"{front_url}/v1/tasks/fashion-gated/versions/1/payload"
+                    targets += [
+                        ("plada+nginx front", "full", front_payload, {}),
+                        ("plada+nginx front", "etag", front_payload, {"If-None-Match": f'"{v.sha256}"'}),
+                        ("plada+nginx front, gated", "full", gated_url, {"Authorization": f"Bearer {stack.token()}"}),
+                    ]
                 for server, mode, target, headers in targets:
                     if ab:
                         res = _drive_ab(ab, target, n, args.seconds, headers)
@@ -205,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+            front.stop()
     print(f"\npayload: {len(data):,} bytes; {args.seconds:g} s per row; loopback; load generator on the same cores\n")
     print("| server | mode | clients | requests | req/s | p50 ms | p99 ms | errors | plada/static (req/s) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    static_rps = {r["clients"]: r["rps"] for r in rows if r["server"] != "plada"}
+    static_rps = {r["clients"]: r["rps"] for r in rows if r["server"] == static_name}
     for r in rows:
-        ratio = f"{r['rps'] / static_rps[r['clients']]:.2f}" if r["server"] == "plada" else ""
+        ratio = f"{r['rps'] / static_rps[r['clients']]:.2f}" if r["server"].startswith("plada") else ""
         print(
             f"| {r['server']} | {r['mode']} | {r['clients']} | {r['requests']:,} | {r['rps']:,.0f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {ratio} |"

@@ -56,6 +56,7 @@ class HotPath:
         self.tasks = Snapshots(ttl_s)
         self.callers = Snapshots(ttl_s)
         self.health = Snapshots(ttl_s)
+        self.versions = Snapshots(ttl_s)
 
     async def caller(self, request: Request) -> Caller:
         """The caller without the thread pool when anonymous or recently seen; unknown tokens still raise."""
@@ -99,6 +100,25 @@ class HotPath:
         if snap is not None:
             self.tasks.put(name, snap)
         return snap
+
+    async def version(self, task: str, number: int) -> tuple[int, str, str | None] | None:
+        """(number, sha256, signature) of a ready version; None when not ready or absent (not cached)."""
+        hit = self.versions.get((task, number))
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+
+        def look() -> tuple[int, str, str | None] | None:
+            with self.factory() as s:
+                try:
+                    v = repo.ready_version(session=s, task=repo.get_task(session=s, name=task), number=number)
+                except PladaError:
+                    return None
+                return (v.number, v.sha256, v.signature) if v.sha256 else None
+
+        found = await run_in_threadpool(look)
+        if found is not None:
+            self.versions.put((task, number), found)
+        return found
 
     async def database_ok(self, check: Callable[[], None]) -> None:
         if self.health.get("db") is None:

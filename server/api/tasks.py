@@ -260,17 +260,9 @@ def _payload_response(
     per-process cache; an If-None-Match hit never touches the blob at all. Access is checked every time."""
     t = _readable(session, task, caller)
     row = repo.ready_version(session=session, task=t, number=version)
-    etag = f'"{row.sha256}"'
-    headers = {
-        "ETag": etag,
-        "X-Plada-Version": str(row.number),
-        "X-Plada-Task": t.name,
-        **({"X-Plada-Signature": row.signature} if row.signature else {}),
-        # a token-gated payload must never be kept by a shared cache (a CDN would hand it to anyone)
-        "Cache-Control": (f"{'public' if t.access == 'public' else 'private'}, max-age=31536000, immutable")
-        if immutable
-        else _latest_cache_control(request, t.access),
-    }
+    assert row.sha256 is not None
+    headers = _payload_headers(request, t.name, t.access, row.number, row.sha256, row.signature, immutable)
+    etag = headers["ETag"]
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
@@ -286,33 +278,88 @@ def _payload_response(
         request.app.state.metrics.payload_bytes.inc(row.size_bytes or 0)
         return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
     cache: PayloadBytesCache = request.app.state.payload_cache
-    data = cache.get(row.id)
+    data = cache.get(row.sha256)
     if data is None:
         data = blobs.get(row.sha256)
         if data is None:  # published before the blob store: its bytes are in the row; move them to a blob
             data = repo.payload_bytes(session=session, version_id=row.id)
             blobs.put(data)
-        cache.put(row.id, data)
+        cache.put(row.sha256, data)
     request.app.state.metrics.payload_bytes.inc(len(data))
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _payload_headers(
+    request: Request, task: str, access: str, number: int, sha: str, signature: str | None, immutable: bool
+) -> dict[str, str]:
+    headers = {"ETag": f'"{sha}"', "X-Plada-Version": str(number), "X-Plada-Task": task}
+    if signature:
+        headers["X-Plada-Signature"] = signature
+    # a token-gated payload must never be kept by a shared cache (a CDN would hand it to anyone)
+    headers["Cache-Control"] = (
+        f"{'public' if access == 'public' else 'private'}, max-age=31536000, immutable"
+        if immutable
+        else _latest_cache_control(request, access)
+    )
+    return headers
+
+
+async def _fast_payload(
+    request: Request, task: str, version: int | None, if_none_match: str | None, immutable: bool
+) -> Response:
+    """The payload routes on the event loop: access from the snapshots (server/api/hot.py), bytes from the
+    per-process cache, a 304 without touching anything. A miss (or snapshots off) falls through to the full
+    handler in the thread pool, which checks everything again."""
+    hot: HotPath = request.app.state.hot
+    caller = await hot.caller(request)
+    snap = await hot.task(task)
+    if snap is not None and snap["access"] == "token" and caller.scope is None:
+        raise TaskNotFoundError(f"no task named {task!r}")  # a gated task is not revealed
+    found = None
+    if snap is not None:
+        found = snap["latest"] if version is None else await hot.version(task, version)
+    if found is not None:
+        number, sha, signature = found
+        headers = _payload_headers(request, task, snap["access"], number, sha, signature, immutable)  # type: ignore[index]
+        if if_none_match and headers["ETag"] in {v.strip() for v in if_none_match.split(",")}:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        access = snap["access"]  # type: ignore[index]
+        accel = request.app.state.settings.accel_redirect
+        redirect = accel and not (immutable and access == "public")  # public versions: the front caches bytes
+        blobs: BlobStore = request.app.state.blobs
+        if redirect and blobs.has(sha):
+            headers["Content-Disposition"] = f'attachment; filename="{task}-v{number}.plada"'
+            headers["X-Accel-Redirect"] = accel + blobs.relpath(sha)
+            return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
+        data = None if redirect else request.app.state.payload_cache.get(sha)
+        if data is not None:
+            headers["Content-Disposition"] = f'attachment; filename="{task}-v{number}.plada"'
+            request.app.state.metrics.payload_bytes.inc(len(data))
+            return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
+
+    def full() -> Response:
+        with request.app.state.session_factory() as s:
+            return _payload_response(request, task, version, s, caller, if_none_match, immutable=immutable)
+
+    return await run_in_threadpool(full)
+
+
 class PayloadBytesCache:
-    """Least-recently-used payload bytes by version row id, bounded in total bytes (thread-safe)."""
+    """Least-recently-used payload bytes by sha256, bounded in total bytes (thread-safe)."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes, self.size = max_bytes, 0
-        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._items: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: int) -> bytes | None:
+    def get(self, key: str) -> bytes | None:
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: int, data: bytes) -> None:
+    def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return
         with self._lock:
@@ -337,15 +384,10 @@ _PAYLOAD_DOC = {
     responses=_PAYLOAD_DOC,
     summary="Download one version's payload (immutable)",
 )
-def get_version_payload(
-    request: Request,
-    task: str,
-    version: VersionNumber,
-    session: SessionDep,
-    caller: CallerDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+async def get_version_payload(
+    request: Request, task: str, version: VersionNumber, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
-    return _payload_response(request, task, version, session, caller, if_none_match, immutable=True)
+    return await _fast_payload(request, task, version, if_none_match, immutable=True)
 
 
 @router.get(
@@ -354,31 +396,9 @@ def get_version_payload(
 async def get_latest_payload(
     request: Request, task: str, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
-    """What every agent polls: a 304 comes from the task snapshot on the event loop (no database); anything
-    else goes through the full handler in the thread pool. Public tasks' answers may be cached by a proxy or CDN
-    for PLADA_LATEST_MAX_AGE_S."""
-    hot: HotPath = request.app.state.hot
-    caller = await hot.caller(request)
-    snap = await hot.task(task)
-    if (
-        snap is not None
-        and snap["latest"]
-        and if_none_match
-        and not (snap["access"] == "token" and caller.scope is None)
-    ):
-        number, sha, signature = snap["latest"]
-        if f'"{sha}"' in {v.strip() for v in if_none_match.split(",")}:
-            headers = {"ETag": f'"{sha}"', "X-Plada-Version": str(number), "X-Plada-Task": task}
-            if signature:
-                headers["X-Plada-Signature"] = signature
-            headers["Cache-Control"] = _latest_cache_control(request, snap["access"])
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-
-    def full() -> Response:
-        with request.app.state.session_factory() as s:
-            return _payload_response(request, task, None, s, caller, if_none_match, immutable=False)
-
-    return await run_in_threadpool(full)
+    """What every agent polls: a 304 (or the bytes) from the snapshots on the event loop; misses go through
+    the full handler. Public tasks' answers may be cached by a proxy or CDN for PLADA_LATEST_MAX_AGE_S."""
+    return await _fast_payload(request, task, None, if_none_match, immutable=False)
 
 
 def _latest_cache_control(request: Request, access: str) -> str:
