@@ -55,6 +55,7 @@ class AgentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_splits: dict[str, Path] = field(default_factory=dict)
     report: bool = True  # post each training result to the server (POST .../versions/{v}/reports)
+    wait_s: float = 0.0  # > 0: long-poll the latest pointer (the server holds its 304 up to this long)
     client_id: str = field(default_factory=socket.gethostname)
 
 
@@ -93,7 +94,7 @@ class Agent:
 
     def poll_task(self, task: str, on_result: Callable[[dict[str, Any]], None] | None = None) -> bool:
         """Train the task's latest version if it is new; True when something was trained."""
-        payload = self.client.fetch(task, pool=self.pool)
+        payload = self.client.fetch(task, pool=self.pool, wait=self.config.wait_s)
         sha = payload.sha256
         assert sha is not None
         if sha in self._trained(task):

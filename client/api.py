@@ -154,7 +154,7 @@ class PladaClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
-        self.retries, self.deadline = retries, deadline
+        self.retries, self.deadline, self.timeout = retries, deadline, timeout
         self.cache = PayloadCache(Path(cache_dir) if cache_dir is not None else None)
         self.offline = offline_mode() if offline is None else offline
         pinned = trust if trust is not None else os.environ.get("PLADA_TRUST") or None
@@ -367,11 +367,19 @@ class PladaClient:
                 raise ServerUnavailableError(f"job {job_id} did not finish within {timeout:.0f} s")
             time.sleep(poll)
 
-    def download(self, task: str, version: int | str = "latest", *, etag: str | None = None) -> Download:
+    def download(
+        self, task: str, version: int | str = "latest", *, etag: str | None = None, wait: float = 0.0
+    ) -> Download:
+        """One payload download. ``wait`` > 0 (latest, with ``etag``): long-poll — the server holds its 304 up
+        to that many seconds (at most 60) until a new version is ready."""
         base = self._path(task)
         url = f"{base}/payload" if version == "latest" else f"{base}/versions/{_version_number(version)}/payload"
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
-        resp = self._request("GET", url, headers=headers, max_bytes=PAYLOAD_MAX_BYTES)
+        kw: dict[str, Any] = {}
+        if wait > 0 and version == "latest" and etag:
+            wait = min(float(wait), 60.0)
+            kw = {"params": {"wait": f"{wait:g}"}, "timeout": httpx.Timeout(self.timeout + wait)}
+        resp = self._request("GET", url, headers=headers, max_bytes=PAYLOAD_MAX_BYTES, **kw)
         sha = resp.headers.get("ETag", "").strip().removeprefix("W/").strip('"')
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise VerificationError(f"server sent no usable ETag for {task!r} (expected the payload's sha256)")
@@ -392,7 +400,9 @@ class PladaClient:
             )
         return Download(data=data, sha256=sha, version=ver, signature=sig)
 
-    def fetch(self, task: str, version: int | str = "latest", *, pool: Pool | None = None) -> Payload:
+    def fetch(
+        self, task: str, version: int | str = "latest", *, pool: Pool | None = None, wait: float = 0.0
+    ) -> Payload:
         """A verified payload: from the cache when the server's ETag says it is current (or when offline),
         else downloaded, checked against ``pool`` (pool_id, coding layout) and cached. ``payload.sha256`` is
         its content address; the bytes are ``client.cache.get(payload.sha256)``."""
@@ -413,7 +423,7 @@ class PladaClient:
         ref = self.cache.ref(self.server_key, f"{task}@{version}")
         if ref and self.cache.get(ref["sha256"]) is not None:
             etag = ref["sha256"]
-        dl = self.download(task, version, etag=etag)
+        dl = self.download(task, version, etag=etag, wait=wait)
         data = dl.data if dl.data is not None else self.cache.get(dl.sha256)
         if data is None:  # the cache lost it in between: fetch without ETag
             dl = self.download(task, version)

@@ -372,6 +372,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         train=_train_config(args),
         eval_splits={k: Path(v) for k, v in evals.items()},
         report=not args.no_report,
+        wait_s=args.long_poll,
         **({"client_id": args.client_id} if args.client_id else {}),
     )
     with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
@@ -574,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--eval", action="append", default=[], help="TASK=test.npz (repeatable)")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between polls")
+    p.add_argument(
+        "--long-poll",
+        type=float,
+        default=0.0,
+        help="hold each poll open up to this many seconds (max 60) so a new version arrives at once (0: plain polls)",
+    )
     p.add_argument("--once", action="store_true", help="one polling round, then exit")
     p.add_argument("--max-rounds", type=int, default=None)
     p.add_argument("--cache")

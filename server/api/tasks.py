@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from typing import Annotated
 
@@ -42,6 +43,7 @@ from plada.shared.schemas import (
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 _CHUNK = 1 << 20
+MAX_WAIT_S = 60.0  # long-polls are held at most this long (proxies time out idle requests beyond a minute)
 
 
 def _readable(session: SessionDep, name: str, caller: Caller) -> TaskRow:
@@ -394,11 +396,28 @@ async def get_version_payload(
     "/{task}/payload", response_class=Response, responses=_PAYLOAD_DOC, summary="Download the latest ready payload"
 )
 async def get_latest_payload(
-    request: Request, task: str, if_none_match: Annotated[str | None, Header()] = None
+    request: Request,
+    task: str,
+    if_none_match: Annotated[str | None, Header()] = None,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT_S, description="long-poll: hold a 304 up to this many seconds for a new version"),
+    ] = 0,
 ) -> Response:
     """What every agent polls: a 304 (or the bytes) from the snapshots on the event loop; misses go through
-    the full handler. Public tasks' answers may be cached by a proxy or CDN for PLADA_LATEST_MAX_AGE_S."""
-    return await _fast_payload(request, task, None, if_none_match, immutable=False)
+    the full handler. Public tasks' answers may be cached by a proxy or CDN for PLADA_LATEST_MAX_AGE_S.
+
+    ``?wait=S`` with ``If-None-Match``: while the latest version is still the one named, the answer is held
+    (re-checked every half second, on the event loop) until a new version is ready or S seconds pass — an
+    agent learns of a new version at once with one open request instead of many polls."""
+    deadline = time.monotonic() + wait
+    while True:
+        resp = await _fast_payload(request, task, None, if_none_match, immutable=False)
+        if resp.status_code != status.HTTP_304_NOT_MODIFIED or time.monotonic() >= deadline:
+            return resp
+        if await request.is_disconnected():
+            return resp
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def _latest_cache_control(request: Request, access: str) -> str:

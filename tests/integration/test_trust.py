@@ -373,3 +373,42 @@ def test_hot_snapshots_are_bounded_in_time(tmp_path: Path, world_dir: Path) -> N
         time.sleep(1.3)
         assert_problem(httpx.get(f"{st.url}/v1/tasks/snap", headers=h), 401, "unauthorized")
         assert httpx.get(f"{st.url}/healthz").json()["database"] == "ok"
+
+
+def test_latest_long_poll_returns_as_soon_as_a_new_version_is_ready(tmp_path: Path, world_dir: Path) -> None:
+    """?wait=S with If-None-Match holds the 304 until a new version is ready (then its bytes) or S passes."""
+    import threading
+
+    from plada.server.blobs import BlobStore
+
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l") as st:
+        st.start_server()
+        for _ in range(2):
+            assert _post(st, SPEC | {"name": "lp"}, GOOD).status_code == 202
+        blobs = BlobStore(st.data_dir / "blobs")
+        sha1, sha2 = blobs.put(b"first version bytes"), blobs.put(b"second version bytes")
+        db = sqlite3.connect(st.data_dir / "plada.db")
+        with db:  # no worker here: version 1 ready by hand
+            db.execute("UPDATE versions SET status = 'ready', sha256 = ? WHERE number = 1", (sha1,))
+            db.execute("UPDATE tasks SET latest_version = 1")
+        url = f"{st.url}/v1/tasks/lp/payload"
+        t0 = time.monotonic()
+        r = httpx.get(url, params={"wait": 2}, headers={"If-None-Match": f'"{sha1}"'}, timeout=30)
+        assert r.status_code == 304 and 1.9 <= time.monotonic() - t0 < 6  # held, then the same answer
+
+        def publish_v2() -> None:
+            time.sleep(1.5)
+            own = sqlite3.connect(st.data_dir / "plada.db")
+            with own:
+                own.execute("UPDATE versions SET status = 'ready', sha256 = ? WHERE number = 2", (sha2,))
+                own.execute("UPDATE tasks SET latest_version = 2")
+            own.close()
+
+        threading.Thread(target=publish_v2).start()
+        t0 = time.monotonic()
+        r = httpx.get(url, params={"wait": 30}, headers={"If-None-Match": f'"{sha1}"'}, timeout=60)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and r.content == b"second version bytes" and r.headers["x-plada-version"] == "2"
+        assert 1.4 <= took < 5, took  # at once after the new version, not at the end of the 30 s
+        db.close()
+        assert_problem(httpx.get(url, params={"wait": 61}), 422, "validation_error")

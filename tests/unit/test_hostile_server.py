@@ -405,3 +405,27 @@ def test_threads_fetching_one_task_into_one_cache_all_succeed(server: Hostile, t
     cache = PayloadCache(tmp_path / "shared")
     assert cache.get(payload_sha256(data)) == data
     assert not [p for p in (tmp_path / "shared").rglob(".*tmp*")]  # no temp file left behind
+
+
+def test_a_long_poll_extends_the_read_timeout_by_the_wait(server: Hostile, tiny: Pool, tmp_path: Path) -> None:
+    data = make_payload(tiny, version=1)
+    sha = payload_sha256(data)
+    seen: list[str] = []
+
+    def held(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.path)
+        if h.headers.get("If-None-Match"):
+            time.sleep(2.5)  # longer than the 1 s read timeout, shorter than timeout + wait
+            h.send_response(304)
+            h.send_header("ETag", f'"{sha}"')
+            h.send_header("X-Plada-Version", "1")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            payload_route(data, version=1)(h)
+
+    server.routes["/v1/tasks/t/payload"] = held
+    with PladaClient(server.url, cache_dir=tmp_path / "c", timeout=1.0, retries=0) as c:
+        assert c.fetch("t", pool=tiny).version == 1
+        assert c.fetch("t", pool=tiny, wait=5).version == 1  # held 2.5 s, answered 304: from the cache
+    assert seen[-1].endswith("?wait=5")
