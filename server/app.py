@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,8 +64,14 @@ def register_pools(factory: sessionmaker[Session], settings: Settings) -> list[s
     for d in sorted(p for p in root.iterdir() if (p / "pool.json").is_file()):
         try:
             pool = open_pool(d)
-            with factory.begin() as s:
-                repo.register_pool(session=s, pool=pool)
+            for attempt in range(2):  # API processes starting together race to insert the same pool row
+                try:
+                    with factory.begin() as s:
+                        repo.register_pool(session=s, pool=pool)
+                    break
+                except IntegrityError:
+                    if attempt:
+                        raise
         except PladaError as exc:  # one broken pool folder must not keep the others offline
             log.error("pool %s not registered: %s", d, exc.message)
             continue
@@ -112,6 +119,11 @@ def _swagger_static() -> Path:
     import fastapi_offline
 
     return Path(fastapi_offline.__file__).parent / "static"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``plada-server serve --workers N`` process: settings from the ``PLADA_*`` environment."""
+    return create_app(Settings())
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -53,6 +53,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     json_logs = settings.log_format == "json"
     configure(settings.log_format, getattr(logging, args.log_level.upper()))
+    if args.workers > 1:
+        if args.port_file or settings.port == 0:
+            raise PladaError("--workers N needs a fixed --port (several processes share it; no --port-file)")
+        # each worker process builds its own app from the environment: hand the flags down as PLADA_* variables
+        os.environ.update(
+            {
+                "PLADA_DATA_DIR": str(settings.data_dir),
+                "PLADA_DATABASE_URL": settings.database_url,
+                "PLADA_POOLS_DIR": str(settings.pools_dir),
+            }
+        )
+        uvicorn.run(
+            "plada.server.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=args.access_log and not json_logs,
+            log_config=None,
+        )
+        return 0
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -415,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (uvicorn workers; snapshots and rate limits are per process)",
+    )
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--port-file", help="write the bound port here once listening (useful with --port 0)")
     p.set_defaults(fn=cmd_serve)
