@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,7 +553,7 @@ def set_threads() -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic torch.save: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")  # unique per writer
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,7 @@ def _write_index(
     """Into a temporary folder, then renamed into place: an interrupted build leaves no index behind. ``feats``
     may come as row blocks (memory-mapped), copied one at a time into the memory-mapped output."""
     final = index_dir(pool, name)
-    tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")  # unique per writer
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,9 @@ class TeacherCache:
 
     def _put(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key}.tmp-{os.getpid()}"
+        # unique per writer (process and call): threads of one worker share a pid, and one writer's clean-up
+        # must never remove another's half-written entry
+        tmp = self.root / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
