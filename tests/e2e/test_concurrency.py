@@ -77,7 +77,11 @@ def _reader(url: str, read_token: str, stop: threading.Event, out: list[tuple[st
 def test_two_workers_and_the_api_under_load(
     database_url: str, tmp_path: Path, world_dir: Path, world_features: object, task_classes: dict[str, list[str]]
 ) -> None:
-    env = {"PLADA_WORKER_POLL_S": "0.2", "PLADA_PUBLISH_RATE_PER_MIN": "100000"}
+    env = {  # the readers post reports as fast as the machine lets them; rate limits have their own tests
+        "PLADA_WORKER_POLL_S": "0.2",
+        "PLADA_PUBLISH_RATE_PER_MIN": "100000",
+        "PLADA_REPORT_RATE_PER_MIN": "100000",
+    }
     if database_url:
         env["PLADA_DATABASE_URL"] = database_url
     backend = "postgresql" if database_url else "sqlite"
