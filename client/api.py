@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from plada.client.cache import PayloadCache
 from plada.client.net import JSON_MAX_BYTES, call_deadline, deadline_transport, safe_text
 from plada.shared.errors import (
+    ClientError,
     OfflineError,
     PipelineError,
     PoolMismatchError,
@@ -62,6 +63,8 @@ DEFAULT_TIMEOUT = 30.0  # seconds per socket operation (connect, each read, each
 DEFAULT_DEADLINE = 300.0  # seconds for a whole call, retries included: a trickling server cannot stall it
 DEFAULT_RETRIES = 3
 _RETRY_STATUS = {429, 502, 503, 504}
+_REDIRECTS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 3  # a payload answer to a CDN, which may hop once or twice more (a bucket's region)
 PAYLOAD_MAX_BYTES = MAX_HEADER_BYTES + MAX_BODY_BYTES + 4096  # the format's own maximum (framing included)
 _TASK_NAME = re.compile(TASK_NAME_PATTERN)
 
@@ -134,6 +137,10 @@ class PladaClient:
     ``cache_dir`` defaults to ``$PLADA_CACHE`` or ``$XDG_CACHE_HOME/plada`` (``~/.cache/plada``). With
     ``offline=True`` (default: ``PLADA_OFFLINE=1`` in the environment) nothing touches the network: ``fetch``
     answers from the cache or raises ``OfflineError``.
+
+    A payload answer may redirect (``PLADA_BLOB_BASE_URL`` on the server): the client follows it only to this
+    server's own origin or under ``blob_base_url`` (default ``$PLADA_BLOB_BASE_URL``), sends its token only to
+    this server, and verifies the bytes against the ETag, version and signature the API itself sent.
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class PladaClient:
         retries: int = DEFAULT_RETRIES,
         offline: bool | None = None,
         trust: str | PublicKey | None = None,
+        blob_base_url: str | None = None,
     ) -> None:
         # identity: a server that compresses anyway is refused (a small body must not inflate in memory)
         headers = {"User-Agent": "plada-client", "Accept-Encoding": "identity"}
@@ -159,6 +167,8 @@ class PladaClient:
         self.offline = offline_mode() if offline is None else offline
         pinned = trust if trust is not None else os.environ.get("PLADA_TRUST") or None
         self.trust = PublicKey.parse(pinned) if isinstance(pinned, str) else pinned
+        blob = blob_base_url if blob_base_url is not None else os.environ.get("PLADA_BLOB_BASE_URL", "")
+        self.blob_base_url = _check_blob_base(blob) if blob else None
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -182,7 +192,14 @@ class PladaClient:
         self.close()
 
     def _request(
-        self, method: str, url: str, *, retry: bool = True, max_bytes: int = JSON_MAX_BYTES, **kw: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        retry: bool = True,
+        max_bytes: int = JSON_MAX_BYTES,
+        credentials: bool = True,
+        **kw: Any,
     ) -> Answer:
         """One call: retried on transport errors and 429/5xx, all within ``deadline`` seconds; the body read
         raw under ``max_bytes``; any status >= 400 raised as ``ServerResponseError``."""
@@ -192,7 +209,7 @@ class PladaClient:
         with call_deadline(self.deadline) as at:
             for attempt in range(attempts):
                 try:
-                    answer = self._read(method, url, max_bytes, at, **kw)
+                    answer = self._read(method, url, max_bytes, at, credentials, **kw)
                 except httpx.TransportError as exc:
                     if time.monotonic() >= at:
                         raise ServerUnavailableError(
@@ -219,8 +236,12 @@ class PladaClient:
         time.sleep(wait)
         return True
 
-    def _read(self, method: str, url: str, max_bytes: int, at: float, **kw: Any) -> Answer:
-        with self._http.stream(method, url, **kw) as resp:
+    def _read(self, method: str, url: str, max_bytes: int, at: float, credentials: bool, **kw: Any) -> Answer:
+        request = self._http.build_request(method, url, **kw)
+        if not credentials:  # another origin (a CDN) never sees this server's token
+            request.headers.pop("Authorization", None)
+        resp = self._http.send(request, stream=True)
+        try:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
                 raise ServerResponseError(
@@ -239,7 +260,9 @@ class PladaClient:
                 if time.monotonic() >= at:
                     raise httpx.ReadTimeout("the call's deadline passed")
                 chunks.append(chunk)
-            return Answer(resp.status_code, resp.headers, b"".join(chunks), url)
+            return Answer(resp.status_code, resp.headers, b"".join(chunks), str(resp.url))
+        finally:
+            resp.close()
 
     def _json(self, url: str) -> Any:
         return self._request("GET", url).json()
@@ -392,13 +415,46 @@ class PladaClient:
         sig = resp.headers.get("X-Plada-Signature")
         if resp.status_code == 304:
             return Download(data=None, sha256=sha, version=ver, signature=sig)
-        data = resp.content
+        data = self._follow(resp, task) if resp.status_code in _REDIRECTS else resp.content
         if payload_sha256(data) != sha:
             raise VerificationError(
                 f"downloaded payload of {task!r} does not hash to the server's ETag "
                 f"(got {len(data)} bytes; transfer damaged?)"
             )
         return Download(data=data, sha256=sha, version=ver, signature=sig)
+
+    def _follow(self, answer: Answer, task: str) -> bytes:
+        """The bytes behind a payload redirect. Only this server's origin and the configured blob base URL are
+        followed (a hostile server cannot point the client anywhere else), at most ``MAX_REDIRECTS`` hops; the
+        caller checks the bytes against the ETag of the API's own answer, never the blob host's headers."""
+        for _ in range(MAX_REDIRECTS):
+            location = answer.headers.get("Location", "")
+            if not location:
+                raise ServerResponseError(f"server answered {answer.status_code} for {task!r} without a Location")
+            target = urllib.parse.urljoin(answer.url, location)
+            own = self._same_origin(target)
+            if not own and not self._under_blob_base(target):
+                where = "" if self.blob_base_url is None else f" or under {self.blob_base_url}"
+                raise VerificationError(
+                    f"server redirected the payload of {task!r} to {safe_text(target, 200)}, which is not "
+                    f"{self.base_url}{where}; refused (set PLADA_BLOB_BASE_URL to follow a CDN)"
+                )
+            answer = self._request("GET", target, max_bytes=PAYLOAD_MAX_BYTES, credentials=own)
+            if answer.status_code == 200:
+                return answer.content
+            if answer.status_code not in _REDIRECTS:
+                raise ServerResponseError(f"the payload URL of {task!r} answered {answer.status_code}, not 200")
+        raise ServerResponseError(f"more than {MAX_REDIRECTS} redirects for the payload of {task!r}; refused")
+
+    def _same_origin(self, url: str) -> bool:
+        return _origin(url) == _origin(self.base_url)
+
+    def _under_blob_base(self, url: str) -> bool:
+        if self.blob_base_url is None or _origin(url) != _origin(self.blob_base_url):
+            return False
+        path = httpx.URL(url).path
+        base = httpx.URL(self.blob_base_url).path.rstrip("/") + "/"
+        return path.startswith(base) and ".." not in path.split("/")
 
     def fetch(
         self, task: str, version: int | str = "latest", *, pool: Pool | None = None, wait: float = 0.0
@@ -472,6 +528,22 @@ class PladaClient:
                 f"server sent a payload for task {safe_text(repr(payload.task), 80)}, asked for {task!r}"
             )
         return payload
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = httpx.URL(url)
+    return (u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme))
+
+
+def _check_blob_base(url: str) -> str:
+    """A blob base URL is an http(s) URL without query or fragment; a bad one is a configuration error."""
+    try:
+        u = httpx.URL(url)
+    except httpx.InvalidURL:
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not u.host or u.query or u.fragment:
+        raise ClientError(f"PLADA_BLOB_BASE_URL must be an http(s) URL without query or fragment, not {url!r}")
+    return url.rstrip("/")
 
 
 def _version_number(version: int | str) -> int:

@@ -168,7 +168,14 @@ def _layout(data: bytes, pool: Any, cache_dir: str | None) -> Any:
 def _client(args: argparse.Namespace, **kw: Any) -> Any:
     from plada.client.api import PladaClient
 
-    return PladaClient(args.server, token=args.token, timeout=args.timeout, deadline=args.deadline, **kw)
+    return PladaClient(
+        args.server,
+        token=args.token,
+        timeout=args.timeout,
+        deadline=args.deadline,
+        blob_base_url=getattr(args, "blob_url", None),
+        **kw,
+    )
 
 
 def _read(path: str) -> bytes:
@@ -432,6 +439,12 @@ def _server_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         default=300.0,
         help="seconds one call to the server may take in all, retries included (300): a server that trickles "
         "bytes cannot stall the client",
+    )
+    p.add_argument(
+        "--blob-url",
+        default=None,
+        help="also follow payload redirects under this URL (the server's PLADA_BLOB_BASE_URL, a CDN; default "
+        "$PLADA_BLOB_BASE_URL); this server's own origin is always followed, any other refused",
     )
 
 

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         "answer with X-Accel-Redirect and the proxy sends the bytes; empty = the API sends them itself",
         pattern=r"^(/[A-Za-z0-9_./-]*/)?$",
     )
+    blob_base_url: str = Field(
+        "",
+        description="where public payload bytes are also served (a CDN or bucket mirroring blob_dir, e.g. "
+        "https://cdn.example.com/plada/blobs): public payload GETs then answer 307 to <url>/sha256/<aa>/<sha256> "
+        "with the ETag, version and signature headers; token-gated payloads never redirect there; empty = off",
+        pattern=r"^(https?://[^\s?#]+[^/\s?#])?$",
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

@@ -267,25 +267,20 @@ def _payload_response(
     etag = headers["ETag"]
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
-    blobs: BlobStore = request.app.state.blobs
-    accel: str = request.app.state.settings.accel_redirect
-    # behind nginx, the proxy sends the bytes from the shared blob folder, Python only said yes; a public
-    # immutable version is the exception: its bytes go out once and the front keeps them (a cache hit never
-    # reaches Python, docs/operations.md), so no redirect is needed for it
-    if accel and not (immutable and t.access == "public"):
+    how = _delivery(request, t.access, immutable)
+    if how != "bytes":
+        blobs: BlobStore = request.app.state.blobs
         if not blobs.has(row.sha256):
             blobs.put(repo.payload_bytes(session=session, version_id=row.id))  # a pre-blob-store version
-        headers["X-Accel-Redirect"] = accel + blobs.relpath(row.sha256)
-        request.app.state.metrics.payload_bytes.inc(row.size_bytes or 0)
-        return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
+        return _hand_off(request, how, t.name, row.number, row.sha256, headers, row.size_bytes or 0)
+    headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
     cache: PayloadBytesCache = request.app.state.payload_cache
     data = cache.get(row.sha256)
     if data is None:
-        data = blobs.get(row.sha256)
+        data = request.app.state.blobs.get(row.sha256)
         if data is None:  # published before the blob store: its bytes are in the row; move them to a blob
             data = repo.payload_bytes(session=session, version_id=row.id)
-            blobs.put(data)
+            request.app.state.blobs.put(data)
         cache.put(row.sha256, data)
     request.app.state.metrics.payload_bytes.inc(len(data))
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
@@ -304,6 +299,35 @@ def _payload_headers(
         else _latest_cache_control(request, access)
     )
     return headers
+
+
+def _delivery(request: Request, access: str, immutable: bool) -> str:
+    """How a payload's bytes leave, the one rule both payload paths follow: ``redirect`` (a public payload,
+    with a blob base URL configured: 307 to the CDN or bucket), ``accel`` (behind nginx: Python says yes and
+    the proxy sends the blob; a public immutable version is the exception, since the front caches its bytes
+    after one pass and a cache hit never reaches Python, docs/operations.md) or ``bytes`` (the API sends them)."""
+    settings = request.app.state.settings
+    if access == "public" and settings.blob_base_url:
+        return "redirect"
+    if settings.accel_redirect and not (immutable and access == "public"):
+        return "accel"
+    return "bytes"
+
+
+def _hand_off(
+    request: Request, how: str, task: str, number: int, sha: str, headers: dict[str, str], size: int
+) -> Response:
+    """The answer without the bytes, for a blob already in the store: the 307 keeps the ETag, version and
+    signature headers, so a client verifies what the blob URL sends against what the API said."""
+    settings = request.app.state.settings
+    relpath = request.app.state.blobs.relpath(sha)
+    headers["Content-Disposition"] = f'attachment; filename="{task}-v{number}.plada"'
+    if how == "redirect":
+        headers["Location"] = f"{settings.blob_base_url}/{relpath}"
+        return Response(status_code=status.HTTP_307_TEMPORARY_REDIRECT, headers=headers)
+    headers["X-Accel-Redirect"] = settings.accel_redirect + relpath
+    request.app.state.metrics.payload_bytes.inc(size)
+    return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
 
 
 async def _fast_payload(
@@ -325,15 +349,10 @@ async def _fast_payload(
         headers = _payload_headers(request, task, snap["access"], number, sha, signature, immutable)  # type: ignore[index]
         if if_none_match and headers["ETag"] in {v.strip() for v in if_none_match.split(",")}:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-        access = snap["access"]  # type: ignore[index]
-        accel = request.app.state.settings.accel_redirect
-        redirect = accel and not (immutable and access == "public")  # public versions: the front caches bytes
-        blobs: BlobStore = request.app.state.blobs
-        if redirect and blobs.has(sha):
-            headers["Content-Disposition"] = f'attachment; filename="{task}-v{number}.plada"'
-            headers["X-Accel-Redirect"] = accel + blobs.relpath(sha)
-            return Response(status_code=status.HTTP_200_OK, headers=headers, media_type=MEDIA_TYPE)
-        data = None if redirect else request.app.state.payload_cache.get(sha)
+        how = _delivery(request, snap["access"], immutable)  # type: ignore[index]
+        if how != "bytes" and request.app.state.blobs.has(sha):
+            return _hand_off(request, how, task, number, sha, headers, 0)
+        data = None if how != "bytes" else request.app.state.payload_cache.get(sha)
         if data is not None:
             headers["Content-Disposition"] = f'attachment; filename="{task}-v{number}.plada"'
             request.app.state.metrics.payload_bytes.inc(len(data))
@@ -377,6 +396,10 @@ class PayloadBytesCache:
 _PAYLOAD_DOC = {
     200: {"content": {MEDIA_TYPE: {}}, "description": "the payload bytes"},
     304: {"description": "not modified (If-None-Match matched the ETag)"},
+    307: {
+        "description": "public payloads with PLADA_BLOB_BASE_URL set: the bytes are at Location; ETag, "
+        "X-Plada-Version and X-Plada-Signature here are what the client verifies them against"
+    },
 }
 
 

@@ -25,7 +25,7 @@ from plada.client.agent import Agent, AgentConfig
 from plada.client.cache import PayloadCache
 from plada.client.net import safe_text
 from plada.client.train import TrainConfig
-from plada.shared.errors import ServerResponseError, ServerUnavailableError, VerificationError
+from plada.shared.errors import ClientError, ServerResponseError, ServerUnavailableError, VerificationError
 from plada.shared.payload import Payload, encode_payload, payload_sha256
 from plada.shared.pool import Pool, write_array_pool
 
@@ -57,8 +57,14 @@ class Hostile:
 
             do_POST = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, *_a: object) -> None:
+                """A client that hangs up on a hostile answer is the point of these tests; the default
+                handler would print a traceback onto the stderr the tests capture and read."""
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -233,6 +239,111 @@ def test_bad_headers_are_one_line_errors(
     server.routes["/v1/tasks/t/payload"] = lambda h: send(h, 200, data, **({"ETag": f'"{sha}"'} | headers))
     with PladaClient(server.url, cache_dir=tmp_path / "c") as c, pytest.raises(VerificationError, match=match):
         c.fetch("t", pool=tiny)
+
+
+# -- redirects: followed only where allowed, verified against the API's own answer -----------------------------
+
+
+def redirect_route(location: str, data: bytes, version: int = 2, status: int = 307) -> Route:
+    """The API's answer with a blob URL: ETag and version here, bytes at ``location``."""
+    sha = payload_sha256(data)
+    return lambda h: send(h, status, b"", ETag=f'"{sha}"', X_Plada_Version=str(version), Location=location)
+
+
+def blob_route(data: bytes, seen: list[dict[str, str]]) -> Route:
+    """A blob host: plain bytes with its own (useless) ETag; records the headers it was sent."""
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        seen.append(dict(h.headers.items()))
+        send(h, 200, data, "application/octet-stream", ETag='"not-a-sha256"')
+
+    return route
+
+
+@pytest.fixture()
+def cdn() -> Iterator[Hostile]:
+    s = Hostile()
+    yield s
+    s.close()
+
+
+def test_a_same_origin_redirect_is_followed_with_the_token(server: Hostile, tiny: Pool, tmp_path: Path) -> None:
+    data, seen = make_payload(tiny, version=2), []
+    server.routes["/v1/tasks/t/payload"] = redirect_route("/blobs/sha256/ab/x", data)
+    server.routes["/blobs/sha256/ab/x"] = blob_route(data, seen)
+    with PladaClient(server.url, token="tok", cache_dir=tmp_path / "c") as c:
+        payload = c.fetch("t", pool=tiny)
+        assert payload.version == 2 and c.cache.get(payload_sha256(data)) == data
+    assert seen[0].get("Authorization") == "Bearer tok"  # its own server: the token goes along
+
+
+def test_a_redirect_elsewhere_is_refused_unless_configured(
+    server: Hostile, cdn: Hostile, tiny: Pool, tmp_path: Path
+) -> None:
+    data, seen = make_payload(tiny, version=2), []
+    server.routes["/v1/tasks/t/payload"] = redirect_route(f"{cdn.url}/plada/blobs/sha256/ab/x", data)
+    cdn.routes["/plada/blobs/sha256/ab/x"] = blob_route(data, seen)
+    with PladaClient(server.url, token="tok", cache_dir=tmp_path / "c") as c:
+        with pytest.raises(VerificationError, match=r"not http://127\.0\.0\.1:.*refused"):
+            c.fetch("t", pool=tiny)
+        assert cdn.hits == [] and c.cache.find("t", "latest") is None
+    with PladaClient(server.url, token="tok", cache_dir=tmp_path / "c", blob_base_url=f"{cdn.url}/plada/blobs/") as c:
+        assert c.fetch("t", pool=tiny).version == 2
+    assert "Authorization" not in seen[0]  # another origin never sees the server's token
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/plada/blobsX/sha256/ab/x", "/plada/blobs/../secret", "/other/sha256/ab/x"],
+    ids=["prefix-trick", "dot-dot", "outside"],
+)
+def test_only_urls_under_the_blob_base_are_followed(
+    server: Hostile, cdn: Hostile, tiny: Pool, tmp_path: Path, path: str
+) -> None:
+    data = make_payload(tiny, version=2)
+    server.routes["/v1/tasks/t/payload"] = redirect_route(cdn.url + path, data)
+    with (
+        PladaClient(server.url, cache_dir=tmp_path / "c", blob_base_url=f"{cdn.url}/plada/blobs") as c,
+        pytest.raises(VerificationError, match="refused"),
+    ):
+        c.fetch("t", pool=tiny)
+    assert cdn.hits == []
+
+
+def test_bytes_behind_a_redirect_are_verified_against_the_api(
+    server: Hostile, cdn: Hostile, tiny: Pool, tmp_path: Path
+) -> None:
+    """The blob host sends other bytes (an older version, a damaged file): refused, nothing cached."""
+    v3, v2 = make_payload(tiny, version=3), make_payload(tiny, version=2)
+    server.routes["/v1/tasks/t/payload"] = redirect_route(f"{cdn.url}/b/sha256/ab/x", v3, version=3)
+    cdn.routes["/b/sha256/ab/x"] = blob_route(v2, [])
+    with PladaClient(server.url, cache_dir=tmp_path / "c", blob_base_url=f"{cdn.url}/b") as c:
+        with pytest.raises(VerificationError, match="does not hash to the server's ETag"):
+            c.fetch("t", pool=tiny)
+        cdn.routes["/b/sha256/ab/x"] = blob_route(v3[:-1] + bytes([v3[-1] ^ 1]), [])
+        with pytest.raises(VerificationError, match="does not hash"):
+            c.fetch("t", pool=tiny)
+        assert c.cache.find("t", "latest") is None and c.cache.get(payload_sha256(v2)) is None
+
+
+def test_redirect_loops_and_missing_locations_end(server: Hostile, tiny: Pool, tmp_path: Path) -> None:
+    data = make_payload(tiny, version=2)
+    server.routes["/v1/tasks/t/payload"] = redirect_route("/loop", data)
+    server.routes["/loop"] = lambda h: send(h, 302, b"", Location="/loop")
+    with PladaClient(server.url, cache_dir=tmp_path / "c") as c:
+        with pytest.raises(ServerResponseError, match="more than 3 redirects"):
+            c.fetch("t", pool=tiny)
+        server.routes["/v1/tasks/t/payload"] = lambda h: send(
+            h, 307, b"", ETag=f'"{payload_sha256(data)}"', X_Plada_Version="2"
+        )
+        with pytest.raises(ServerResponseError, match="without a Location"):
+            c.fetch("t", pool=tiny)
+
+
+@pytest.mark.parametrize("bad", ["ftp://cdn/x", "cdn.example.com/x", "https://cdn/x?sig=1"])
+def test_a_bad_blob_base_url_is_a_clear_error(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ClientError, match="PLADA_BLOB_BASE_URL must be"):
+        PladaClient("http://127.0.0.1:1", cache_dir=tmp_path, blob_base_url=bad)
 
 
 # -- names never become paths ----------------------------------------------------------------------------------
