@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -95,9 +94,7 @@ def test_default_spec_uses_a_probe_teacher_probe_proxies_and_the_cache(photo_poo
     x, y = _task()
     spec = TaskSpec(name="cat-or-coffee", classes=["cat", "coffee"], pool_id="photos", keep=20 / 60)
     cache = TeacherCache(tmp_path / "teachers")
-    t0 = time.perf_counter()
     first = run_pipeline(photo_pool, x, y, spec, version=1, device=CPU, cache=cache)
-    t_first = time.perf_counter() - t0
     m = first.metrics
     assert m["teacher"]["arch"] == "probe" and m["teacher"]["cached"] is False
     assert m["teacher"]["val_accuracy"] >= 0.9 and m["teacher"]["probe"]["temperature"] > 0
@@ -106,14 +103,14 @@ def test_default_spec_uses_a_probe_teacher_probe_proxies_and_the_cache(photo_poo
     folders = [photo_pool.manifest.keys[i].split("/")[0] for i in first.payload.indices]
     assert np.isin(folders, ["chelsea", "coffee"]).mean() >= 0.75, folders
     assert m["domain"] is not None and 0 <= m["domain"]["atypical_share"] <= 1
-    # only the budget changes: the teacher and its pool scores come from the cache
-    t0 = time.perf_counter()
+    # only the budget changes: the teacher and its pool scores come from the cache (how much faster that is,
+    # bench/ measures; a timed assertion here failed under CI contention)
     second = run_pipeline(
         photo_pool, x, y, spec.model_copy(update={"keep": 10 / 60}), version=2, device=CPU, cache=cache
     )
     assert second.metrics["teacher"]["cached"] is True
     assert second.metrics["teacher"]["val_accuracy"] == m["teacher"]["val_accuracy"]
-    assert len(second.payload) == 10 and time.perf_counter() - t0 < t_first
+    assert len(second.payload) == 10
     # another teacher option is another key
     other = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"seed": 1})})
     assert (
