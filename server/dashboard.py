@@ -71,6 +71,14 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}"
 
 
+def _interval_title(iv: Any) -> str:
+    """A tooltip with the 95 % interval of a predicted accuracy (older versions have none)."""
+    if not (isinstance(iv, list) and len(iv) == 2):
+        return ""
+    why = "server validation; assumes the client's images resemble the publisher's"
+    return f' title="95 % interval {_pct(iv[0])}–{_pct(iv[1])} ({_e(why)})"'
+
+
 def _num(v: Any) -> str:
     return "–" if v is None else f"{int(v):,}"
 
@@ -148,7 +156,8 @@ def _task_section(session: Session, task: TaskRow) -> str:
             f"<tr><td>v{v.number}</td><td>{_e(v.status)}</td><td class=num>{_num(v.size_bytes)}</td>"
             f"<td class=num>{_num(v.n_items)}</td><td>{_e(sel.get('label', '–'))}</td>"
             f"<td class=num>{_pct(m.get('teacher', {}).get('val_accuracy'))}</td>"
-            f"<td class=num>{_pct(val.get('predicted_client_accuracy'))}</td>"
+            f"<td class=num{_interval_title(val.get('predicted_interval_95'))}>"
+            f"{_pct(val.get('predicted_client_accuracy'))}</td>"
             f"<td class=num>{_pct(mean_acc)}{f' ({n_rep})' if n_rep else ''}</td>"
             f"<td class=warn>{_e(warn[:160])}</td></tr>"
         )

@@ -40,6 +40,7 @@ from plada.server.pipeline.validate import (
     choose,
     probe_proxy_accuracy,
     proxy_accuracy,
+    wilson_interval,
 )
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
@@ -557,6 +558,11 @@ def finish(
             "candidates": [t.summary() for t in trials],
             "chosen": cand.label,
             "predicted_client_accuracy": predicted,
+            # sampling error of the validation split only; it assumes the client's images resemble the
+            # publisher's (docs/benchmarks.md, bench/split_shift.py: where they do not, the client lands lower)
+            "predicted_interval_95": (
+                [round(v, 4) for v in wilson_interval(predicted, len(va))] if predicted is not None else None
+            ),
         },
         "leakage": prep.leak.as_metrics(excluded=sel.exclude_duplicates),
         "domain": prep.domain,

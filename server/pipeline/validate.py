@@ -137,6 +137,18 @@ class Trial:
         }
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """A 95 % interval for an accuracy measured on ``n`` images (Wilson score). The predicted client accuracy
+    comes from the publisher's held-out images, often only a hundred or two: its sampling error alone is
+    several points, and a client whose images differ from the publisher's can land outside it too."""
+    if n <= 0:
+        return (0.0, 1.0)
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
 def choose(trials: list[Trial], tolerance: float = 0.005) -> Trial:
     """Best validation accuracy; near-ties (within ``tolerance``) go to the smaller payload, then list order."""
     best = max(t.val_accuracy for t in trials)

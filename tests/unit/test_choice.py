@@ -13,7 +13,7 @@ from plada.server.pipeline.features import build_feature_index, open_feature_ind
 from plada.server.pipeline.leakage import audit_leakage
 from plada.server.pipeline.publish import run_pipeline
 from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
-from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose
+from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose, wilson_interval
 from plada.shared.errors import InvalidSpecError, PoolError
 from plada.shared.pool import Pool, write_array_pool
 from plada.shared.schemas import TaskSpec
@@ -147,6 +147,9 @@ def test_auto_validates_every_candidate_and_ships_the_best(two_domain_pool: Pool
     assert res.metrics["selection"]["mode"] == "auto" and res.metrics["selection"]["label"] == v["chosen"]
     assert res.metrics["teacher"]["features"].startswith("index default")
     assert v["n_val"] == res.metrics["teacher"]["n_val"] > 0 and "never the client's test data" in v["split"]
+    lo, hi = v["predicted_interval_95"]
+    assert lo <= v["predicted_client_accuracy"] <= hi and lo < hi
+    assert (lo, hi) == pytest.approx(wilson_interval(v["predicted_client_accuracy"], v["n_val"]), abs=1e-4)
     # the target domain is the first 1,000 items: the winner must have found it
     assert (res.payload.indices < 1_000).mean() > 0.9
 
@@ -169,6 +172,7 @@ def test_probe_teacher_scores_from_cached_features_and_excludes_duplicates(two_d
     assert m["leakage"]["exact_duplicates"] == 40 and m["leakage"]["excluded"] is True
     assert not set(dup_idx.tolist()) & set(res.payload.indices.tolist())
     assert m["validation"]["candidates"] == [] and m["validation"]["predicted_client_accuracy"] is None
+    assert m["validation"]["predicted_interval_95"] is None
 
 
 def test_probe_without_index_and_unknown_selector_are_spec_errors(tmp_path: object) -> None:
@@ -188,3 +192,16 @@ def test_far_out_of_distribution_task_is_flagged(two_domain_pool: Pool) -> None:
     spec = _spec(keep=0.05, selector={"name": "random"})
     res = run_pipeline(two_domain_pool, x, y, spec, version=1, device=CPU)
     assert res.metrics["warnings"] and "far below" in res.metrics["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    ("p", "n", "lo", "hi"),
+    [(0.8, 120, 0.7196, 0.8618), (0.5, 10, 0.2366, 0.7634), (1.0, 50, 0.9286, 1.0), (0.0, 30, 0.0, 0.1135)],
+)
+def test_the_predicted_accuracy_interval_is_wilsons(p: float, n: int, lo: float, hi: float) -> None:
+    """Reference values: the roots of (p - x)² = z² x (1 - x) / n, z = 1.96, solved by numpy.roots, not by the
+    closed form under test; the interval narrows as the validation split grows."""
+    assert wilson_interval(p, n) == pytest.approx((lo, hi), abs=1e-4)
+    a, b = wilson_interval(0.8, 1200)
+    assert 0.7196 < a < 0.8 < b < 0.8618
+    assert wilson_interval(0.7, 0) == (0.0, 1.0)
