@@ -28,6 +28,7 @@ from plada.server import __version__, repo
 from plada.server.api.deps import SessionDep
 from plada.server.api.hot import HotPath
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
+from plada.server.api.pages import router as pages_router
 from plada.server.api.tasks import PayloadBytesCache, UploadSlots
 from plada.server.api.tasks import router as tasks_router
 from plada.server.auth import RateLimiter
@@ -38,6 +39,7 @@ from plada.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from plada.server.metrics import Metrics, RequestMetrics
 from plada.server.publishing import sweep_finished_uploads, sweep_orphan_uploads
 from plada.server.settings import Settings
+from plada.server.version_page import ThumbCache, VersionViews
 from plada.shared.errors import PladaError
 from plada.shared.pool import open_pool
 from plada.shared.schemas import Problem
@@ -161,6 +163,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.payload_cache = PayloadBytesCache()
     assert settings.blob_dir is not None
     app.state.blobs = BlobStore(settings.blob_dir)
+    app.state.version_views = VersionViews(app.state.blobs)
+    app.state.thumbs = ThumbCache(settings.data_dir / "thumbs", settings.thumb_cache_bytes)
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = init_db(app.state.engine)
     app.state.metrics = Metrics(app.state.session_factory)
@@ -213,7 +217,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return problem(500, "internal_error", "Internal error", "the server failed; see its log")
 
-    for r in (tasks_router, jobs_router, pools_router, health_router, keys_router):
+    for r in (tasks_router, jobs_router, pools_router, health_router, keys_router, pages_router):
         app.include_router(r)
 
     @app.get("/metrics", include_in_schema=False)

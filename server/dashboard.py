@@ -142,6 +142,13 @@ def accuracy_plot(points: list[tuple[str, float, float, str]], *, width: int = 4
     return "".join(out)
 
 
+def _version_link(task: str, v: VersionRow) -> str:
+    """Ready versions link to their page (server/version_page.py): the kept images per class."""
+    if v.status != "ready":
+        return f"v{v.number}"
+    return f"<a href='/tasks/{_e(task)}/versions/{v.number}'>v{v.number}</a>"
+
+
 def _task_section(session: Session, task: TaskRow) -> str:
     versions: list[VersionRow] = repo.list_versions(session=session, task=task)
     sums = repo.report_summaries(session=session, version_ids=[v.id for v in versions])
@@ -153,7 +160,7 @@ def _task_section(session: Session, task: TaskRow) -> str:
         n_rep, _n_acc, mean_acc = sums.get(v.id, (0, 0, None))
         warn = " ".join(m.get("warnings", []))
         rows.append(
-            f"<tr><td>v{v.number}</td><td>{_e(v.status)}</td><td class=num>{_num(v.size_bytes)}</td>"
+            f"<tr><td>{_version_link(task.name, v)}</td><td>{_e(v.status)}</td><td class=num>{_num(v.size_bytes)}</td>"
             f"<td class=num>{_num(v.n_items)}</td><td>{_e(sel.get('label', '–'))}</td>"
             f"<td class=num>{_pct(m.get('teacher', {}).get('val_accuracy'))}</td>"
             f"<td class=num{_interval_title(val.get('predicted_interval_95'))}>"

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "with the ETag, version and signature headers; token-gated payloads never redirect there; empty = off",
         pattern=r"^(https?://[^\s?#]+[^/\s?#])?$",
     )
+    thumb_cache_bytes: int = Field(
+        256 << 20,
+        ge=0,
+        description="disk for the version pages' thumbnails (<data_dir>/thumbs), least recently read go first; "
+        "0 = draw every time",
+    )
     signing_key: Path | None = Field(
         None, description="ed25519 key that signs every version (created on first use); default <data_dir>/signing.key"
     )

@@ -138,6 +138,8 @@ class Worker:
             if hb.lost:
                 log.warning("job %s: lease lost; result discarded", job.id, extra=_fields(ev, "lost"))
                 return True
+            for extra in result.attachments.values():  # the version page's preview and the blobs it names
+                self.blobs.put(extra)
             self.blobs.put(result.data)  # before the row says ready: a reader never finds a ready version without bytes
             ok = jobs.complete_job(
                 self.factory,

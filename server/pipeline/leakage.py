@@ -73,8 +73,11 @@ def audit_leakage(
         if exact_mask.any():
             hit = np.flatnonzero(np.isin(pv, tv[exact_mask]))
             flagged_pool.append(hit)
-            for i in hit[:5]:
-                examples.append({"pool_key": str(pool.manifest.keys[i]), "kind": "exact"})
+            for t in np.flatnonzero(exact_mask)[:5]:  # pairs (upload image, pool item): a person can look at them
+                i = int(np.flatnonzero(pv == tv[t])[0])
+                examples.append(
+                    {"pool_key": str(pool.manifest.keys[i]), "kind": "exact", "pool_index": i, "upload_index": int(t)}
+                )
     near_mask = np.zeros(n, dtype=bool)
     nn_sim = None
     if pool_features is not None and target_features is not None and len(target_features) == n:
@@ -95,7 +98,15 @@ def audit_leakage(
         if near_mask.any():
             flagged_pool.append(nn_idx[near_mask])
             for i in np.flatnonzero(near_mask)[:5]:
-                examples.append({"pool_key": str(pool.manifest.keys[nn_idx[i]]), "kind": "near"})
+                examples.append(
+                    {
+                        "pool_key": str(pool.manifest.keys[nn_idx[i]]),
+                        "kind": "near",
+                        "pool_index": int(nn_idx[i]),
+                        "upload_index": int(i),
+                        "cosine": round(float(sims[i, 0]), 4),
+                    }
+                )
     pool_idx = np.unique(np.concatenate(flagged_pool)) if flagged_pool else np.zeros(0, dtype=np.int64)
     return LeakageReport(
         exact=int(exact_mask.sum()),

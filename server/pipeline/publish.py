@@ -8,6 +8,7 @@ winning payload. The worker wraps it with the database; benchmarks call it direc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from plada.server.pipeline import scoring
 from plada.server.pipeline.clusters import feature_strata
 from plada.server.pipeline.features import FeatureIndex, open_feature_index
 from plada.server.pipeline.leakage import LeakageReport, audit_leakage, domain_typicality
+from plada.server.pipeline.preview import PER_CLASS, build_preview, preview_bytes
 from plada.server.pipeline.selection import (
     ScoreInputs,
     create_selector,
@@ -61,6 +63,7 @@ class PipelineResult:
     sha256: str
     metrics: dict[str, Any]
     built: list[Built] = field(default_factory=list)  # every candidate's payload (the benchmark trains on them)
+    attachments: dict[str, bytes] = field(default_factory=dict)  # sha256 → bytes: the preview and what it names
 
 
 @dataclass
@@ -582,5 +585,23 @@ def finish(
         },
         "device": str(device),
     }
+    preview, attachments = build_preview(
+        payload,
+        prep.inputs.logits,
+        prep.x,
+        prep.leak.examples,
+        [(b.candidate.label, b.data) for b in built],
+        cand.label,
+    )
+    doc = preview_bytes(preview)
+    attachments[hashlib.sha256(doc).hexdigest()] = doc
+    metrics["preview"] = {"sha256": hashlib.sha256(doc).hexdigest(), "per_class": PER_CLASS}
     report(1.0, "done")
-    return PipelineResult(payload=payload, data=data, sha256=payload_sha256(data), metrics=metrics, built=built)
+    return PipelineResult(
+        payload=payload,
+        data=data,
+        sha256=payload_sha256(data),
+        metrics=metrics,
+        built=built,
+        attachments=attachments,
+    )
