@@ -57,6 +57,13 @@ def _bar(desc: str, unit: str = "") -> Callable[[float, str], None]:
     return update
 
 
+def _per_class(v: str) -> int:
+    n = int(v)
+    if not 1 <= n <= 200:
+        raise argparse.ArgumentTypeError("must be 1-200")
+    return n
+
+
 def _open_pool(path: str) -> Any:
     from plada.shared.pool import open_pool
 
@@ -127,8 +134,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not args.full:
         info.pop("label_counts", None)
     info["signature"] = _signature_report(args, data)
+    if args.preview or args.html:
+        info["preview"] = _preview(args, data, pool)
     _emit(info)
     return 0
+
+
+def _preview(args: argparse.Namespace, data: bytes, pool: Any) -> dict[str, Any]:
+    """The kept pool images per class, drawn from this client's own pool copy (no pixel from the network):
+    look at what a payload teaches before spending compute on it."""
+    import io
+
+    import numpy as np
+
+    from plada.client.api import check_pool
+    from plada.shared.errors import ClientError
+    from plada.shared.payload import decode_payload
+    from plada.shared.pool import atomic_write_bytes
+    from plada.shared.preview import contact_html, contact_sheet, per_class_items
+
+    if pool is None:
+        raise ClientError("--preview and --html draw from the local pool: give --pool DIR")
+    payload = decode_payload(data, layout=_layout(data, pool, getattr(args, "cache", None)))
+    check_pool(payload, pool)
+    k = len(payload.classes)
+    # a payload with priority tiers says which items its server valued most: those first
+    rank = None if payload.tiers is None else -np.asarray(payload.tiers, np.float64)
+    order = per_class_items(payload.indices, payload.labels, k, rank)
+    shown = [o[: args.per_class] for o in order]
+    images = [pool.batch(o) if len(o) else np.zeros((0, *pool.image_shape), np.uint8) for o in shown]
+    counts = [len(o) for o in order]
+    out: dict[str, Any] = {"per_class": args.per_class, "tiles": sum(len(o) for o in shown)}
+    if args.preview:
+        sheet = contact_sheet(images, list(payload.classes), counts)
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG", optimize=True)  # type: ignore[attr-defined]
+        atomic_write_bytes(Path(args.preview), buf.getvalue())  # never a half-written file
+        out["png"], out["png_size"] = args.preview, list(sheet.size)  # type: ignore[attr-defined]
+    if args.html:
+        keys = [[str(pool.manifest.keys[i]) for i in o] for o in shown]
+        title = f"{payload.task} v{payload.version} on {pool.name}"
+        page = contact_html(images, list(payload.classes), counts, keys, title=title)
+        atomic_write_bytes(Path(args.html), page.encode())
+        out["html"] = args.html
+    return out
 
 
 def _signature_report(args: argparse.Namespace, data: bytes) -> dict[str, Any]:
@@ -546,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder with layouts fetched from servers (default $PLADA_CACHE)")
     _trust_arg(p)
     p.add_argument("--require-signature", action="store_true", help="exit 1 unless FILE.sig verifies (--trust)")
+    p.add_argument("--preview", metavar="PNG", help="draw the kept pool images per class from --pool into this PNG")
+    p.add_argument("--html", metavar="FILE", help="the same as one self-contained HTML page (alt text = pool key)")
+    p.add_argument("--per-class", type=_per_class, default=16, help="images drawn per class (1-200, default 16)")
     p.set_defaults(fn=cmd_inspect)
     p = add(
         "pull",

@@ -85,7 +85,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     y = 0
     for imgs, name, count, h in zip(images, class_names, counts, heights, strict=True):
-        draw.text((gap, y + 3), f"{name} — {count:,} item{'s' if count != 1 else ''}", fill="black", font=font)
+        draw.text((gap, y + 3), f"{name}: {count:,} item{'s' if count != 1 else ''}", fill="black", font=font)
         if len(imgs) == 0:
             draw.text((gap, y + label_h + 2), "(none kept)", fill="gray", font=font)
         for i, img in enumerate(imgs):

@@ -15,6 +15,7 @@ from PIL import Image
 from plada.server.pipeline.preview import PER_CLASS, build_preview, preview_bytes
 from plada.server.version_page import ThumbCache
 from plada.shared.payload import Payload, decode_payload, encode_payload
+from plada.shared.pool import Pool
 from plada.shared.preview import TILE, contact_html, contact_sheet, per_class_items, png_bytes, thumbnail
 
 
@@ -117,3 +118,95 @@ def test_the_thumbnail_cache_is_bounded_and_keeps_what_is_read(tmp_path: Path) -
     assert not (tmp_path / "t" / "k0" / "k001.png").exists()  # unread since: evicted
     off = ThumbCache(tmp_path / "off", max_bytes=0)
     assert off.get("a", lambda: b"x") == b"x" and not (tmp_path / "off").exists()
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from plada.client.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _sheet_payload(pool: Pool, tmp_path: Path, per_class: list[np.ndarray], tiers: np.ndarray | None = None) -> Path:
+    idx = np.concatenate(per_class)
+    lab = np.concatenate([np.full(len(o), c) for c, o in enumerate(per_class)])
+    order = np.argsort(idx, kind="stable")
+    p = Payload(
+        indices=idx[order],
+        labels=lab[order],
+        classes=tuple(f"class {c}" for c in range(len(per_class))),
+        pool_id=pool.pool_id,
+        n_pool=len(pool),
+        task="look",
+        version=3,
+        pool_name=pool.name,
+        tiers=None if tiers is None else tiers[order],
+    )
+    path = tmp_path / "look.plada"
+    path.write_bytes(encode_payload(p, layout=pool.layout))
+    return path
+
+
+@pytest.mark.parametrize("which", ["mini", "photo"])
+def test_inspect_preview_draws_the_kept_items_from_the_local_pool(
+    which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
+    """The sheet's size follows its classes and tiles, and every tile is the pool item it claims to be."""
+    if which == "mini":
+        pool = request.getfixturevalue("pool")  # the mini world, 28 px grey
+    else:
+        from photo_crops import crops, photo  # real photos, 40 px RGB, a folder pool
+
+        from plada.shared.pool import index_image_folder
+
+        src = tmp_path / "src"
+        for name in ("chelsea", "coffee", "rocket"):
+            (src / name).mkdir(parents=True)
+            for i, crop in enumerate(crops(photo(name), 6, 40, seed=1)):
+                Image.fromarray(crop).save(src / name / f"{i}.png")
+        pool = index_image_folder(src, tmp_path / "photo-pool", "photos")
+    n = len(pool)
+    per_class = [np.arange(0, 7), np.arange(n - 3, n), np.arange(9, 11)]  # 7, 3 and 2 items
+    tiers = np.concatenate([[1, 1, 1, 1, 1, 1, 0], [0, 0, 0], [0, 0]])  # class 0's last item is its most valued
+    path = _sheet_payload(pool, tmp_path, per_class, tiers)
+    png, page = tmp_path / "sheet.png", tmp_path / "sheet.html"
+    code, out, err = _cli(
+        capsys, "inspect", str(path), "--pool", str(pool.root), "--preview", str(png), "--html", str(page),
+        "--per-class", "5", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    info = json.loads(out)["preview"]
+    assert info["tiles"] == 5 + 3 + 2
+    sheet = np.asarray(Image.open(png).convert("RGB"))
+    gap, label_h, tile = 4, 18, TILE
+    assert (
+        sheet.shape[:2] == (3 * (label_h + tile + gap + gap), 12 * (tile + gap) + gap) == tuple(info["png_size"])[::-1]
+    )
+    # class 0: its tier-0 item first, then payload order; class 1 starts at its block's first tile
+    expect = [6, 0, 1, 2, 3]
+    for col, item in enumerate(expect):
+        x0, y0 = gap + col * (tile + gap), label_h
+        want = np.asarray(thumbnail(pool.batch(np.array([item]))[0]))
+        assert np.array_equal(sheet[y0 : y0 + tile, x0 : x0 + tile], want), (which, col, item)
+    y1 = label_h + tile + gap + gap + label_h
+    want = np.asarray(thumbnail(pool.batch(np.array([n - 3]))[0]))
+    assert np.array_equal(sheet[y1 : y1 + tile, gap : gap + tile], want)
+    html = page.read_text()
+    keys = [str(pool.manifest.keys[i]) for i in expect]
+    assert html.count("<img") == 10 and f'alt="{keys[0]} · class 0"' in html
+    assert html.index(f'alt="{keys[0]} ') < html.index(f'alt="{keys[1]} ')
+
+
+def test_inspect_preview_needs_the_pool_and_refuses_another(
+    pool: Pool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plada.shared.pool import write_array_pool
+
+    path = _sheet_payload(pool, tmp_path, [np.arange(3), np.arange(5, 8)])
+    code, _, err = _cli(capsys, "inspect", str(path), "--preview", str(tmp_path / "a.png"))
+    assert code == 1 and err.count("\n") == 1 and "give --pool" in err
+    other = write_array_pool(tmp_path / "o", "other", np.zeros((50, 28, 28), np.uint8), [f"k{i}" for i in range(50)])
+    code, _, err = _cli(capsys, "inspect", str(path), "--pool", str(other.root), "--preview", str(tmp_path / "b.png"))
+    assert code == 1 and err.count("\n") == 1 and not (tmp_path / "b.png").exists()
