@@ -57,3 +57,51 @@ def test_flowers5_at_keep_5_percent_on_the_photo_pool(tmp_path: Path) -> None:
     # the client test split: a head-only student keeps most of what the teacher knows
     assert metrics["test_accuracy"] > 0.55, metrics
     assert abs(metrics["test_accuracy"] - m["validation"]["predicted_client_accuracy"]) < 0.1
+
+
+def test_a_photo_task_version_page_in_chromium(tmp_path: Path) -> None:
+    """flowers5 published through a real server onto the photo pool; its version page in headless Chromium:
+    five grids of real photos (alt = pool key · class), the candidates table, the screenshot kept."""
+    import shutil
+
+    from plada.client import PladaClient
+    from plada.server.local import LocalStack
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Chromium")
+    from playwright.sync_api import sync_playwright
+
+    world = Path(os.environ.get("PLADA_PHOTO_CACHE", tmp_path / "photo"))
+    pool = build_photo_world(Path(str(SOURCE)), world, log=lambda _m: None)
+    if (index := open_feature_index(pool)) is None or not index.pretrained:
+        build_pretrained_index(pool, device=CPU)
+    tdir = world / "tasks" / "flowers5"
+    classes = json.loads((tdir / "task.json").read_text())["classes"]
+    stack = LocalStack(data_dir=tmp_path / "d", pools_dir=world / "pools", log_dir=tmp_path / "l")
+    with stack:
+        stack.start_server()
+        stack.start_worker()
+        with PladaClient(stack.url, token=stack.token()) as c:
+            spec = {"name": "flowers5", "classes": classes, "pool_id": pool.name, "keep": 0.05}
+            job = c.publish(spec, tdir / "train.npz").job.id
+            assert c.wait_job(job, timeout=1200).state == "succeeded"
+            counts = c.version("flowers5", 1).metrics["selection"]["label_counts"]
+        keys = {str(k) for k in pool.manifest.keys}
+        artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{stack.url}/tasks/flowers5/versions/1")
+            grids = page.locator(".grid[data-class]")
+            assert grids.count() == len(classes) == 5
+            for c, name in enumerate(classes):
+                alts = grids.nth(c).locator("img").evaluate_all("els => els.map(e => e.alt)")
+                assert len(alts) == min(counts[c], 24)
+                assert all(a.split(" · ")[0] in keys and a.split(" · ")[1] == name for a in alts)
+            assert page.locator("#candidates tr").count() == 7
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+            page.screenshot(path=str(artifacts / "version-page-flowers5.png"), full_page=True)
+            browser.close()

@@ -89,6 +89,8 @@ def test_the_version_page_shows_what_a_payload_teaches(photo_stack: tuple[LocalS
         for j in jobs:
             assert c.wait_job(j, timeout=600).state == "succeeded"
         v1 = c.version("cat-or-coffee", 1)
+        report = {"client_id": "lab-box", "student_arch": "head", "epochs": 1, "accuracy": 0.875, "wall_s": 3.0}
+        c.report("cat-or-coffee", 1, report | {"n_test": 40})
         assert c.wait_job(c.publish(_spec("cat-or-coffee", 10 / 60), data, filename="d.npz").job.id).state == (
             "succeeded"
         )
@@ -150,6 +152,9 @@ def test_the_version_page_shows_what_a_payload_teaches(photo_stack: tuple[LocalS
         flagged = [r.split("\t")[-1].strip() for r in pairs.all_inner_texts()]
         assert flagged[:3] == [str(pool.manifest.keys[i]) for i in LEAKED] and set(flagged) <= keys
         # (crops of the same photo may be flagged too: near duplicates a person should judge, hence the pairs)
+        # what clients reported
+        assert page.locator("#reports tr").nth(1).inner_text().split("\t")[:5] == ["lab-box", "head", "1", "87.5", "40"]
+        assert page.locator("svg .pt-reported").count() == 1
         shot = ARTIFACTS / "version-page.png"
         page.screenshot(path=str(shot), full_page=True)
 
