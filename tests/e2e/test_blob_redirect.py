@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from quick_specs import two_class_spec
 
 from plada.client import PladaClient
 from plada.server.local import LocalStack
@@ -57,18 +58,6 @@ def blob_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         proc.wait(timeout=10)
 
 
-def _spec(name: str, access: str) -> dict[str, object]:
-    return {
-        "name": name,
-        "classes": ["a", "b"],
-        "pool_id": "mini-v1",
-        "keep": 0.005,
-        "access": access,
-        "teacher": {"arch": "smallcnn", "epochs": 1},
-        "selector": {"name": "energy", "validate_candidates": False},
-    }
-
-
 def test_public_payloads_redirect_to_the_blob_host(
     tmp_path: Path, world_dir: Path, pool: Pool, blob_host: tuple[str, Path]
 ) -> None:
@@ -82,7 +71,7 @@ def test_public_payloads_redirect_to_the_blob_host(
         st.start_worker()
         with PladaClient(st.url, token=st.token()) as c:
             jobs = [
-                c.publish(_spec(n, a), buf.getvalue(), filename="d.npz").job.id
+                c.publish(two_class_spec(n, a), buf.getvalue(), filename="d.npz").job.id
                 for n, a in (("open", "public"), ("closed", "token"))
             ]
             for j in jobs:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from quick_specs import two_class_spec
 
 from plada.client import PladaClient
 from plada.server.local import LocalStack, NginxFront, nginx_binary
@@ -18,18 +19,6 @@ from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="needs nginx (Debian: apt-get install nginx-light)")
-
-
-def _spec(name: str, access: str) -> dict[str, object]:
-    return {
-        "name": name,
-        "classes": ["a", "b"],
-        "pool_id": "mini-v1",
-        "keep": 0.005,
-        "access": access,
-        "teacher": {"arch": "smallcnn", "epochs": 1},
-        "selector": {"name": "energy", "validate_candidates": False},
-    }
 
 
 def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool) -> None:
@@ -47,7 +36,7 @@ def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool)
             url = front.start()
             with PladaClient(url, token=st.token()) as c:  # publishing goes through the front too
                 jobs = [
-                    c.publish(_spec(n, a), buf.getvalue(), filename="d.npz").job.id
+                    c.publish(two_class_spec(n, a), buf.getvalue(), filename="d.npz").job.id
                     for n, a in (("open", "public"), ("closed", "token"))
                 ]
                 for j in jobs:
