@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -287,13 +288,16 @@ class Prepared:
     strata: np.ndarray | None = None
     proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
 
-    def scores_of(self, name: str) -> np.ndarray:
-        if name not in self.scores:
-            self.scores[name] = np.asarray(create_selector(name)(self.inputs), dtype=np.float64)
-        return self.scores[name]
+    def scores_of(self, cand: Candidate) -> np.ndarray:
+        """The candidate's relevance scores, computed once per selector *and options* (a kNN with k = 1 is
+        not the default kNN)."""
+        key = cand.selector + json.dumps(cand.options, sort_keys=True, default=str) if cand.options else cand.selector
+        if key not in self.scores:
+            self.scores[key] = np.asarray(create_selector(cand.selector, **cand.options)(self.inputs), np.float64)
+        return self.scores[key]
 
     def order_of(self, cand: Candidate, count: int, eligible: np.ndarray) -> np.ndarray:
-        sc = self.scores_of(cand.selector)
+        sc = self.scores_of(cand)
         if cand.diversity > 0 and self.teacher.pool_features is not None:
             if self.strata is None:
                 self.strata = feature_strata(self.teacher.pool_features, seed=self.inputs.seed)
@@ -444,7 +448,7 @@ def finish(
     n_eligible = int(eligible.sum())
 
     def build(cand: Candidate, count: int) -> tuple[Payload, bytes]:
-        sc = prep.scores_of(cand.selector)
+        sc = prep.scores_of(cand)
         order = prep.order_of(cand, count, eligible)
         kept = select(sc, labels, count, n_classes=k, alpha=cand.alpha, share=cand.share, order=order)
         tiers = None

@@ -36,6 +36,8 @@ class Candidate:
     @property
     def label(self) -> str:
         parts = [self.selector]
+        if self.options:  # two recipes of one selector must not share a label (tables, comparisons)
+            parts[0] += " (" + ", ".join(f"{k}={v}" for k, v in sorted(self.options.items())) + ")"
         if self.share > 0:
             parts.append(f"quota s={self.share:g} α={self.alpha:g}")
         if self.diversity > 0:

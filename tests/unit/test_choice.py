@@ -11,7 +11,7 @@ import torch
 
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.server.pipeline.leakage import audit_leakage
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.publish import finish, prepare, run_pipeline
 from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
 from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose, wilson_interval
 from plada.shared.errors import InvalidSpecError, PoolError
@@ -205,3 +205,20 @@ def test_the_predicted_accuracy_interval_is_wilsons(p: float, n: int, lo: float,
     a, b = wilson_interval(0.8, 1200)
     assert 0.7196 < a < 0.8 < b < 0.8618
     assert wilson_interval(0.7, 0) == (0.0, 1.0)
+
+
+def test_a_candidates_options_reach_its_selector(two_domain_pool: Pool) -> None:
+    """A candidate's ``options`` (here kNN's k) change its scores and so its selection; before, every
+    candidate of one selector silently shared the default options."""
+    if open_feature_index(two_domain_pool, "default") is None:
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+    x, y = _domain_images(300, 0, 7)
+    spec = _spec(keep=0.05)
+    prep = prepare(two_domain_pool, x, y, spec, device=CPU)
+    default, k1 = Candidate("knn"), Candidate("knn", options={"k": 1})
+    np.testing.assert_array_equal(prep.scores_of(default), create_selector("knn")(prep.inputs))
+    np.testing.assert_array_equal(prep.scores_of(k1), create_selector("knn", k=1)(prep.inputs))
+    assert not np.array_equal(prep.scores_of(default), prep.scores_of(k1))
+    res = finish(prep, spec, version=1, device=CPU, candidates=[default, k1])
+    kept = {b.candidate.label: set(b.payload.indices.tolist()) for b in res.built}
+    assert list(kept) == ["knn", "knn (k=1)"] and kept["knn"] != kept["knn (k=1)"]
