@@ -83,6 +83,19 @@ class Caller:
 
 
 LOCAL = Caller(None, "admin", owner="local", name="local (auth off)")
+ANONYMOUS = Caller(None, None)  # the dashboard and version pages: no token, ever
+
+
+def sees_all_tasks(caller: Caller) -> bool:
+    """Whether token-gated tasks exist for this caller: any valid token does (any scope), nobody else."""
+    return caller.scope is not None
+
+
+def may_see(access: str, caller: Caller) -> bool:
+    """The one visibility rule. A public task is seen by anyone; a token-gated task (its versions, payloads,
+    jobs, reports, pages and thumbnails) only by a caller holding a token. To anyone else it does not exist:
+    404, never 403, so a gated task's name does not leak."""
+    return access == "public" or sees_all_tasks(caller)
 
 
 def authenticate(*, session: Session, authorization: str | None, enabled: bool) -> Caller:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from plada.server import repo
+from plada.server.auth import ANONYMOUS, may_see
 from plada.server.db import TaskRow, VersionRow
 
 _CSS = """
@@ -194,7 +195,7 @@ def _task_section(session: Session, task: TaskRow) -> str:
 def render_dashboard(session: Session, *, version: str) -> str:
     pools = repo.list_pools(session=session)
     # the page is anonymous: token-gated tasks and their jobs are not shown
-    tasks = [t for t in repo.list_tasks(session=session) if t.access == "public"]
+    tasks = [t for t in repo.list_tasks(session=session) if may_see(t.access, ANONYMOUS)]
     # every active job (the page's script polls the same 100), then the latest finished ones
     active = repo.list_jobs(session=session, limit=100, active_only=True, public_only=True)
     done = [j for j in repo.list_jobs(session=session, limit=20, public_only=True) if j.state not in _ACTIVE]

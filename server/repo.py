@@ -263,6 +263,6 @@ def list_jobs(
     q = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
     if active_only:
         q = q.where(JobRow.state.in_(("queued", "running")))
-    if public_only:
+    if public_only:  # auth.may_see as a query: only public tasks' jobs (a page of jobs is filtered in SQL)
         q = q.join(TaskRow, TaskRow.id == JobRow.task_ref).where(TaskRow.access == "public")
     return list(session.scalars(q))

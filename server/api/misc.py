@@ -14,7 +14,7 @@ from sqlalchemy import text
 from plada.server import jobs, repo
 from plada.server.api.deps import CallerDep, JobId, SessionDep
 from plada.server.api.views import job_info, pool_info
-from plada.server.auth import require_owner
+from plada.server.auth import may_see, require_owner, sees_all_tasks
 from plada.server.db import TaskRow
 from plada.shared.errors import JobNotFoundError, LayoutNotFoundError
 from plada.shared.pool import Pool, open_pool
@@ -36,7 +36,7 @@ def get_signing_key(request: Request) -> SigningKeyInfo:
 def list_jobs(
     session: SessionDep, caller: CallerDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> JobsPublic:
-    rows = repo.list_jobs(session=session, limit=limit, active_only=active, public_only=caller.scope is None)
+    rows = repo.list_jobs(session=session, limit=limit, active_only=active, public_only=not sees_all_tasks(caller))
     return JobsPublic(data=[job_info(session, r) for r in rows], count=len(rows))
 
 
@@ -44,7 +44,7 @@ def list_jobs(
 def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     row = repo.get_job(session=session, job_id=job_id)
     task = session.get(TaskRow, row.task_ref)
-    if task is not None and task.access == "token" and caller.scope is None:
+    if task is not None and not may_see(task.access, caller):
         raise JobNotFoundError(f"no job {job_id}")
     return job_info(session, row)
 
@@ -56,7 +56,7 @@ def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo
     row = repo.get_job(session=session, job_id=job_id)
     task = session.get(TaskRow, row.task_ref)
     assert task is not None  # foreign key
-    if task.access == "token" and caller.scope is None:
+    if not may_see(task.access, caller):
         raise JobNotFoundError(f"no job {job_id}")
     require_owner(caller, task.name, task.owner, "cancel a job of")
     jobs.cancel_job(session, row, by=caller.actor)

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from plada.server import repo
 from plada.server.api.deps import SessionDep, VersionNumber
 from plada.server.api.misc import _open_cached
+from plada.server.auth import ANONYMOUS, may_see
 from plada.server.db import TaskRow, VersionRow
 from plada.server.version_page import SHOW_PER_CLASS, VersionView, render_version_page, thumbnail_png
 from plada.shared.errors import NotFoundError, TaskNotFoundError, VersionNotFoundError
@@ -25,7 +26,7 @@ THUMB_SIDE = 64
 
 def _public_task(session: SessionDep, name: str) -> TaskRow:
     task = repo.get_task(session=session, name=name)
-    if task.access != "public":  # the page is anonymous: a gated task is not revealed, thumbnails included
+    if not may_see(task.access, ANONYMOUS):  # the pages are anonymous: thumbnails included
         raise TaskNotFoundError(f"no task named {name!r}")
     return task
 

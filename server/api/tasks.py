@@ -18,7 +18,7 @@ from plada.server import repo
 from plada.server.api.deps import MAX_ID, CallerDep, FactoryDep, SessionDep, SettingsDep, VersionNumber
 from plada.server.api.hot import HotPath
 from plada.server.api.views import job_info, report_info, task_info, ts, version_info
-from plada.server.auth import Caller, require, require_owner
+from plada.server.auth import Caller, may_see, require, require_owner
 from plada.server.blobs import BlobStore
 from plada.server.db import TaskRow
 from plada.server.publishing import publish
@@ -49,7 +49,7 @@ MAX_WAIT_S = 60.0  # long-polls are held at most this long (proxies time out idl
 def _readable(session: SessionDep, name: str, caller: Caller) -> TaskRow:
     """The task, if this caller may read it: token-gated tasks are hidden (404) from anonymous callers."""
     t = repo.get_task(session=session, name=name)
-    if t.access == "token" and caller.scope is None:
+    if not may_see(t.access, caller):
         raise TaskNotFoundError(f"no task named {name!r}")  # do not reveal that a gated task exists
     return t
 
@@ -181,7 +181,7 @@ def get_history(task: str, session: SessionDep, caller: CallerDep) -> TaskHistor
 
 @router.get("", response_model=TasksPublic, summary="List tasks")
 def list_tasks(session: SessionDep, caller: CallerDep) -> TasksPublic:
-    rows = [r for r in repo.list_tasks(session=session) if r.access == "public" or caller.scope is not None]
+    rows = [r for r in repo.list_tasks(session=session) if may_see(r.access, caller)]
     return TasksPublic(data=[task_info(session, r) for r in rows], count=len(rows))
 
 
@@ -191,7 +191,7 @@ async def get_task(task: str, request: Request) -> Response:
     hot: HotPath = request.app.state.hot
     caller = await hot.caller(request)
     snap = await hot.task(task)
-    if snap is None or (snap["access"] == "token" and caller.scope is None):
+    if snap is None or not may_see(snap["access"], caller):
         raise TaskNotFoundError(f"no task named {task!r}")  # a gated task is not revealed
     return JSONResponse(snap["info"])
 
@@ -339,7 +339,7 @@ async def _fast_payload(
     hot: HotPath = request.app.state.hot
     caller = await hot.caller(request)
     snap = await hot.task(task)
-    if snap is not None and snap["access"] == "token" and caller.scope is None:
+    if snap is not None and not may_see(snap["access"], caller):
         raise TaskNotFoundError(f"no task named {task!r}")  # a gated task is not revealed
     found = None
     if snap is not None:
