@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 Progress = Callable[[float, str], None]
-SMALL_ARCHS = ("smallcnn",)
 
 
 class SmallCNN(nn.Module):

@@ -11,7 +11,6 @@ among them is shipped. Test data is never looked at: the server has none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,21 +155,3 @@ def choose(trials: list[Trial], tolerance: float = 0.005) -> Trial:
     best = max(t.val_accuracy for t in trials)
     tied = [t for t in trials if t.val_accuracy >= best - tolerance]
     return min(tied, key=lambda t: t.n_bytes)
-
-
-def run_trials(
-    candidates: list[Candidate],
-    build: Callable[[Candidate], tuple[np.ndarray, np.ndarray, int]],
-    evaluate: Callable[[np.ndarray, np.ndarray, int], float],
-    progress: Callable[[int, int, str], None] | None = None,
-) -> list[Trial]:
-    """``build(c)`` → (kept, labels, bytes); ``evaluate(kept, labels, i)`` → validation accuracy."""
-    trials: list[Trial] = []
-    for i, cand in enumerate(candidates):
-        if progress:
-            progress(i, len(candidates), cand.label)
-        kept, labels, n_bytes = build(cand)
-        trials.append(Trial(cand, kept, n_bytes, evaluate(kept, labels, i)))
-    if progress:
-        progress(len(candidates), len(candidates), "done")
-    return trials
