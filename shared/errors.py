@@ -5,32 +5,39 @@ stable machine ``code`` and the HTTP ``status`` the API answers with, so one han
 prints one line. Misuse by a caller (wrong argument types, impossible options) stays ``ValueError`` /
 ``TypeError``; bad *data* (a corrupt payload, a wrong pool) is a ``PladaError``.
 
-    PladaError                       plada_error            500
-    ├── PayloadError                 payload_invalid        422
-    │   ├── PayloadCorruptError      payload_corrupt        422
-    │   ├── PayloadNeedsPoolError    payload_needs_pool     422
-    │   └── PayloadVersionError      payload_unsupported    422
-    ├── PoolError                    pool_invalid           422
-    │   ├── PoolMismatchError        pool_mismatch          409
-    │   └── PoolSourceMissingError   pool_source_missing    500
-    ├── InvalidSpecError             invalid_spec           422
-    ├── InvalidDataError             invalid_data           422
-    │   ├── DecompressionBombError   decompression_bomb     413
-    │   └── UnsafeArchivePathError   unsafe_archive_path    422
-    ├── PayloadTooLargeError         payload_too_large      413
-    ├── NotFoundError                not_found              404
-    │   ├── UnknownPoolError         unknown_pool           404
-    │   ├── LayoutNotFoundError      layout_not_found       404
-    │   ├── TaskNotFoundError        task_not_found         404
-    │   ├── VersionNotFoundError     version_not_found      404
-    │   └── JobNotFoundError         job_not_found          404
-    ├── TaskConflictError            task_conflict          409
-    ├── VersionNotReadyError         version_not_ready      409
-    ├── PipelineError                pipeline_failed        500
-    └── ClientError                  client_error           -
-        ├── ServerUnavailableError   server_unavailable     -
-        ├── ServerResponseError      server_error           -   (carries the server's problem code)
-        └── VerificationError        verification_failed    -
+    PladaError                           plada_error            500
+    ├── PayloadError                     payload_invalid        422
+    │   ├── PayloadCorruptError          payload_corrupt        422
+    │   ├── PayloadNeedsPoolError        payload_needs_pool     422
+    │   └── PayloadVersionError          payload_unsupported    422
+    ├── PoolError                        pool_invalid           422
+    │   ├── PoolMismatchError            pool_mismatch          409
+    │   └── PoolSourceMissingError       pool_source_missing    500
+    ├── InvalidSpecError                 invalid_spec           422
+    ├── InvalidDataError                 invalid_data           422
+    │   ├── DecompressionBombError       decompression_bomb     413
+    │   └── UnsafeArchivePathError       unsafe_archive_path    422
+    ├── TaskConflictError                task_conflict          409
+    ├── PayloadTooLargeError             payload_too_large      413
+    ├── NotFoundError                    not_found              404
+    │   ├── UnknownPoolError             unknown_pool           404
+    │   ├── LayoutNotFoundError          layout_not_found       404
+    │   ├── TaskNotFoundError            task_not_found         404
+    │   ├── VersionNotFoundError         version_not_found      404
+    │   └── JobNotFoundError             job_not_found          404
+    ├── VersionNotReadyError             version_not_ready      409
+    ├── UnauthorizedError                unauthorized           401
+    ├── ForbiddenError                   forbidden              403
+    ├── RateLimitedError                 rate_limited           429
+    ├── JobFinishedError                 job_finished           409
+    ├── JobCancelledError                job_cancelled          500
+    ├── PipelineError                    pipeline_failed        500
+    └── ClientError                      client_error           -
+        ├── ServerUnavailableError       server_unavailable     -
+        ├── ServerResponseError          server_error           -
+        ├── OfflineError                 offline_cache_miss     -
+        └── VerificationError            verification_failed    -
+            └── SignatureError           signature_invalid      -
 """
 
 from __future__ import annotations
@@ -261,3 +268,21 @@ def all_error_classes() -> list[type[PladaError]]:
         out.append(cls)
         stack.extend(cls.__subclasses__())
     return sorted(out, key=lambda c: c.code)
+
+
+def error_tree() -> str:
+    """The tree drawn in this module's docstring, from the classes themselves (a test keeps the two equal).
+    Client-side errors never become HTTP answers: their status column is '-'."""
+    lines: list[str] = []
+
+    def walk(cls: type[PladaError], prefix: str, last: bool, root: bool) -> None:
+        branch = "" if root else ("└── " if last else "├── ")
+        status = "-" if issubclass(cls, ClientError) else str(cls.status)
+        lines.append(f"{prefix}{branch}{cls.__name__}".ljust(37) + f"{cls.code}".ljust(23) + status)
+        kids = [k for k in cls.__subclasses__() if k.__module__ == __name__]  # definition order, this tree only
+        inner = "" if root else prefix + ("    " if last else "│   ")
+        for i, kid in enumerate(kids):
+            walk(kid, inner, i == len(kids) - 1, False)
+
+    walk(PladaError, "", True, True)
+    return "\n".join(lines)

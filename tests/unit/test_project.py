@@ -89,3 +89,13 @@ def test_generated_docs_match_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gendocs.cli_md() == (REPO / "docs" / "cli.md").read_text(), "docs/cli.md is out of date: run make docs"
     for path in ("/v1/tasks/{task}/versions/{version}/reports", "/v1/jobs"):
         assert f"`{path}`" in http
+
+
+def test_the_error_tree_in_the_docstring_is_the_real_one() -> None:
+    """The tree drawn in shared/errors.py is generated from the classes: a new error class (or a changed code
+    or status) must be drawn there too (regenerate with ``error_tree()``)."""
+    from plada.shared import errors
+
+    drawn = "\n".join(line[4:] for line in (errors.__doc__ or "").splitlines() if line.startswith("    "))
+    assert drawn == errors.error_tree()
+    assert all(cls.__name__ in drawn for cls in errors.all_error_classes())
