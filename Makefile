@@ -7,7 +7,7 @@ WORLD  ?= $(CURDIR)/.cache/world
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export PLADA_WORLD_DIR := $(WORLD)
 
-.PHONY: install system-deps world demo test lint format clean docs browser postgres nginx
+.PHONY: install system-deps world demo test lint typecheck format clean docs browser postgres nginx
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy sees the source tree as the package it is installed as (plada = the repository root) through a link;
+# strict on plada.shared, the default checks elsewhere ([tool.mypy] in pyproject.toml)
+typecheck: install
+	mkdir -p .cache/typecheck && ln -sfn ../.. .cache/typecheck/plada
+	cd .cache/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p plada.shared -p plada.server -p plada.client
+
 # The dashboard test drives Debian's Chromium headless (through playwright, which downloads nothing here).
 browser:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
@@ -77,7 +83,7 @@ nginx:
 	  echo "note: no nginx; the front test will be skipped (Debian: apt-get install nginx-light)"; \
 	fi
 
-test: world lint browser postgres nginx
+test: world lint typecheck browser postgres nginx
 	$(BIN)/python -m pytest
 
 docs: install

@@ -168,9 +168,9 @@ def _preview(args: argparse.Namespace, data: bytes, pool: Any) -> dict[str, Any]
     if args.preview:
         sheet = contact_sheet(images, list(payload.classes), counts)
         buf = io.BytesIO()
-        sheet.save(buf, format="PNG", optimize=True)  # type: ignore[attr-defined]
+        sheet.save(buf, format="PNG", optimize=True)
         atomic_write_bytes(Path(args.preview), buf.getvalue())  # never a half-written file
-        out["png"], out["png_size"] = args.preview, list(sheet.size)  # type: ignore[attr-defined]
+        out["png"], out["png_size"] = args.preview, list(sheet.size)
     if args.html:
         keys = [[str(pool.manifest.keys[i]) for i in o] for o in shown]
         title = f"{payload.task} v{payload.version} on {pool.name}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,12 +81,12 @@ class _Backend(httpcore.NetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Sequence[Any] | None = None,
+        socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         return _Stream(self._inner.connect_tcp(host, port, _clamp(timeout), local_address, socket_options))
 
     def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Sequence[Any] | None = None
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
         return _Stream(self._inner.connect_unix_socket(path, _clamp(timeout), socket_options))
 
@@ -99,7 +99,7 @@ def deadline_transport() -> httpx.HTTPTransport:
     through httpcore's pool (pinned versions; ``tests/unit/test_hostile_server.py`` fails if that changes)."""
     transport = httpx.HTTPTransport()
     pool = transport._pool
-    pool._network_backend = _Backend(pool._network_backend)  # type: ignore[attr-defined]
+    pool._network_backend = _Backend(pool._network_backend)
     return transport
 
 

@@ -213,7 +213,7 @@ def train_student(
     return metrics
 
 
-def _run_metrics(payload: Payload, sha: str, config: dict[str, Any]) -> dict[str, Any]:
+def _run_metrics(payload: Payload, sha: str | None, config: dict[str, Any]) -> dict[str, Any]:
     """What every run's metrics.json starts with: which payload, which pool, which configuration."""
     return {
         "task": payload.task,
@@ -373,7 +373,8 @@ def init_classifier_from_probe(model: torch.nn.Module, probe: Any) -> None:
     """Set a timm model's classifier to the probe's calibrated logits (standardisation folded in): fine-tuning
     then starts from a good head instead of a zero one, so early gradients do not scramble the pretrained
     body to fit a random classifier (linear probing, then fine-tuning: LP-FT)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_head = getattr(model, "get_classifier", None)
+    head = get_head() if callable(get_head) else None
     if not isinstance(head, torch.nn.Linear):
         raise InvalidDataError(f"{type(model).__name__} has no linear classifier to initialise from a probe")
     w = probe.weight / probe.sd[:, None] / probe.temperature

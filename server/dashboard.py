@@ -205,9 +205,9 @@ def render_dashboard(session: Session, *, version: str) -> str:
     job_rows = []
     for row in jobs:
         j = job_info(session, row)
-        active = j.state in ("queued", "running")
+        running = j.state in ("queued", "running")
         job_rows.append(
-            f'<tr id="job-{j.id}" data-job="{j.id}" class="{"job-active" if active else "job-done"}">'
+            f'<tr id="job-{j.id}" data-job="{j.id}" class="{"job-active" if running else "job-done"}">'
             f"<td>{j.id}</td><td>{_e(j.task)} v{j.version}</td><td class=state>{_e(j.state)}</td>"
             f'<td><progress max="1" value="{j.progress:.4f}"></progress> <span class=pct>{100 * j.progress:.0f} %'
             f"</span></td><td class=msg>{_e((j.error.message if j.error else j.message)[:200])}</td></tr>"

@@ -73,7 +73,7 @@ def claim_job(factory: sessionmaker[Session], *, worker_id: str, lease_s: float)
                     message="claimed",
                 )
             )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
+            if res.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult  # an UPDATE's result is a CursorResult
                 continue  # another worker won the race; try the next one
             job = s.get(JobRow, cand)
             assert job is not None
@@ -117,7 +117,7 @@ def heartbeat(
         values["message"] = message[:500]
     with factory.begin() as s:
         res = s.execute(update(JobRow).where(_owned(job_id, worker_id)).values(**values))
-        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(res.rowcount == 1)  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
 
 
 def complete_job(
@@ -142,7 +142,7 @@ def complete_job(
             .where(_owned(job.id, worker_id))
             .values(state="succeeded", progress=1.0, message=message[:2000], updated_at=t, lease_until=None)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
             return False
         version = s.get(VersionRow, job.version_ref)
         assert version is not None

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -102,8 +103,8 @@ def publish(
         floor = len(
             encode_payload(
                 Payload(
-                    indices=[],
-                    labels=[],
+                    indices=np.zeros(0, np.int64),
+                    labels=np.zeros(0, np.int64),
                     classes=tuple(spec.classes),
                     pool_id=pool.pool_id,
                     n_pool=pool.n_items,

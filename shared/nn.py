@@ -49,7 +49,8 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out: torch.Tensor = self.head(self.features(x))
+        return out
 
 
 def create_model(
@@ -77,7 +78,8 @@ def create_model(
     )
     if pretrained:
         path, norm = find_weights(arch)
-        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        get_head = getattr(model, "get_classifier", None)
+        head = get_head() if callable(get_head) else None
         if isinstance(head, nn.Linear):  # timm sizes a new head's init for 1,000 classes: start from zero
             with torch.no_grad():  # (uniform ±1/√k on 1,280 features put 10-class logits at loss 5-8)
                 head.weight.zero_()
@@ -85,7 +87,7 @@ def create_model(
                     head.bias.zero_()
         load_pretrained(model, load_state_dict(path))  # a head of the checkpoint's shape is loaded over it
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        model.plada_norm = norm or (tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))  # type: ignore[assignment]
+        model.plada_norm = norm or (tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))  # type: ignore[assignment]  # our attribute on a timm Module
     return model
 
 
@@ -230,7 +232,7 @@ def for_cpu_inference(model: nn.Module, size: tuple[int, int], channels: int = 3
             torch.onnx.export(
                 model,
                 (x,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file object works (torch's docs); its annotation says paths only
                 input_names=["x"],
                 output_names=["y"],
                 dynamic_axes={"x": {0: "n"}},
@@ -443,7 +445,7 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed + start_epoch)
     model.to(device)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
@@ -474,7 +476,7 @@ def fit(
             with _autocast(device):
                 loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)

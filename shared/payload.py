@@ -150,7 +150,7 @@ def encode_payload(payload: Payload, *, codec: str = "auto", layout: PoolLayout 
     if len(hbytes) > MAX_HEADER_BYTES or len(body) > MAX_BODY_BYTES:
         raise ValueError("payload header or body exceeds the format's limits")
     out = _PREFIX.pack(MAGIC, _FORMAT_OF[codec], 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
-    return out + hashlib.sha256(out).digest()
+    return bytes(out + hashlib.sha256(out).digest())
 
 
 def _need(data: bytes, pos: int, n: int, what: str) -> None:

@@ -12,6 +12,7 @@ kind, ``images.npy`` (N, H, W[, C] uint8). The ``folder`` kind points at an Imag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -88,7 +89,7 @@ class KeyTable(Sequence[str]):
             return self.blob == other.blob
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable on purpose: tables compare by content
 
 
 def _as_keys(keys: KeyTable | np.ndarray | Sequence[str]) -> KeyTable:
@@ -166,6 +167,11 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _save_progress(listing_id: str, root: str, done: int, hashes: np.ndarray, f: Any) -> None:
+    """A resumable hashing checkpoint: the listing it belongs to and the first ``done`` hashes."""
+    np.savez(f, listing=listing_id, source=root, done=done, hashes=hashes[:done])
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -283,7 +289,7 @@ class ArrayPool(Pool):
         return np.asarray(self.images[np.asarray(indices, dtype=np.int64)])
 
     def item_bytes(self, i: int) -> bytes:
-        return self.images[i].tobytes()
+        return bytes(self.images[i].tobytes())
 
     def iter_item_hashes(self, progress: Progress | None = None) -> Iterable[bytes]:
         n = len(self)
@@ -427,7 +433,7 @@ def index_tar_shards(
     groups = np.where(lab >= 0, lab, top + (-1 - lab)).astype(np.int32)
     manifest = PoolManifest(
         name=name,
-        keys=keys,
+        keys=KeyTable.from_strings(keys),
         hashes=np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, ITEM_HASH_BYTES),
         groups=groups,
     )
@@ -465,7 +471,9 @@ def write_array_pool(
     atomic_write(out / "images.npy", lambda f: np.save(f, images))
     flat = images.reshape(len(images), -1)
     hashes = np.frombuffer(b"".join(item_hash(r.tobytes()) for r in flat), dtype=np.uint8)
-    manifest = PoolManifest(name=name, keys=np.asarray(keys), hashes=hashes.reshape(-1, ITEM_HASH_BYTES), groups=groups)
+    manifest = PoolManifest(
+        name=name, keys=KeyTable.from_strings(keys), hashes=hashes.reshape(-1, ITEM_HASH_BYTES), groups=groups
+    )
     shape = list(images.shape[1:]) + ([1] if images.ndim == 3 else [])
     return _finish(out, manifest, {"kind": "array", "image_shape": shape})
 
@@ -562,10 +570,7 @@ def index_image_folder(
             hashes[done:stop] = flat.reshape(-1, ITEM_HASH_BYTES)
             done = stop
             if done < n:
-                atomic_write(
-                    partial,
-                    lambda f, d=done: np.savez(f, listing=listing_id, source=root, done=d, hashes=hashes[:d]),
-                )
+                atomic_write(partial, functools.partial(_save_progress, listing_id, root, done, hashes))
             if progress:
                 progress(done, n)
     manifest = PoolManifest(name=name, keys=keys, hashes=hashes, groups=groups.astype(np.int32))

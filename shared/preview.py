@@ -12,8 +12,12 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 TILE = 64  # pixels a side: a 28 px item is drawn at 2x (nearest), a 224 px one shrunk
 
@@ -42,7 +46,7 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3].astype(np.uint8))
 
 
-def thumbnail(img: np.ndarray, size: int = TILE) -> object:
+def thumbnail(img: np.ndarray, size: int = TILE) -> Image:
     """A ``size``-pixel-a-side PIL image: small items enlarged with nearest (pixels stay honest), large ones
     shrunk with a filter; the aspect ratio is kept, padded with white."""
     from PIL import Image
@@ -61,7 +65,7 @@ def thumbnail(img: np.ndarray, size: int = TILE) -> object:
 
 def png_bytes(img: np.ndarray, size: int = TILE) -> bytes:
     buf = io.BytesIO()
-    thumbnail(img, size).save(buf, format="PNG", optimize=True)  # type: ignore[attr-defined]
+    thumbnail(img, size).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -72,7 +76,7 @@ def contact_sheet(
     *,
     tile: int = TILE,
     columns: int = 12,
-) -> object:
+) -> Image:
     """One row block per class: its name and item count, then up to ``columns`` tiles a line. ``images[c]``
     is an array (n_c, h, w[, c]) of the items to draw for class c (already cut to how many to show)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -90,7 +94,7 @@ def contact_sheet(
             draw.text((gap, y + label_h + 2), "(none kept)", fill="gray", font=font)
         for i, img in enumerate(imgs):
             r, c = divmod(i, columns)
-            sheet.paste(thumbnail(img, tile), (gap + c * (tile + gap), y + label_h + r * (tile + gap)))  # type: ignore[arg-type]
+            sheet.paste(thumbnail(img, tile), (gap + c * (tile + gap), y + label_h + r * (tile + gap)))
         y += h
     return sheet
 

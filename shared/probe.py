@@ -52,7 +52,7 @@ class LinearProbe:
         return out
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
-        return self.logits(feats).argmax(1)
+        return np.asarray(self.logits(feats).argmax(1))
 
     def accuracy(self, feats: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(feats) == np.asarray(y)).mean()) if len(y) else float("nan")
@@ -63,8 +63,8 @@ class LinearProbe:
             "sd": self.sd,
             "weight": self.weight,
             "bias": self.bias,
-            "temperature": np.float64(self.temperature),
-            "l2": np.float64(self.l2),
+            "temperature": np.asarray(self.temperature, dtype=np.float64),
+            "l2": np.asarray(self.l2, dtype=np.float64),
         }
 
     @classmethod
@@ -109,10 +109,10 @@ def _fit(
         opt.zero_grad()
         z = x @ wb[:-1] + wb[-1]
         loss = (F.cross_entropy(z, y, reduction="none") * sw).sum() / norm + l2 * wb[:-1].pow(2).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         return loss
 
-    opt.step(closure)  # type: ignore[no-untyped-call]
+    opt.step(closure)  # type: ignore[no-untyped-call]  # torch's LBFGS.step is unannotated
     return wb.detach()
 
 
@@ -186,12 +186,11 @@ def fit_linear_probe(
         lam = grid[0] if l2 is not None else 1e-2
     x = torch.from_numpy((f - mu) / sd)
     cw = torch.from_numpy(_class_weights(y, k, balanced).astype(np.float32))
-    wb = _fit(x, torch.from_numpy(y), k, lam, cw, iters).numpy()
+    w_all = _fit(x, torch.from_numpy(y), k, lam, cw, iters).numpy()
     temp = 1.0
     if calibrate:
-        z = oof.get(lam)
-        if z is None:
-            z = ((f - mu) / sd) @ wb[:-1] + wb[-1]
-        temp = _best_temperature(z, y)
+        z_oof = oof.get(lam)
+        z_fit = z_oof if z_oof is not None else ((f - mu) / sd) @ w_all[:-1] + w_all[-1]
+        temp = _best_temperature(z_fit, y)
     info = {"cv_balanced_accuracy": {f"{v:g}": round(a, 4) for v, a in cv_acc.items()}, "n_train": len(y)}
-    return LinearProbe(mu, sd, wb[:-1].astype(np.float32), wb[-1].astype(np.float32), temp, lam, info)
+    return LinearProbe(mu, sd, w_all[:-1].astype(np.float32), w_all[-1].astype(np.float32), temp, lam, info)

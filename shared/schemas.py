@@ -107,8 +107,8 @@ class TaskSpec(_Strict):
     codec: Literal["auto", "paper-v1", "entropy-v1", "entropy-v2"] = Field(
         "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
     )
-    selector: SelectorOptions = Field(default_factory=SelectorOptions)  # type: ignore[arg-type]
-    teacher: TeacherOptions = Field(default_factory=TeacherOptions)  # type: ignore[arg-type]
+    selector: SelectorOptions = Field(default_factory=SelectorOptions)
+    teacher: TeacherOptions = Field(default_factory=TeacherOptions)
 
     @field_validator("classes")
     @classmethod

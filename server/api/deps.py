@@ -19,11 +19,11 @@ def _session(request: Request) -> Iterator[Session]:
 
 
 def _factory(request: Request) -> sessionmaker[Session]:
-    return request.app.state.session_factory  # type: ignore[no-any-return]
+    return request.app.state.session_factory
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _caller(request: Request, session: Annotated[Session, Depends(_session)]) -> Caller:

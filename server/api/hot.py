@@ -67,7 +67,7 @@ class HotPath:
             return Caller(None, None)
         hit = self.callers.get(header)
         if hit is not None:
-            return hit  # type: ignore[no-any-return]
+            return hit
 
         def look() -> Caller:
             with self.factory() as s:
@@ -81,7 +81,7 @@ class HotPath:
         """{info (JSON-ready), access, latest (number, sha256, signature) or None}; None for no such task."""
         hit = self.tasks.get(name)
         if hit is not None:
-            return hit  # type: ignore[no-any-return]
+            return hit
 
         def look() -> dict[str, Any] | None:
             with self.factory() as s:
@@ -105,7 +105,7 @@ class HotPath:
         """(number, sha256, signature) of a ready version; None when not ready or absent (not cached)."""
         hit = self.versions.get((task, number))
         if hit is not None:
-            return hit  # type: ignore[no-any-return]
+            return hit
 
         def look() -> tuple[int, str, str | None] | None:
             with self.factory() as s:

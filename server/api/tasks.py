@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -175,7 +175,7 @@ def get_history(task: str, session: SessionDep, caller: CallerDep) -> TaskHistor
     t = _readable(session, task, caller)
     require_owner(caller, t.name, t.owner, "read the history of")
     rows = repo.task_history(session=session, task=t)
-    events = [TaskEvent(at=ts(r.at), actor=r.actor, action=r.action, detail=r.detail) for r in rows]  # type: ignore[arg-type]
+    events = [TaskEvent(at=ts(r.at), actor=r.actor, action=r.action, detail=r.detail) for r in rows]
     return TaskHistory(task=t.name, owner=t.owner, data=events, count=len(events))
 
 
@@ -342,14 +342,15 @@ async def _fast_payload(
     if snap is not None and not may_see(snap["access"], caller):
         raise TaskNotFoundError(f"no task named {task!r}")  # a gated task is not revealed
     found = None
+    access = snap["access"] if snap is not None else "public"
     if snap is not None:
         found = snap["latest"] if version is None else await hot.version(task, version)
     if found is not None:
         number, sha, signature = found
-        headers = _payload_headers(request, task, snap["access"], number, sha, signature, immutable)  # type: ignore[index]
+        headers = _payload_headers(request, task, access, number, sha, signature, immutable)
         if if_none_match and headers["ETag"] in {v.strip() for v in if_none_match.split(",")}:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-        how = _delivery(request, snap["access"], immutable)  # type: ignore[index]
+        how = _delivery(request, access, immutable)
         if how != "bytes" and request.app.state.blobs.has(sha):
             return _hand_off(request, how, task, number, sha, headers, 0)
         data = None if how != "bytes" else request.app.state.payload_cache.get(sha)
@@ -393,7 +394,7 @@ class PayloadBytesCache:
                 self.size -= len(old)
 
 
-_PAYLOAD_DOC = {
+_PAYLOAD_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {MEDIA_TYPE: {}}, "description": "the payload bytes"},
     304: {"description": "not modified (If-None-Match matched the ETag)"},
     307: {

@@ -36,7 +36,7 @@ def pool_info(row: PoolRow) -> PoolInfo:
 def task_info(session: Session, row: TaskRow) -> TaskInfo:
     pool = repo.pool_of(session=session, task=row)
     return TaskInfo(
-        access=row.access,  # type: ignore[arg-type]
+        access=row.access,
         name=row.name,
         classes=list(row.classes),
         pool_id=pool.pool_id,
@@ -52,7 +52,7 @@ def version_info(task: TaskRow, row: VersionRow, reports: tuple[int, int, float 
     return VersionInfo(
         task=task.name,
         version=row.number,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         sha256=row.sha256,
         signature=row.signature,
         size_bytes=row.size_bytes,
@@ -89,7 +89,7 @@ def job_info(session: Session, row: JobRow) -> JobInfo:
         id=row.id,
         task=ctx["task"],
         version=ctx["version"],
-        state=row.state,  # type: ignore[arg-type]
+        state=row.state,
         progress=row.progress,
         message=row.message,
         error=err,

@@ -19,6 +19,7 @@ photos; a backbone trained from scratch on a pool's folders is a poor substitute
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -97,7 +98,7 @@ class FeatureIndex:
 
             model: nn.Module = timm.create_model(self.info["arch"], pretrained=False, num_classes=0, in_chans=3)
             mean, std = self.info["norm"]
-            model.plada_norm = (tuple(mean), tuple(std))  # type: ignore[assignment]
+            model.plada_norm = (tuple(mean), tuple(std))  # type: ignore[assignment]  # our attribute on a torch Module
         else:
             model = pnn.create_model(
                 self.info["arch"],
@@ -170,6 +171,10 @@ def default_embed_size(pool: Pool) -> int:
     return int(min(224, max(128, min(pool.image_shape[:2]))))
 
 
+def _save_f16(z: np.ndarray, f: Any) -> None:
+    np.save(f, np.asarray(z, dtype=np.float16))
+
+
 def build_pretrained_index(
     pool: Pool,
     name: str = DEFAULT_INDEX,
@@ -236,11 +241,11 @@ def build_pretrained_index(
             n=min(n, b0 + block),
             progress=tick,
         )
-        atomic_write(path, lambda f, z=z: np.save(f, np.asarray(z, dtype=np.float16)))
+        atomic_write(path, functools.partial(_save_f16, z))
         parts.append(np.load(path, mmap_mode="r"))  # RAM holds one block at a time, not the pool's features
-    mean, std = model.plada_norm  # type: ignore[misc]
+    mean, std = model.plada_norm  # type: ignore[misc]  # set by create_model / _load_backbone (a Module attribute)
     seconds = time.perf_counter() - t0
-    info = {
+    info: dict[str, Any] = {
         "name": name,
         "kind": "pretrained",
         "arch": arch,
@@ -270,7 +275,8 @@ def build_pretrained_index(
             return z
 
         info["near_duplicates"] = calibrate_near_duplicates(pool, index.features, embed)
-        info["seconds"]["calibrate"] = round(time.perf_counter() - t1, 1)  # type: ignore[index]
+        timings: dict[str, float] = info["seconds"]
+        timings["calibrate"] = round(time.perf_counter() - t1, 1)
         atomic_write_bytes(index.root / "index.json", json.dumps(info, indent=2).encode())
         index.info = info
     return index

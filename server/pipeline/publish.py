@@ -165,6 +165,8 @@ def run_teacher(
             teacher.model, chunks, size=teacher.size, channels=teacher.channels, device=device, want_features=features
         )
 
+    pool_f: np.ndarray | None
+    target_f: np.ndarray | None
     if index is not None:
         pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)
     elif feats is not None:
@@ -425,6 +427,11 @@ def run_pipeline(
     return finish(prep, spec, version=version, device=device, progress=progress)
 
 
+def _scaled(report: StageProgress, base: float, span: float, msg: str) -> Callable[[float, str], None]:
+    """A stage's progress (0-1 and a note) as a share ``span`` of the job's, from ``base``."""
+    return lambda f, m: report(base + span * f, f"{msg} ({m})")
+
+
 def finish(
     prep: Prepared,
     spec: TaskSpec,
@@ -515,7 +522,7 @@ def finish(
                     k,
                     proxy,
                     device=device,
-                    progress=lambda f, m, base=base, msg=msg: report(base + _VALIDATE * f / len(built), f"{msg} ({m})"),
+                    progress=_scaled(report, base, _VALIDATE / len(built), msg),
                 )
             b.val_accuracy = prep.proxy_cache[key]
             trials.append(Trial(b.candidate, b.payload.indices, len(b.data), b.val_accuracy))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ ROWS = 65_536  # logits are scored this many rows at a time: float64 copies stay
 
 def per_row(fn: Callable[[np.ndarray], np.ndarray], logits: np.ndarray, dtype: type = np.float64) -> np.ndarray:
     """``fn`` over row chunks of (possibly memory-mapped float16) logits; the pool's N × k never gets copied whole."""
-    out = np.empty(len(logits), dtype=dtype)
+    out: np.ndarray = np.empty(len(logits), dtype=dtype)
     for s in range(0, len(logits), ROWS):
         out[s : s + ROWS] = fn(np.asarray(logits[s : s + ROWS], dtype=np.float64))
     return out
@@ -67,6 +68,7 @@ def nearest(db: np.ndarray, queries: np.ndarray, *, k: int, chunk: int = 65_536)
     """
     d = _unit(db)
     k = max(1, min(k, len(d)))
+    faiss: Any
     try:
         import faiss
     except ImportError:
@@ -127,10 +129,10 @@ def domain_logit(
         z = lin(x)[:, 0]
         loss = (w * torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")).sum()
         loss = loss + 1e-4 * lin.weight.pow(2).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
-    opt.step(closure)  # type: ignore[no-untyped-call]
+    opt.step(closure)
     out = np.empty(len(pool_f), dtype=np.float32)
     with torch.no_grad():
         for s in range(0, len(pool_f), 65_536):

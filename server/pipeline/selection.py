@@ -54,7 +54,7 @@ def create_selector(name: str, **options: Any) -> Selector:
     fn = _REGISTRY[name]
     if not opts:
         return fn
-    return lambda inputs: fn(inputs, **opts)  # type: ignore[call-arg]
+    return lambda inputs: fn(inputs, **opts)
 
 
 @register_selector("energy")

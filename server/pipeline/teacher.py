@@ -124,11 +124,15 @@ class ProbeHead(nn.Module):
         super().__init__()
         self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32))
         self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
-        d = len(mu)
+        d, self.n_classes = len(mu), n_classes
         self.net = nn.Sequential(nn.Dropout(0.1), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
+    mu: torch.Tensor  # buffers (registered above): typed for the checker
+    sd: torch.Tensor
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net((f - self.mu) / self.sd)
+        out: torch.Tensor = self.net((f - self.mu) / self.sd)
+        return out
 
     @torch.no_grad()
     def logits(self, feats: np.ndarray, chunk: int = 65_536, device: torch.device | None = None) -> np.ndarray:
@@ -142,7 +146,7 @@ class ProbeHead(nn.Module):
             self(torch.from_numpy(np.asarray(feats[s : s + chunk], dtype=np.float32)).to(dev)).float().cpu().numpy()
             for s in range(0, len(feats), chunk)
         ]
-        return np.concatenate(out) if out else np.zeros((0, self.net[-1].out_features), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
 
 
 def train_probe(
@@ -166,7 +170,7 @@ def train_probe(
             idx = perm[s : s + bs]
             loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
             sched.step()
     return head.eval()

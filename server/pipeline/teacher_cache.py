@@ -69,7 +69,7 @@ class TeacherCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            np.savez(tmp / "arrays.npz", **arrays)
+            np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds typed as bool
             (tmp / "meta.json").write_text(json.dumps(meta))
             final = self.root / key
             shutil.rmtree(final, ignore_errors=True)

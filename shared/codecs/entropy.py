@@ -178,12 +178,12 @@ def get_gaps(dec: Any, p_num: int, m: int, q_max: int, n: int) -> np.ndarray:
     q_model, r_model = _level_models(p_num, m, q_max)
     q = _get(dec, q_model, n)
     r = _get(dec, r_model, n)
-    return q * m + r
+    return np.asarray(q * m + r, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- index section
 def _fixed_bounds(n_pool: int, block: int) -> np.ndarray:
-    return np.r_[np.arange(0, n_pool, block), n_pool].astype(np.int64)
+    return np.asarray(np.r_[np.arange(0, n_pool, block), n_pool], dtype=np.int64)
 
 
 def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -388,7 +388,7 @@ def _decode_labels(
         raise PayloadCorruptError("run-start label counts do not match the run flags")
     heads = _get(dec, _categorical(counts), n_heads)
     which = np.cumsum(~same) - 1
-    return heads[which]
+    return np.asarray(heads[which])
 
 
 # ---------------------------------------------------------------- codec API
@@ -469,7 +469,7 @@ def _encode_in(
     if layout_bounds is not None:
         blockings.append((0, layout_bounds))
     best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=_size)
-    trials = [("iid", 0, None), ("uniform", 0, None), ("runs", 0, None)]
+    trials: list[tuple[str, int, np.ndarray | None]] = [("iid", 0, None), ("uniform", 0, None), ("runs", 0, None)]
     trials += [("dominant", spec, bounds) for spec, bounds in blockings if spec != n_pool]
     best_lab, lab_mode = min(
         ((_encode_labels(lab, k, m, idx, spec, bounds), m) for m, spec, bounds in trials), key=lambda r: _size(r[0])

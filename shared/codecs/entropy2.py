@@ -54,7 +54,7 @@ def _h(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    return np.nan_to_num(out, nan=0.0)
+    return np.asarray(np.nan_to_num(out, nan=0.0), dtype=np.float64)
 
 
 def _ent(counts: np.ndarray) -> float:

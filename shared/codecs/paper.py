@@ -15,7 +15,7 @@ from plada.shared.errors import PayloadCorruptError, PayloadVersionError
 
 NAME = "paper-v1"
 ZSTD_LEVEL = 19
-_DTYPES = {"u1": np.dtype("<u1"), "u2": np.dtype("<u2"), "u4": np.dtype("<u4")}
+_DTYPES: dict[str, np.dtype[Any]] = {"u1": np.dtype("<u1"), "u2": np.dtype("<u2"), "u4": np.dtype("<u4")}
 
 
 def _smallest_dtype(max_value: int) -> str:

@@ -12,12 +12,14 @@ Tasks: every ``target_<name>.zip`` (``pub/<class>/<img>``, ``test/<class>/<img>`
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,10 @@ POOL_NAME = "photo-v1"
 BUILDER_VERSION = 1
 POOL_ZIP = "pool_photo40k.zip"
 Log = Callable[[str], None]
+
+
+def _save_split(x: np.ndarray, y: np.ndarray, classes: list[str], f: Any) -> None:
+    np.savez(f, x=x, y=y, classes=np.asarray(classes))
 
 
 def _safe_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -98,9 +104,7 @@ def build_photo_world(source: Path, out: Path, log: Log = print) -> Pool:
         d.mkdir(parents=True, exist_ok=True)
         for split, fname in (("pub", "train"), ("test", "test")):
             x, y = splits[split]
-            atomic_write(
-                d / f"{fname}.npz", lambda f, x=x, y=y, c=classes: np.savez(f, x=x, y=y, classes=np.asarray(c))
-            )
+            atomic_write(d / f"{fname}.npz", functools.partial(_save_split, x, y, classes))
         meta = {
             "name": name,
             "classes": classes,
