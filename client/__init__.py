@@ -18,7 +18,7 @@ _EXPORTS = {
     "PayloadDataset": "plada.client.dataset",
     "PladaClient": "plada.client.api",
     "TrainConfig": "plada.client.train",
-    "check_pool": "plada.client.api",
+    "check_pool": "plada.shared.payload",
     "default_cache_dir": "plada.client.cache",
     "load_eval_split": "plada.client.train",
     "train_student": "plada.client.train",
@@ -30,13 +30,13 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from plada.client.agent import AgentConfig as AgentConfig
     from plada.client.api import Download as Download
     from plada.client.api import PladaClient as PladaClient
-    from plada.client.api import check_pool as check_pool
     from plada.client.cache import PayloadCache as PayloadCache
     from plada.client.cache import default_cache_dir as default_cache_dir
     from plada.client.dataset import PayloadDataset as PayloadDataset
     from plada.client.train import TrainConfig as TrainConfig
     from plada.client.train import load_eval_split as load_eval_split
     from plada.client.train import train_student as train_student
+    from plada.shared.payload import check_pool as check_pool
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,8 @@ from plada.client.api import PladaClient, check_task_name
 from plada.client.net import safe_text
 from plada.client.train import TrainConfig, load_eval_split, train_student
 from plada.shared.errors import ClientError, PladaError, ServerResponseError, VerificationError
-from plada.shared.pool import Pool, atomic_write_bytes
+from plada.shared.files import atomic_write_bytes
+from plada.shared.pool import Pool
 
 log = logging.getLogger("plada.agent")
 STATE_FILE = "agent-state.json"

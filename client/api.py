@@ -29,7 +29,6 @@ from plada.shared.errors import (
     ClientError,
     OfflineError,
     PipelineError,
-    PoolMismatchError,
     ServerResponseError,
     ServerUnavailableError,
     VerificationError,
@@ -38,6 +37,7 @@ from plada.shared.payload import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
     Payload,
+    check_pool,
     decode_payload,
     payload_sha256,
     read_header,
@@ -118,17 +118,6 @@ class Download:
     sha256: str
     version: int
     signature: str | None = None  # the server's X-Plada-Signature
-
-
-def check_pool(payload: Payload | dict[str, Any], pool: Pool) -> None:
-    """Refuse a payload (or a payload header) made for another pool, or another ordering of it."""
-    h = payload if isinstance(payload, dict) else payload.header()
-    if h["pool_id"] != pool.pool_id or h["n_pool"] != len(pool):
-        raise PoolMismatchError(
-            f"payload is for pool {h.get('pool_name') or '?'} ({h['pool_id'][:16]}…, "
-            f"{h['n_pool']:,} items) but the local pool is {pool.name} "
-            f"({pool.pool_id[:16]}…, {len(pool):,} items)"
-        )
 
 
 class PladaClient:

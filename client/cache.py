@@ -16,8 +16,8 @@ import numpy as np
 
 from plada.client.net import safe_text
 from plada.shared.errors import VerificationError
+from plada.shared.files import atomic_write_bytes
 from plada.shared.payload import payload_sha256
-from plada.shared.pool import atomic_write_bytes
 from plada.shared.schemas import TASK_NAME_PATTERN
 
 _TASK_NAME = re.compile(TASK_NAME_PATTERN.strip("^$"))

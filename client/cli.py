@@ -147,10 +147,9 @@ def _preview(args: argparse.Namespace, data: bytes, pool: Any) -> dict[str, Any]
 
     import numpy as np
 
-    from plada.client.api import check_pool
     from plada.shared.errors import ClientError
-    from plada.shared.payload import decode_payload
-    from plada.shared.pool import atomic_write_bytes
+    from plada.shared.files import atomic_write_bytes
+    from plada.shared.payload import check_pool, decode_payload
     from plada.shared.preview import contact_html, contact_sheet, per_class_items
 
     if pool is None:
@@ -237,7 +236,7 @@ def _read(path: str) -> bytes:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from plada.shared.pool import atomic_write_bytes
+    from plada.shared.files import atomic_write_bytes
 
     pool = _open_pool(args.pool)
     with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
@@ -286,11 +285,11 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from plada.client.api import check_pool, offline_mode
+    from plada.client.api import offline_mode
     from plada.client.cache import PayloadCache
     from plada.client.train import load_eval_split, train_student
     from plada.shared.errors import OfflineError
-    from plada.shared.payload import decode_payload, read_header
+    from plada.shared.payload import check_pool, decode_payload, read_header
 
     pool = _open_pool(args.pool)
     if args.payload:
@@ -384,9 +383,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from plada.client.api import check_pool
     from plada.client.cache import PayloadCache
-    from plada.shared.payload import decode_payload, read_header
+    from plada.shared.payload import check_pool, decode_payload, read_header
 
     data = _read(args.file)
     header = read_header(data)[0]

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from plada.client.api import check_pool
-from plada.shared.payload import Payload
+from plada.shared.payload import Payload, check_pool
 from plada.shared.pool import Pool
 
 

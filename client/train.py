@@ -19,8 +19,9 @@ import torch
 from plada.client.dataset import PayloadDataset
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidDataError
+from plada.shared.files import atomic_write, atomic_write_bytes
 from plada.shared.payload import Payload, payload_sha256
-from plada.shared.pool import Pool, atomic_write, atomic_write_bytes
+from plada.shared.pool import Pool
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"

@@ -13,7 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from plada.shared.pool import atomic_write_bytes
+from plada.shared.files import atomic_write_bytes
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

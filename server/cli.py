@@ -92,7 +92,7 @@ def _port_server(config: Any, port_file: Path | None) -> Any:
     """A uvicorn.Server that writes the bound port to a file once listening (for ``--port 0``)."""
     import uvicorn
 
-    from plada.shared.pool import atomic_write_bytes
+    from plada.shared.files import atomic_write_bytes
 
     class PortServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

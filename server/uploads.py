@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from plada.shared.errors import DecompressionBombError, InvalidDataError, PladaError, UnsafeArchivePathError
-from plada.shared.pool import atomic_write
+from plada.shared.files import atomic_write
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -21,8 +21,14 @@ from typing import Any
 import numpy as np
 
 from plada.shared.codecs import entropy, entropy2, paper
-from plada.shared.errors import PayloadCorruptError, PayloadError, PayloadNeedsPoolError, PayloadVersionError
-from plada.shared.pool import PoolLayout
+from plada.shared.errors import (
+    PayloadCorruptError,
+    PayloadError,
+    PayloadNeedsPoolError,
+    PayloadVersionError,
+    PoolMismatchError,
+)
+from plada.shared.pool import Pool, PoolLayout
 
 MAGIC = b"PLDA"
 FORMAT_VERSION = 3  # the newest this code writes; a payload's version follows from its codec (see _FORMAT_OF)
@@ -302,3 +308,14 @@ def inspect_payload(data: bytes, *, layout: PoolLayout | None = None) -> dict[st
         return info | {"checksum_ok": True, "decoded": False}
     counts = np.bincount(payload.labels, minlength=len(payload.classes)).tolist()
     return info | {"checksum_ok": True, "decoded": True, "label_counts": counts}
+
+
+def check_pool(payload: Payload | dict[str, Any], pool: Pool) -> None:
+    """Refuse a payload (or a payload header) made for another pool, or another ordering of it."""
+    h = payload if isinstance(payload, dict) else payload.header()
+    if h["pool_id"] != pool.pool_id or h["n_pool"] != len(pool):
+        raise PoolMismatchError(
+            f"payload is for pool {h.get('pool_name') or '?'} ({h['pool_id'][:16]}…, "
+            f"{h['n_pool']:,} items) but the local pool is {pool.name} "
+            f"({pool.pool_id[:16]}…, {len(pool):,} items)"
+        )

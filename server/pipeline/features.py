@@ -38,7 +38,8 @@ from torch import nn
 
 from plada.shared import nn as pnn
 from plada.shared.errors import PoolError
-from plada.shared.pool import Pool, atomic_write, atomic_write_bytes
+from plada.shared.files import atomic_write, atomic_write_bytes
+from plada.shared.pool import Pool
 
 INDEX_DIR = "features"
 DEFAULT_INDEX = "default"

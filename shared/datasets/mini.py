@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from plada.shared.errors import PoolSourceMissingError
-from plada.shared.pool import Pool, atomic_write, atomic_write_bytes, open_pool, write_array_pool
+from plada.shared.files import atomic_write, atomic_write_bytes
+from plada.shared.pool import Pool, open_pool, write_array_pool
 
 POOL_NAME = "mini-v1"
 BUILDER_VERSION = 1

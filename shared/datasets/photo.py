@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from plada.shared.errors import PoolSourceMissingError
-from plada.shared.pool import Pool, atomic_write, atomic_write_bytes, index_image_folder, open_pool
+from plada.shared.files import atomic_write, atomic_write_bytes
+from plada.shared.pool import Pool, index_image_folder, open_pool
 
 POOL_NAME = "photo-v1"
 BUILDER_VERSION = 1

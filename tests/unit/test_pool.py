@@ -164,7 +164,7 @@ def _tree(root: Path, groups: int, per: int) -> None:
 
 
 def test_interrupted_folder_index_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import plada.shared.pool as pool_mod
+    import plada.shared.pool.build as pool_mod
 
     src = tmp_path / "train"
     _tree(src, 5, 40)
