@@ -19,12 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plada.server import __version__, repo
+from plada.server import __version__
 from plada.server.api.deps import SessionDep
 from plada.server.api.hot import HotPath
 from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
@@ -37,11 +35,11 @@ from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
 from plada.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from plada.server.metrics import Metrics, RequestMetrics
+from plada.server.pools import register_pools
 from plada.server.publishing import sweep_finished_uploads, sweep_orphan_uploads
 from plada.server.settings import Settings
 from plada.server.version_page import ThumbCache, VersionViews
 from plada.shared.errors import PladaError
-from plada.shared.pool import open_pool
 from plada.shared.schemas import Problem
 from plada.shared.signing import load_or_create_key
 
@@ -55,30 +53,6 @@ def problem(
 ) -> JSONResponse:
     body = Problem(title=title, status=status, detail=detail, code=code, errors=errors)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
-
-
-def register_pools(factory: sessionmaker[Session], settings: Settings) -> list[str]:
-    """Register every pool folder under ``settings.pools_dir`` (idempotent)."""
-    names: list[str] = []
-    root = settings.pools_dir
-    if root is None or not root.is_dir():
-        return names
-    for d in sorted(p for p in root.iterdir() if (p / "pool.json").is_file()):
-        try:
-            pool = open_pool(d)
-            for attempt in range(2):  # API processes starting together race to insert the same pool row
-                try:
-                    with factory.begin() as s:
-                        repo.register_pool(session=s, pool=pool)
-                    break
-                except IntegrityError:
-                    if attempt:
-                        raise
-        except PladaError as exc:  # one broken pool folder must not keep the others offline
-            log.error("pool %s not registered: %s", d, exc.message)
-            continue
-        names.append(pool.name)
-    return names
 
 
 JSON_BODY_LIMIT = 64 << 10  # reports and every other JSON body: far above any valid one

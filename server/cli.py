@@ -105,7 +105,7 @@ def _port_server(config: Any, port_file: Path | None) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from plada.server.app import register_pools
+    from plada.server.pools import register_pools
     from plada.server.worker import Worker
 
     settings = _settings(args)

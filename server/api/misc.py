@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -16,8 +15,8 @@ from plada.server.api.deps import CallerDep, JobId, SessionDep
 from plada.server.api.views import job_info, pool_info
 from plada.server.auth import may_see, require_owner, sees_all_tasks
 from plada.server.db import TaskRow
+from plada.server.pools import open_registered
 from plada.shared.errors import JobNotFoundError, LayoutNotFoundError
-from plada.shared.pool import Pool, open_pool
 from plada.shared.schemas import Health, JobInfo, JobsPublic, PoolsPublic, SigningKeyInfo
 
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -70,18 +69,6 @@ def list_pools(session: SessionDep) -> PoolsPublic:
     return PoolsPublic(data=[pool_info(r) for r in rows], count=len(rows))
 
 
-_POOLS: dict[tuple[str, float], Pool] = {}
-
-
-def _open_cached(path: str) -> Pool:
-    """Opening a manifest is not free on large pools: keep it until the manifest file changes."""
-    key = (path, (Path(path) / "manifest.npz").stat().st_mtime)
-    if key not in _POOLS:
-        _POOLS.clear()
-        _POOLS[key] = open_pool(Path(path))
-    return _POOLS[key]
-
-
 @pools_router.get(
     "/{pool}/layout",
     response_class=Response,
@@ -91,7 +78,7 @@ def _open_cached(path: str) -> Pool:
 def get_pool_layout(pool: str, session: SessionDep) -> Response:
     """Clients fetch this once to decode payloads coded in the pool's cluster order (X-Plada-Layout-Id)."""
     row = repo.resolve_pool(session=session, ref=pool)
-    p = _open_cached(row.path)
+    p = open_registered(row.path)
     groups, layout = p.layout_groups, p.layout
     if groups is None or layout is None:
         raise LayoutNotFoundError(f"pool {row.name!r} has no groups or clusters in its manifest")

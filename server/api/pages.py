@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from plada.server import repo
 from plada.server.api.deps import SessionDep, VersionNumber
-from plada.server.api.misc import _open_cached
 from plada.server.auth import ANONYMOUS, may_see
 from plada.server.db import TaskRow, VersionRow
+from plada.server.pools import open_registered
 from plada.server.version_page import SHOW_PER_CLASS, VersionView, render_version_page, thumbnail_png
 from plada.shared.errors import NotFoundError, TaskNotFoundError, VersionNotFoundError
 from plada.shared.pool import Pool
@@ -34,7 +34,7 @@ def _public_task(session: SessionDep, name: str) -> TaskRow:
 def _view(request: Request, session: SessionDep, task: TaskRow, number: int) -> tuple[VersionRow, VersionView, Pool]:
     row = repo.ready_version(session=session, task=task, number=number)
     assert row.sha256 is not None
-    pool = _open_cached(repo.pool_of(session=session, task=task).path)
+    pool = open_registered(repo.pool_of(session=session, task=task).path)
     view = request.app.state.version_views.get(
         row.sha256, lambda: repo.payload_bytes(session=session, version_id=row.id), row.metrics or {}, pool
     )
