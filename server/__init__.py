@@ -1,4 +1,5 @@
-"""plada server: FastAPI app, SQLite-backed job queue and the worker pipeline."""
+"""plada server: the HTTP API (FastAPI) and its pages, the job queue in SQLite or PostgreSQL, the workers that
+run the pipeline, the blob store that keeps payloads, and the operator's CLI (``plada-server``)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

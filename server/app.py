@@ -23,12 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plada.server import __version__
+from plada.server.api import health, jobs, keys, payloads, pools, reports, tasks, versions
 from plada.server.api.deps import SessionDep
 from plada.server.api.hot import HotPath
-from plada.server.api.misc import health_router, jobs_router, keys_router, pools_router
 from plada.server.api.pages import router as pages_router
-from plada.server.api.tasks import PayloadBytesCache, UploadSlots
-from plada.server.api.tasks import router as tasks_router
+from plada.server.api.payloads import PayloadBytesCache
+from plada.server.api.tasks import UploadSlots
 from plada.server.auth import RateLimiter
 from plada.server.blobs import BlobStore
 from plada.server.dashboard import render_dashboard
@@ -191,8 +191,9 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return problem(500, "internal_error", "Internal error", "the server failed; see its log")
 
-    for r in (tasks_router, jobs_router, pools_router, health_router, keys_router, pages_router):
-        app.include_router(r)
+    for module in (tasks, versions, payloads, reports, jobs, pools, keys, health):  # one router per resource
+        app.include_router(module.router)
+    app.include_router(pages_router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -8,8 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from plada.server.auth import Caller, authenticate
+from plada.server import repo
+from plada.server.auth import Caller, authenticate, may_see
+from plada.server.db import TaskRow
 from plada.server.settings import Settings
+from plada.shared.errors import TaskNotFoundError
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -43,3 +46,12 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 MAX_ID = 2**31 - 1
 VersionNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="version number (1, 2, …)")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def readable_task(session: Session, name: str, caller: Caller) -> TaskRow:
+    """The task, if this caller may see it (auth.may_see): a token-gated task is a 404 to anyone without a
+    token, so its name does not leak."""
+    t = repo.get_task(session=session, name=name)
+    if not may_see(t.access, caller):
+        raise TaskNotFoundError(f"no task named {name!r}")
+    return t
