@@ -12,8 +12,6 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness and database check")
-
-
 async def healthz(request: Request) -> Response:
     """On the event loop; the database is asked at most once per PLADA_SNAPSHOT_TTL_S (a failure is a 500)."""
     from plada.server import __version__

@@ -18,8 +18,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("", response_model=JobsPublic, summary="Recent jobs, newest first (active ones only with active=true)")
-
-
 def list_jobs(
     session: SessionDep, caller: CallerDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> JobsPublic:
@@ -28,8 +26,6 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobInfo, summary="A job's state and progress (0–1)")
-
-
 def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     row = repo.get_job(session=session, job_id=job_id)
     task = session.get(TaskRow, row.task_ref)
@@ -39,8 +35,6 @@ def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
 
 
 @router.delete("/{job_id}", response_model=JobInfo, summary="Cancel a queued or running job")
-
-
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     """The task's owner or an admin. A queued job and its pending version are cancelled at once; a running
     job stops at its worker's next progress point and publishes nothing. 409 ``job_finished`` otherwise."""

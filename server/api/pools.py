@@ -18,8 +18,6 @@ router = APIRouter(prefix="/v1/pools", tags=["pools"])
 
 
 @router.get("", response_model=PoolsPublic, summary="Registered reference pools")
-
-
 def list_pools(session: SessionDep) -> PoolsPublic:
     rows = repo.list_pools(session=session)
     return PoolsPublic(data=[pool_info(r) for r in rows], count=len(rows))
@@ -31,8 +29,6 @@ def list_pools(session: SessionDep) -> PoolsPublic:
     responses={200: {"content": {"application/octet-stream": {}}, "description": "int32 .npy, one id per item"}},
     summary="The pool's coding layout groups (payloads may be coded in this order)",
 )
-
-
 def get_pool_layout(pool: str, session: SessionDep) -> Response:
     """Clients fetch this once to decode payloads coded in the pool's cluster order (X-Plada-Layout-Id)."""
     row = repo.resolve_pool(session=session, ref=pool)
