@@ -34,7 +34,7 @@ import torch
 import zstandard
 
 from plada.client.train import TrainConfig, train_student
-from plada.server.pipeline.publish import Prepared, finish, prepare
+from plada.server.pipeline.run import Prepared, finish, prepare
 from plada.server.pipeline.validate import Candidate
 from plada.shared import nn as pnn
 from plada.shared.payload import payload_sha256

@@ -33,7 +33,7 @@ import torch
 
 from plada.client.train import TrainConfig, train_student
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.publish import Built, finish, prepare
+from plada.server.pipeline.run import Built, finish, prepare
 from plada.server.pipeline.validate import Candidate
 from plada.shared.datasets.photo import build_photo_world
 from plada.shared.probe import fit_linear_probe

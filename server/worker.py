@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from plada.server import jobs
 from plada.server.blobs import BlobStore
 from plada.server.db import init_db, make_engine
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.run import run_pipeline
 from plada.server.pipeline.teacher_cache import TeacherCache
 from plada.server.publishing import sweep_finished_uploads
 from plada.server.settings import Settings

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from plada.server.pipeline.features import FeatureIndex
+from plada.server.pipeline.progress import SCORE, TEACHER, StageProgress
 from plada.shared import nn as pnn
+from plada.shared.errors import InvalidSpecError
 from plada.shared.pool import Pool
-from plada.shared.schemas import TeacherOptions
+from plada.shared.probe import fit_linear_probe
+from plada.shared.schemas import TaskSpec, TeacherOptions
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,3 +179,164 @@ def train_probe(
             opt.step()
             sched.step()
     return head.eval()
+
+
+@dataclass
+class TeacherOutput:
+    """What the rest of the pipeline needs from a teacher, whichever kind it was."""
+
+    arch: str
+    logits: np.ndarray  # (N, k) over the pool
+    pool_features: np.ndarray | None
+    target_features: np.ndarray | None  # every upload image, embedded like the pool
+    feature_source: str
+    val_accuracy: float
+    train_accuracy: float
+    n_train: int
+    n_val: int
+    classify: Callable[[np.ndarray], np.ndarray] | None = None  # images → logits (benchmarks measure the teacher)
+    details: dict[str, Any] = field(default_factory=dict)
+    pretrained_features: bool = False  # pool/target features come from an ImageNet-pretrained backbone
+
+
+def resolve_teacher_arch(arch: str, index: FeatureIndex | None) -> str:
+    """``auto``: a probe on the pool's features when they come from a pretrained backbone (seconds, and as good
+    as fine-tuning on small tasks), else the small CNN trained on pixels."""
+    if arch != "auto":
+        return arch
+    return "probe" if index is not None and index.pretrained else "smallcnn"
+
+
+def _features_source(index: FeatureIndex) -> str:
+    return f"index {index.name} ({index.info['arch']}, model {index.model_id[:12]})"
+
+
+def run_teacher(
+    pool: Pool,
+    x: np.ndarray,
+    y: np.ndarray,
+    tr: np.ndarray,
+    va: np.ndarray,
+    spec: TaskSpec,
+    index: FeatureIndex | None,
+    *,
+    device: torch.device,
+    report: StageProgress,
+) -> TeacherOutput:
+    """A probe head on the pool's cached features (no pool forward pass), or a CNN/timm model trained on
+    pixels that then labels the pool in chunks. Either way the held-out part is only used to measure."""
+    k = len(spec.classes)
+    arch = resolve_teacher_arch(spec.teacher.arch, index)
+    if arch == "probe":
+        if index is None:
+            raise InvalidSpecError(
+                f"teacher 'probe' needs cached features for pool {pool.name}: run 'plada-server pool embed {pool.name}'"
+            )
+        report(0.0, "teacher: embedding the upload with the pool's backbone")
+        tf = index.embed(x, device=device)
+        probe = fit_linear_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
+        report(TEACHER, f"teacher: probe trained (L2 {probe.l2:g}, temperature {probe.temperature:.2f})")
+        logits = probe.logits(index.features)
+        report(TEACHER + SCORE, "pool scored from cached features")
+        return TeacherOutput(
+            "probe",
+            logits,
+            index.features,
+            tf,
+            _features_source(index),
+            probe.accuracy(tf[va], y[va]),
+            probe.accuracy(tf[tr], y[tr]),
+            len(tr),
+            len(va),
+            classify=lambda imgs: probe.logits(index.embed(imgs, device=device)),
+            details={"l2": probe.l2, "temperature": round(probe.temperature, 4), **probe.info},
+            pretrained_features=index.pretrained,
+        )
+    if spec.teacher.pretrained:
+        try:  # a missing weights file is the publisher's (or operator's) to fix: no retries
+            pnn.find_weights(arch)
+        except ValueError as exc:
+            raise InvalidSpecError(f"teacher.pretrained: {exc}") from exc
+    teacher = train_teacher(
+        x,
+        y,
+        k,
+        spec.teacher.model_copy(update={"arch": arch}),
+        image_shape=pool.image_shape,
+        device=device,
+        progress=lambda f, m: report(TEACHER * f, f"teacher: {m}"),
+    )
+    logits, feats = score_pool(
+        teacher,
+        pool,
+        progress=lambda d, n: report(TEACHER + SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
+    )
+
+    def run(imgs: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trained teacher on images outside the pool (the upload, a test split), in chunks."""
+        chunks = (imgs[i : i + 1024] for i in range(0, len(imgs), 1024))
+        return pnn.predict(
+            teacher.model, chunks, size=teacher.size, channels=teacher.channels, device=device, want_features=features
+        )
+
+    pool_f: np.ndarray | None
+    target_f: np.ndarray | None
+    if index is not None:
+        pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)
+    elif feats is not None:
+        pool_f, target_f, source = feats, run(x, True)[1], "teacher penultimate layer"
+    else:
+        pool_f = target_f = None
+        source = "none"
+
+    return TeacherOutput(
+        arch,
+        logits,
+        pool_f,
+        target_f,
+        source,
+        teacher.val_accuracy,
+        teacher.train_accuracy,
+        teacher.n_train,
+        teacher.n_val,
+        classify=lambda imgs: run(imgs, False)[0],
+        pretrained_features=index is not None and index.pretrained,
+    )
+
+
+def _to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from_index = index is not None and out.pool_features is index.features
+    meta = {
+        "arch": out.arch,
+        "feature_source": out.feature_source,
+        "val_accuracy": out.val_accuracy,
+        "train_accuracy": out.train_accuracy,
+        "n_train": out.n_train,
+        "n_val": out.n_val,
+        "details": out.details,
+        "pretrained_features": out.pretrained_features,
+        "pool_features": "index" if from_index else ("teacher" if out.pool_features is not None else "none"),
+    }
+    arrays = {"logits": np.asarray(out.logits)}
+    if out.target_features is not None:
+        arrays["target_features"] = out.target_features
+    if out.pool_features is not None and not from_index:
+        arrays["pool_features"] = np.asarray(out.pool_features)
+    return meta, arrays
+
+
+def _from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: FeatureIndex | None) -> TeacherOutput:
+    pool_f = index.features if meta["pool_features"] == "index" and index is not None else arrays.get("pool_features")
+    return TeacherOutput(
+        meta["arch"],
+        arrays["logits"],
+        pool_f,
+        arrays.get("target_features"),
+        meta["feature_source"],
+        meta["val_accuracy"],
+        meta["train_accuracy"],
+        meta["n_train"],
+        meta["n_val"],
+        details=meta["details"] | {"cached": True},
+        pretrained_features=meta["pretrained_features"],
+    )

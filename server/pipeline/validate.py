@@ -17,9 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from plada.server.pipeline.selection import (
+    list_selectors,
+)
+from plada.server.pipeline.teacher import TeacherOutput
 from plada.shared import nn as pnn
+from plada.shared.errors import InvalidSpecError
 from plada.shared.pool import Pool
 from plada.shared.probe import fit_linear_probe
+from plada.shared.schemas import SelectorOptions
 
 
 @dataclass(frozen=True)
@@ -155,3 +161,87 @@ def choose(trials: list[Trial], tolerance: float = 0.005) -> Trial:
     best = max(t.val_accuracy for t in trials)
     tied = [t for t in trials if t.val_accuracy >= best - tolerance]
     return min(tied, key=lambda t: t.n_bytes)
+
+
+RETENTION_FLOOR = 0.8  # a student that keeps less than this share of the teacher's accuracy is flagged
+
+
+# Shares of the upload less like the pool than 95 % of the pool's own items (≈ 5 % for a task drawn from the
+# pool's domain): above 0.25 (5×) the task is partly outside the domain, above 0.5 (most of it) far outside.
+ATYPICAL_PARTLY, ATYPICAL_FAR = 0.25, 0.5
+
+
+# Shares of the upload less like the pool than 95 % of the pool's own items (≈ 5 % for a task drawn from the
+# pool's domain): above 0.25 (5×) the task is partly outside the domain, above 0.5 (most of it) far outside.
+
+
+def far_ood_warnings(
+    predicted: float | None,
+    out: TeacherOutput,
+    proxy_kind: str,
+    pool_name: str,
+    k: int,
+    domain: dict[str, Any] | None = None,
+) -> list[str]:
+    """A warning when validation predicts the client will keep less than ``RETENTION_FLOOR`` of what the
+    teacher knows, naming the likeliest cause from what the server measured: a weak teacher (it labels the
+    pool), weak students (small CNNs from scratch, no pretrained features), or a pool that holds little of
+    the task's domain (a good teacher, pretrained students, and still no recipe transfers)."""
+    teacher = out.val_accuracy
+    found: list[str] = []
+    if domain is not None and domain["atypical_share"] > ATYPICAL_PARTLY:
+        how = "far" if domain["atypical_share"] > ATYPICAL_FAR else "partly"
+        found.append(
+            f"the task looks {how} out of pool {pool_name}'s domain: {domain['atypical_share']:.0%} of the upload's "
+            f"images are less similar to their nearest pool item than {1 - domain['pool_quantile']:.0%} of the "
+            f"pool's own items are to theirs (median cosine {domain['upload_nearest_pool_cosine_median']:.2f} vs "
+            f"{domain['pool_nearest_pool_cosine_median']:.2f}); the shipped recipe is the best validation found, "
+            "but expect the client to depend on it more than usual"
+        )
+    if predicted is None or not predicted < max(1.5 / k, RETENTION_FLOOR * teacher):
+        return found
+    head = (
+        f"predicted client accuracy {predicted:.1%} is far below the teacher's {teacher:.1%} "
+        f"(server validation; {predicted / max(teacher, 1e-9):.0%} retained)"
+    )
+    if teacher < max(2.0 / k, 0.5):
+        cause = (
+            f"likely cause: the teacher ({out.arch}) is weak, and its labels are what the pool items carry; "
+            "a stronger teacher (a pretrained feature index: 'plada-server pool embed' with local weights, or "
+            "a pretrained timm arch) comes first"
+        )
+    elif proxy_kind != "probe" and not out.pretrained_features:
+        cause = (
+            "likely cause: the students — small CNNs trained from scratch on a few thousand pool images; a "
+            "pretrained feature index makes the proxies (and head-only or pretrained clients) much stronger; "
+            f"if that does not help, pool {pool_name} holds little of this task's domain"
+        )
+    else:
+        cause = (
+            f"likely cause: pool {pool_name} holds little of this task's domain (far out of distribution: the "
+            "teacher is good and the students are pretrained, yet no selection recipe transfers); consider a "
+            "larger budget, another pool, or sending labelled target data instead"
+        )
+    return [f"{head}; {cause}", *found]
+
+
+def resolve_proxy(kind: str, out: TeacherOutput) -> str:
+    """``auto``: the probe proxy when pretrained features exist for the pool and the upload (it predicts a
+    head-only client in seconds), else the small CNN on pixels (what the mini world's clients train)."""
+    have = out.pool_features is not None and out.target_features is not None
+    if kind == "probe" and not have:
+        raise InvalidSpecError("selector.proxy 'probe' needs cached pool features: run 'plada-server pool embed'")
+    if kind == "auto":
+        return "probe" if have and out.pretrained_features else "smallcnn"
+    return kind
+
+
+def candidates_for(sel: SelectorOptions, have_features: bool) -> list[Candidate]:
+    """``auto`` → the default field (feature rules only when features exist); a name → that one recipe."""
+    if sel.name == "auto":
+        return [c for c in DEFAULT_CANDIDATES if have_features or c.selector not in FEATURE_SELECTORS]
+    if sel.name not in list_selectors():
+        raise InvalidSpecError(f"unknown selector {sel.name!r}; known: auto, {', '.join(list_selectors())}")
+    if sel.name in FEATURE_SELECTORS and not have_features:
+        raise InvalidSpecError(f"selector {sel.name!r} needs features; this teacher and pool provide none")
+    return [Candidate(sel.name, share=sel.safety_net_share, alpha=sel.safety_net_alpha, diversity=sel.diversity)]

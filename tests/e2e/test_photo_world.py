@@ -19,7 +19,7 @@ import torch
 
 from plada.client.train import TrainConfig, train_student
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.run import run_pipeline
 from plada.shared.datasets.photo import build_photo_world
 from plada.shared.schemas import TaskSpec
 

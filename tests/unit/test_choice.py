@@ -11,7 +11,7 @@ import torch
 
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.server.pipeline.leakage import audit_leakage
-from plada.server.pipeline.publish import finish, prepare, run_pipeline
+from plada.server.pipeline.run import finish, prepare, run_pipeline
 from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
 from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose, wilson_interval
 from plada.shared.errors import InvalidSpecError, PoolError

@@ -17,12 +17,10 @@ import torch
 
 from plada.client.train import TrainConfig, load_eval_split, train_student
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.publish import (
-    TeacherOutput,
-    far_ood_warnings,
-    run_pipeline,
-)
+from plada.server.pipeline.run import run_pipeline
+from plada.server.pipeline.teacher import TeacherOutput
 from plada.server.pipeline.teacher_cache import TeacherCache
+from plada.server.pipeline.validate import far_ood_warnings
 from plada.shared import nn as pnn
 from plada.shared.datasets.photo import build_photo_world
 from plada.shared.errors import PoolSourceMissingError

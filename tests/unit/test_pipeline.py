@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.run import run_pipeline
 from plada.shared.payload import decode_payload, encode_payload
 from plada.shared.pool import Pool, write_array_pool
 from plada.shared.schemas import TaskSpec

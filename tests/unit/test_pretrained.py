@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.run import run_pipeline
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
 from plada.shared.pool import index_image_folder

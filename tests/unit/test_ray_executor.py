@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from plada.server.pipeline.publish import run_pipeline
+from plada.server.pipeline.run import run_pipeline
 from plada.server.pipeline.teacher import score_pool, train_teacher
 from plada.shared.pool import Pool, write_array_pool
 from plada.shared.schemas import TaskSpec, TeacherOptions
