@@ -454,13 +454,12 @@ class PladaClient:
         check_task_name(task)
         if self.offline:
             ref = self.cache.find(task, version)
-            if ref is None:
+            data = self.cache.get(ref["sha256"]) if ref is not None else None
+            if ref is None or data is None:
                 raise OfflineError(
-                    f"offline (PLADA_OFFLINE=1) and no cached payload for {task!r} version {version}; "
-                    "pull it while online or 'plada-client import FILE'"
+                    f"no cached payload for {task!r} version {version} in {self.cache.root} (offline: "
+                    "PLADA_OFFLINE=1 or no server); pull it while online or 'plada-client import FILE'"
                 )
-            data = self.cache.get(ref["sha256"])
-            assert data is not None
             log.info("offline: using cached payload %s v%s (%s)", task, ref.get("version"), ref["sha256"][:12])
             self._check_signature(ref["sha256"], self.cache.signature(ref["sha256"]))
             return self._verify(task, data, ref["sha256"], pool)

@@ -179,13 +179,18 @@ def _preview(args: argparse.Namespace, data: bytes, pool: Any) -> dict[str, Any]
     return out
 
 
+def _sidecar(payload_file: str) -> tuple[Path, str | None]:
+    """A payload file's detached signature (``FILE.sig``, written by ``pull``), if there is one."""
+    path = Path(payload_file + ".sig")
+    return path, (path.read_text().strip() or None) if path.is_file() else None
+
+
 def _signature_report(args: argparse.Namespace, data: bytes) -> dict[str, Any]:
     """Signer and verification result of FILE's detached signature (FILE.sig), against the pinned key."""
     from plada.shared.errors import SignatureError
     from plada.shared.payload import payload_sha256
 
-    sig_path = Path(args.file + ".sig")
-    sig = sig_path.read_text().strip() if sig_path.is_file() else None
+    sig_path, sig = _sidecar(args.file)
     key = _trusted(args)
     out: dict[str, Any] = {"file": str(sig_path) if sig else None, "signer": sig.split(":")[1] if sig else None}
     if key is None:
@@ -285,10 +290,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from plada.client.api import offline_mode
-    from plada.client.cache import PayloadCache
+    from plada.client.api import PladaClient, offline_mode
     from plada.client.train import load_eval_split, train_student
-    from plada.shared.errors import OfflineError
     from plada.shared.payload import check_pool, decode_payload, read_header
 
     pool = _open_pool(args.pool)
@@ -299,23 +302,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.server and not offline_mode():
         with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
             payload = client.fetch(args.task, args.version, pool=pool)
-    else:  # from the cache: offline, or no server given
-        cache = PayloadCache(Path(args.cache) if args.cache else None)
-        ref = cache.find(args.task, args.version)
-        if ref is None:
-            raise OfflineError(
-                f"no cached payload for {args.task!r} version {args.version} in {cache.root}; "
-                "pull it while online or 'plada-client import FILE'"
-            )
-        data = cache.get(ref["sha256"]) or b""
-        if (key := _trusted(args)) is not None:
-            key.verify(ref["sha256"], cache.signature(ref["sha256"]))
-        check_pool(read_header(data)[0], pool)
-        payload = decode_payload(data, expected_sha256=ref["sha256"], layout=_layout(data, pool, args.cache))
+    else:  # from the cache: offline, or no server given — the client's own offline fetch (signature included)
+        with PladaClient(args.server or "", cache_dir=args.cache, trust=_trusted(args), offline=True) as client:
+            payload = client.fetch(args.task, args.version, pool=pool)
         why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
         print(
             f"plada-client: {why}: training from cached payload {payload.task} v{payload.version} "
-            f"({ref['sha256'][:12]}…)",
+            f"({(payload.sha256 or '')[:12]}…)",
             file=sys.stderr,
         )
     split = load_eval_split(Path(args.eval), list(payload.classes)) if args.eval else None
@@ -392,8 +385,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if pool is not None:
         check_pool(header, pool)
     payload = decode_payload(data, layout=_layout(data, pool, args.cache))  # full verification
-    sig_path = Path(args.file + ".sig")
-    signature = sig_path.read_text().strip() if sig_path.is_file() else None
+    _, signature = _sidecar(args.file)
     key = _trusted(args)
     if key is not None:  # a pinned key: the detached signature must verify, or nothing is imported
         key.verify(payload.sha256 or "", signature)
