@@ -7,7 +7,7 @@ WORLD  ?= $(CURDIR)/.cache/world
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 export PLADA_WORLD_DIR := $(WORLD)
 
-.PHONY: install system-deps world demo test lint typecheck format clean docs browser postgres nginx
+.PHONY: install system-deps world demo test lint typecheck format clean docs browser postgres nginx bench-tools
 
 install: $(STAMP)
 
@@ -81,6 +81,17 @@ nginx:
 	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)); \
 	else \
 	  echo "note: no nginx; the front test will be skipped (Debian: apt-get install nginx-light)"; \
+	fi
+
+# The serving benchmarks (bench/serve_load.py, bench/api_speed.py) drive load with ApacheBench; not needed by
+# make test or make demo.
+bench-tools: nginx
+	@if command -v ab >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null)); \
+	else \
+	  echo "note: no ab; install ApacheBench (Debian: apt-get install apache2-utils)"; \
 	fi
 
 test: world lint typecheck browser postgres nginx
