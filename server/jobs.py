@@ -73,7 +73,7 @@ def claim_job(factory: sessionmaker[Session], *, worker_id: str, lease_s: float)
                     message="claimed",
                 )
             )
-            if res.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult  # an UPDATE's result is a CursorResult
+            if res.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
                 continue  # another worker won the race; try the next one
             job = s.get(JobRow, cand)
             assert job is not None
