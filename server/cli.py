@@ -330,8 +330,9 @@ def cmd_job(args: argparse.Namespace) -> int:
             out: Any = job_info(s, row).model_dump(mode="json")
         else:
             rows = repo.list_jobs(session=s, limit=args.limit, active_only=not args.all)
+            ctx = repo.job_contexts(session=s, jobs=rows)
             out = [
-                {k: v for k, v in job_info(s, r).model_dump(mode="json").items() if k != "error"}
+                {k: v for k, v in job_info(s, r, ctx[r.id]).model_dump(mode="json").items() if k != "error"}
                 | {"worker": r.worker_id}
                 for r in rows
             ]

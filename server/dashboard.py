@@ -203,8 +203,9 @@ def render_dashboard(session: Session, *, version: str) -> str:
     from plada.server.api.views import job_info
 
     job_rows = []
+    ctx = repo.job_contexts(session=session, jobs=jobs)
     for row in jobs:
-        j = job_info(session, row)
+        j = job_info(session, row, ctx[row.id])
         running = j.state in ("queued", "running")
         job_rows.append(
             f'<tr id="job-{j.id}" data-job="{j.id}" class="{"job-active" if running else "job-done"}">'

@@ -266,3 +266,17 @@ def list_jobs(
     if public_only:  # auth.may_see as a query: only public tasks' jobs (a page of jobs is filtered in SQL)
         q = q.join(TaskRow, TaskRow.id == JobRow.task_ref).where(TaskRow.access == "public")
     return list(session.scalars(q))
+
+
+def job_contexts(*, session: Session, jobs: list[JobRow]) -> dict[int, dict[str, Any]]:
+    """Task name and version number of a page of jobs in one joined query (``job_context`` per job costs two
+    queries each)."""
+    if not jobs:
+        return {}
+    q = (
+        select(JobRow.id, TaskRow.name, VersionRow.number)
+        .join(TaskRow, TaskRow.id == JobRow.task_ref)
+        .join(VersionRow, VersionRow.id == JobRow.version_ref)
+        .where(JobRow.id.in_([j.id for j in jobs]))
+    )
+    return {int(i): {"task": name, "version": int(number)} for i, name, number in session.execute(q)}

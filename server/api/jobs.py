@@ -22,7 +22,8 @@ def list_jobs(
     session: SessionDep, caller: CallerDep, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> JobsPublic:
     rows = repo.list_jobs(session=session, limit=limit, active_only=active, public_only=not sees_all_tasks(caller))
-    return JobsPublic(data=[job_info(session, r) for r in rows], count=len(rows))
+    ctx = repo.job_contexts(session=session, jobs=rows)
+    return JobsPublic(data=[job_info(session, r, ctx[r.id]) for r in rows], count=len(rows))
 
 
 @router.get("/{job_id}", response_model=JobInfo, summary="A job's state and progress (0–1)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -82,8 +83,9 @@ def report_info(task: TaskRow, version: VersionRow, row: ReportRow) -> ReportInf
     )
 
 
-def job_info(session: Session, row: JobRow) -> JobInfo:
-    ctx = repo.job_context(session=session, job=row)
+def job_info(session: Session, row: JobRow, context: dict[str, Any] | None = None) -> JobInfo:
+    """``context`` (task name, version number) from ``repo.job_contexts`` when formatting a list."""
+    ctx = context if context is not None else repo.job_context(session=session, job=row)
     err = ErrorInfo(code=row.error_code, message=row.error_message or "") if row.error_code else None
     return JobInfo(
         id=row.id,
