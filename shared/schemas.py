@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from plada.shared.payload import CODECS
+
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 DEFAULT_KEEP = 0.01
 MAX_PAYLOAD_BYTES = 1_000_000
@@ -104,11 +106,20 @@ class TaskSpec(_Strict):
         description="public: anyone may read the task and its payloads; token: readers need a token. Omitted: a "
         "new task is public and an existing one keeps its access (only its owner may change it)",
     )
-    codec: Literal["auto", "paper-v1", "entropy-v1", "entropy-v2"] = Field(
-        "auto", description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients"
+    codec: str = Field(
+        "auto",
+        description="payload codec; auto = the smallest; paper-v1 = readable by format-1 clients",
+        json_schema_extra={"enum": list(CODECS)},  # the codec registry's names (shared/payload.py), not a copy
     )
     selector: SelectorOptions = Field(default_factory=SelectorOptions)
     teacher: TeacherOptions = Field(default_factory=TeacherOptions)
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, v: str) -> str:
+        if v not in CODECS:
+            raise ValueError(f"unknown codec {v!r}; known: {', '.join(CODECS)}")
+        return v
 
     @field_validator("classes")
     @classmethod
