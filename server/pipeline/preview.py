@@ -11,18 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from plada.server.pipeline.scoring import softmax
 from plada.shared.payload import Payload
 from plada.shared.preview import per_class_items, png_bytes
 
 PER_CLASS = 48  # items a class keeps in the preview (the page shows them lazily)
 PREVIEW_FORMAT = 1
-
-
-def _softmax_conf(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    return p[np.arange(len(labels)), labels]
 
 
 def build_preview(
@@ -36,7 +30,8 @@ def build_preview(
     """The preview document and the blobs it names (sha256 → bytes): the upload thumbnails of flagged pairs
     and each candidate's payload. ``logits`` are the teacher's over the whole pool."""
     k = len(payload.classes)
-    conf = _softmax_conf(np.asarray(logits[payload.indices], np.float64), np.asarray(payload.labels, np.int64))
+    labels = np.asarray(payload.labels, np.int64)
+    conf = softmax(np.asarray(logits[payload.indices]))[np.arange(len(labels)), labels]
     order = per_class_items(payload.indices, payload.labels, k, conf)
     by_index = dict(zip(payload.indices.tolist(), conf.tolist(), strict=True))
     blobs: dict[str, bytes] = {}

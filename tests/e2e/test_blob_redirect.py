@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,10 @@ import pytest
 from quick_specs import two_class_spec
 
 from plada.client import PladaClient
-from plada.server.local import LocalStack
+from plada.server.local import LocalStack, _free_port
 from plada.shared.errors import VerificationError
 from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
