@@ -34,6 +34,7 @@ import torch
 import zstandard
 
 from plada.client.train import TrainConfig, train_student
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.run import Prepared, finish, prepare
 from plada.server.pipeline.validate import Candidate
 from plada.shared import nn as pnn
@@ -131,8 +132,8 @@ def run_cell(
     kind, val = budget.split(":")
     spec = TaskSpec.model_validate(base | ({"keep": float(val)} if kind == "keep" else {"max_bytes": int(val)}))
     t0 = time.perf_counter()
-    auto = finish(prep, spec, version=1, device=device)
-    paper = finish(prep, spec, version=1, device=device, candidates=PAPER_GRID)
+    auto = finish(prep, spec, version=1, config=RunConfig(device=device))
+    paper = finish(prep, spec, version=1, config=RunConfig(device=device), candidates=PAPER_GRID)
     by_label = {b.candidate.label: b for b in auto.built}
     picks = {
         "energy": by_label["energy"],
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "selector": {"seed": seed},
             }
             t0 = time.perf_counter()
-            prep = prepare(pool, x, y, TaskSpec.model_validate(base | {"keep": 0.01}), device=device)
+            prep = prepare(pool, x, y, TaskSpec.model_validate(base | {"keep": 0.01}), config=RunConfig(device=device))
             print(
                 f"# {task} seed {seed}: teacher {prep.teacher.arch} val {prep.teacher.val_accuracy:.3f} "
                 f"({time.perf_counter() - t0:.0f}s)",

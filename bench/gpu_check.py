@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.executor import predict_pool
 from plada.server.pipeline.teacher import ProbeHead
 from plada.shared import nn as pnn
@@ -82,6 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     device = pnn.pick_device(args.device)
     cuda = device.type == "cuda"
+    run = RunConfig(device=device)
     cores = os.cpu_count() or 1
     n = args.items or (20_000 if cuda else 256)
     torch.backends.cudnn.benchmark = True
@@ -104,14 +106,14 @@ def main() -> None:
         rows.append(("JPEG decode (pool_batches, PIL workers)", timed(decode, n), CEILING["decode"]))
         r50 = pnn.create_model("resnet50", in_chans=3, num_classes=1000, seed=0)
         predict_pool(
-            r50, pool, size=(224, 224), channels=3, device=device, want_features=False, n=min(n, chunk), chunk=chunk
+            r50, pool, size=(224, 224), channels=3, config=run, want_features=False, n=min(n, chunk), chunk=chunk
         )
         rows.append(
             (
                 "pool indexing: decode + resnet50",
                 timed(
                     lambda: predict_pool(
-                        r50, pool, size=(224, 224), channels=3, device=device, want_features=False, chunk=chunk
+                        r50, pool, size=(224, 224), channels=3, config=run, want_features=False, chunk=chunk
                     ),
                     n,
                 ),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from plada.client.train import TrainConfig, train_student
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
 from plada.server.pipeline.run import Built, finish, prepare
 from plada.server.pipeline.validate import Candidate
@@ -157,7 +158,7 @@ def main() -> int:
                 teacher={"seed": seed},
             )
             t0 = time.perf_counter()
-            prep = prepare(pool, x, y, base, device=device)
+            prep = prepare(pool, x, y, base, config=RunConfig(device=device))
             tf = prep.teacher.target_features
             assert tf is not None and prep.teacher.classify is not None
             teacher_test = float((prep.teacher.classify(xt).argmax(1) == yt).mean())
@@ -170,9 +171,9 @@ def main() -> int:
                     else {"keep": None, "max_bytes": int(val)}
                 )
                 t1 = time.perf_counter()
-                res = finish(prep, spec, version=1, device=device)
+                res = finish(prep, spec, version=1, config=RunConfig(device=device))
                 publish_s = (prep.seconds if bi == 0 else 0.0) + time.perf_counter() - t1
-                paper = finish(prep, spec, version=1, device=device, candidates=PAPER)
+                paper = finish(prep, spec, version=1, config=RunConfig(device=device), candidates=PAPER)
                 built = {b.candidate.label: b for b in res.built + paper.built}
                 m = res.metrics
                 chosen = m["validation"]["chosen"]

@@ -286,6 +286,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         head_only=args.head_only,
         image_size=args.image_size,
         feature_cache=str(Path(args.cache) / "features") if getattr(args, "cache", None) else None,
+        weights_dir=args.weights_dir or None,
+        onnx=os.environ.get("PLADA_ONNX", "1") != "0",
     )
 
 
@@ -532,6 +534,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--weights-dir",
+        default=os.environ.get("PLADA_WEIGHTS_DIR", ""),
+        help="folder of local pretrained weights (<arch>.pth or .safetensors; default $PLADA_WEIGHTS_DIR, then "
+        "weights packages); nothing is downloaded",
+    )
     p.add_argument("--max-tier", type=int, default=None, help="train on priority tiers 0..N only (less compute)")
 
 

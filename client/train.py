@@ -47,6 +47,8 @@ class TrainConfig:
     image_size: int | None = None  # model input side; default: the pool's (pretrained: that side in 128-224)
     feature_cache: str | None = None  # head_only: folder of cached item features (default: <cache>/features)
     head_init: str = "zero"  # pretrained: start the classifier at zero (the paper's recipe) or from the head-only probe
+    weights_dir: str | None = None  # local pretrained weights (then weights packages); never downloaded
+    onnx: bool = True  # frozen backbones through ONNX Runtime on the CPU when it is installed
 
 
 def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -151,7 +153,12 @@ def train_student(
         x, y = PayloadDataset(payload, pool).arrays()
     try:
         model = pnn.create_model(
-            cfg.arch, in_chans=c, num_classes=len(payload.classes), seed=cfg.seed, pretrained=cfg.pretrained
+            cfg.arch,
+            in_chans=c,
+            num_classes=len(payload.classes),
+            seed=cfg.seed,
+            pretrained=cfg.pretrained,
+            weights_dir=_weights_dir(cfg),
         )
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
@@ -237,8 +244,12 @@ def resolve_head_only(cfg: TrainConfig, pool: Pool) -> bool:
         not cfg.pretrained
         and cfg.arch == "smallcnn"
         and pool.image_shape[2] == 3
-        and pnn.backbone_available(pnn.DEFAULT_BACKBONE)
+        and pnn.backbone_available(pnn.DEFAULT_BACKBONE, _weights_dir(cfg))
     )
+
+
+def _weights_dir(cfg: TrainConfig) -> Path | None:
+    return Path(cfg.weights_dir).expanduser() if cfg.weights_dir else None
 
 
 def pretrained_input_side(pool: Pool) -> int:
@@ -341,10 +352,10 @@ def _fit_head(
     from plada.shared.probe import fit_linear_probe
 
     try:
-        body = pnn.create_backbone(arch).to(device)
+        body = pnn.create_backbone(arch, _weights_dir(cfg)).to(device)
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
-    runner = pnn.for_cpu_inference(body, (side, side)) if device.type == "cpu" else body
+    runner = pnn.for_cpu_inference(body, (side, side), onnx=cfg.onnx) if device.type == "cpu" else body
     idx = np.asarray(payload.indices)
 
     def embed(images: Any, n: int, what: str) -> np.ndarray:
@@ -360,7 +371,7 @@ def _fit_head(
 
     def pool_features(pos: np.ndarray) -> np.ndarray:
         order = [pos[s : s + 256] for s in range(0, len(pos), 256)]
-        return embed(pnn._batches_of(pnn.PoolItems(pool, idx), order, device), len(pos), "embedding payload items")
+        return embed(pnn.batches_of(pnn.PoolItems(pool, idx), order, device), len(pos), "embedding payload items")
 
     store = FeatureStore(Path(cfg.feature_cache) if cfg.feature_cache else default_cache_dir() / "features", arch, side)
     feats, computed = store.get_many(pool.manifest.hashes[idx], pool_features)

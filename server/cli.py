@@ -214,22 +214,22 @@ def cmd_pool_embed(args: argparse.Namespace) -> int:
         default_backbone,
         open_feature_index,
     )
-    from plada.shared.nn import pick_device
     from plada.shared.pool import open_pool
 
+    config = _settings(args).run_config()  # device (--device), weights folder, executor, ONNX: the worker's
     pool = open_pool(Path(args.dir))
     index = None if args.force else open_feature_index(pool, args.name)
     reused = index is not None
     if index is None:
         bar = _progress_printer("embedding")
-        arch = default_backbone(pool) if args.arch == "auto" else args.arch
+        arch = default_backbone(pool, config.weights_dir) if args.arch == "auto" else args.arch
         if arch is not None and arch != "smallcnn":
             index = build_pretrained_index(
                 pool,
                 args.name,
                 arch=arch,
                 image_size=args.image_size,
-                device=pick_device(args.device),
+                config=config,
                 progress=lambda f, _m: bar(round(1000 * f), 1000),
             )
         else:
@@ -239,7 +239,7 @@ def cmd_pool_embed(args: argparse.Namespace) -> int:
                 epochs=args.epochs,
                 train_items=args.train_items,
                 seed=args.seed,
-                device=pick_device(args.device),
+                config=config,
                 progress=lambda f, _m: bar(round(1000 * f), 1000),
             )
     print(json.dumps({"pool": pool.name, "index": index.name, "reused": reused, **index.info}, indent=2))

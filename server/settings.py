@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plada.server.pipeline.config import RunConfig
+
 
 class Settings(BaseSettings):
     """Every field is documented in docs/operations.md; a test checks that the two agree."""
@@ -60,6 +62,15 @@ class Settings(BaseSettings):
     )
     ray_address: str = Field("", description="Ray cluster address for executor=ray ('' starts a local Ray)")
     ray_actors: int = Field(2, ge=1, le=4096, description="CPU model actors when the Ray cluster has no GPUs")
+    logits_ram_bytes: int = Field(
+        2 << 30, ge=0, description="pool logits above this size (as float32) spill to a memory-mapped float16 file"
+    )
+    scratch_dir: Path | None = Field(
+        None, description="where spilled logits are mapped (the file is unlinked at once); default: system temp"
+    )
+    onnx: bool = Field(
+        True, description="frozen pretrained backbones run through ONNX Runtime on the CPU when it is installed"
+    )
     teacher_cache_bytes: int = Field(
         4 << 30,
         ge=0,
@@ -127,6 +138,22 @@ class Settings(BaseSettings):
         if self.blob_dir is None:
             self.blob_dir = self.data_dir / "blobs"
         return self
+
+    def run_config(self, device: str | None = None) -> RunConfig:
+        """What the pipeline needs from these settings, passed down ``run_pipeline`` (nothing below reads
+        the environment). ``device`` overrides the setting (a CLI flag)."""
+        from plada.shared.nn import pick_device
+
+        return RunConfig(
+            device=pick_device(device or self.device),
+            executor=self.executor,
+            ray_address=self.ray_address,
+            ray_actors=self.ray_actors,
+            logits_ram_bytes=self.logits_ram_bytes,
+            scratch_dir=self.scratch_dir,
+            weights_dir=self.weights_dir,
+            onnx=self.onnx,
+        )
 
     @property
     def uploads_dir(self) -> Path:

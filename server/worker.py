@@ -90,13 +90,7 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.factory = init_db(make_engine(settings.database_url))
-        self.device = pnn.pick_device(settings.device)
-        # where pretrained teachers find their weights (shared.nn.find_weights reads the variable)
-        os.environ.setdefault("PLADA_WEIGHTS_DIR", str(settings.weights_dir))
-        # the pool pass reads these (server.pipeline.executor): local DataLoader workers or Ray Data actors
-        os.environ["PLADA_EXECUTOR"] = settings.executor
-        os.environ.setdefault("PLADA_RAY_ADDRESS", settings.ray_address)
-        os.environ.setdefault("PLADA_RAY_ACTORS", str(settings.ray_actors))
+        self.config = settings.run_config()  # device, executor, weights: passed to every run, never via os.environ
         assert settings.signing_key is not None
         self.signing_key = load_or_create_key(settings.signing_key)
         self._pools: dict[str, Pool] = {}
@@ -132,7 +126,7 @@ class Worker:
                 x, y = load_upload(Path(job.data_path))
                 pool = self._pool(job.pool_path)
                 result = run_pipeline(
-                    pool, x, y, spec, version=job.version, device=self.device, progress=hb.report, cache=self.cache
+                    pool, x, y, spec, version=job.version, config=self.config, progress=hb.report, cache=self.cache
                 )
                 metrics = result.metrics | {"worker": self.worker_id, "attempt": job.attempt}
             if hb.lost:
@@ -206,7 +200,7 @@ class Worker:
         np.seterr(over="ignore")
         idle_since = time.monotonic()
         swept = 0.0
-        log.info("worker %s ready (device %s)", self.worker_id, self.device)
+        log.info("worker %s ready (device %s, executor %s)", self.worker_id, self.config.device, self.config.executor)
         while not self._stop.is_set():
             if time.monotonic() - swept > _SWEEP_S:
                 swept = time.monotonic()

@@ -10,25 +10,16 @@ runs the model. Results come back by id, so the output is the local executor's, 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from plada.server.pipeline.config import RunConfig
 from plada.shared import nn as pnn
 from plada.shared.pool import Pool, open_pool
-
-EXECUTORS = ("local", "ray")
-
-
-def current_executor() -> str:
-    """``PLADA_EXECUTOR`` (the worker sets it from its settings); ``local`` when unset."""
-    name = os.environ.get("PLADA_EXECUTOR", "local") or "local"
-    if name not in EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
-    return name
 
 
 def predict_pool(
@@ -37,23 +28,24 @@ def predict_pool(
     *,
     size: tuple[int, int],
     channels: int,
-    device: torch.device,
+    config: RunConfig,
     want_features: bool,
     n: int | None = None,
     start: int = 0,
     chunk: int = 2048,
     workers: int | None = None,
-    executor: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and features) of ``model`` on pool items ``start`` … ``n`` − 1 (default: all), in pool order."""
+    """Logits (and features) of ``model`` on pool items ``start`` … ``n`` − 1 (default: all), in pool order,
+    on ``config.device`` here or on the Ray cluster ``config`` names."""
     n = len(pool) if n is None else n
-    if (executor or current_executor()) == "ray":
+    if config.executor == "ray":
         return _ray_predict(
-            model, pool, n, start=start, size=size, channels=channels, want_features=want_features, chunk=chunk
+            model, pool, n, config, start=start, size=size, channels=channels, want_features=want_features, chunk=chunk
         )
-    out = _Outputs(n - start)
+    out = _Outputs(n - start, config)
     done = 0
+    device = config.device
     for xb in pnn.pool_batches(pool, device=device, chunk=chunk, start=start, stop=n, workers=workers):
         z, f = pnn.predict(model, [xb], size=size, channels=channels, device=device, want_features=want_features)
         out.put(np.arange(done, done + len(z)), z, f)
@@ -63,18 +55,10 @@ def predict_pool(
     return out.result()
 
 
-def ram_budget() -> int:
-    """Bytes of float32 logits kept in RAM before they spill to a memory-mapped float16 file
-    (``PLADA_LOGITS_RAM_BYTES``, default 2 GiB: ImageNet-21K × 100 classes would need 5.7 GB)."""
-    return int(os.environ.get("PLADA_LOGITS_RAM_BYTES") or 2 << 30)
-
-
-def _spill(n: int, k: int) -> np.ndarray:
+def _spill(n: int, k: int, scratch_dir: str | None) -> np.ndarray:
     """An (n, k) float16 array on disk, unlinked at once: the mapping lives as long as the array, and a crash
-    leaves no file behind. In ``PLADA_SCRATCH_DIR`` (default: the system temp folder)."""
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="plada-logits-", suffix=".npy", dir=os.environ.get("PLADA_SCRATCH_DIR"))
+    leaves no file behind. In ``scratch_dir`` (None: the system temp folder)."""
+    fd, path = tempfile.mkstemp(prefix="plada-logits-", suffix=".npy", dir=scratch_dir)
     os.close(fd)
     try:
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
@@ -83,18 +67,20 @@ def _spill(n: int, k: int) -> np.ndarray:
 
 
 class _Outputs:
-    """Pool-sized outputs filled by item id: logits in RAM (float32) or spilled (float16), features float16."""
+    """Pool-sized outputs filled by item id: logits in RAM (float32) or, past ``config.logits_ram_bytes``
+    (ImageNet-21K × 100 classes would need 5.7 GB), spilled to a float16 memory map; features float16."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, config: RunConfig) -> None:
+        self.n, self.config = n, config
         self.logits: np.ndarray | None = None
         self.features: np.ndarray | None = None
 
     def put(self, ids: np.ndarray, z: np.ndarray, f: np.ndarray | None) -> None:
         if self.logits is None:
             k = z.shape[1]
-            big = self.n * k * 4 > ram_budget()
-            self.logits = _spill(self.n, k) if big else np.empty((self.n, k), np.float32)
+            big = self.n * k * 4 > self.config.logits_ram_bytes
+            scratch = str(self.config.scratch_dir) if self.config.scratch_dir else None
+            self.logits = _spill(self.n, k, scratch) if big else np.empty((self.n, k), np.float32)
         self.logits[ids] = z
         if f is not None:
             if self.features is None:
@@ -138,6 +124,7 @@ def _ray_predict(
     model: nn.Module,
     pool: Pool,
     n: int,
+    config: RunConfig,
     *,
     start: int = 0,
     size: tuple[int, int],
@@ -150,7 +137,7 @@ def _ray_predict(
     except ImportError as exc:
         raise RuntimeError("executor 'ray' needs Ray: pip install 'plada[ray]'") from exc
     if not ray.is_initialized():
-        address = os.environ.get("PLADA_RAY_ADDRESS") or None  # None: start a local Ray on this machine
+        address = config.ray_address or None  # None: start a local Ray on this machine
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the worker reports progress through its job, not a terminal
@@ -158,7 +145,7 @@ def _ray_predict(
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     # each actor holds a CPU; leave one for Ray Data's own tasks (reading the id blocks), or it waits forever
-    cpu_actors = max(1, min(int(os.environ.get("PLADA_RAY_ACTORS") or 2), int(resources.get("CPU", 2)) - 1))
+    cpu_actors = max(1, min(config.ray_actors, int(resources.get("CPU", 2)) - 1))
     actors = gpus or cpu_actors
     m = n - start  # ids are 0 … m − 1 in the dataset; actors add the offset
     ds = ray.data.range(m, override_num_blocks=max(1, -(-m // chunk))).map_batches(
@@ -176,7 +163,7 @@ def _ray_predict(
         concurrency=actors,
         num_gpus=1 if gpus else 0,
     )
-    out = _Outputs(m)
+    out = _Outputs(m, config)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         ids: Any = b["id"]
         out.put(ids, b["logits"], b.get("features"))

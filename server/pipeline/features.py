@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plada.server.pipeline.config import RunConfig
 from plada.shared import nn as pnn
 from plada.shared.errors import PoolError
 from plada.shared.files import atomic_write, atomic_write_bytes
@@ -83,16 +84,16 @@ class FeatureIndex:
         h, w, _ = self.info["image_shape"]
         return int(h), int(w)
 
-    def backbone(self, device: torch.device) -> nn.Module:
+    def backbone(self, device: torch.device, *, onnx: bool = True) -> nn.Module:
         """The network that made the features (on CPU through ONNX Runtime when pretrained). Built once per
         process and device, not once per publish: a worker opens the index for every job, and the ONNX export
         alone takes seconds."""
-        key = (str(self.root), self.model_id, str(device))
+        key = (str(self.root), self.model_id, f"{device}{'+onnx' if onnx else ''}")
         if key not in _BACKBONES:
-            _BACKBONES[key] = self._load_backbone(device)
+            _BACKBONES[key] = self._load_backbone(device, onnx)
         return _BACKBONES[key]
 
-    def _load_backbone(self, device: torch.device) -> nn.Module:
+    def _load_backbone(self, device: torch.device, onnx: bool) -> nn.Module:
         state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)
         if self.pretrained:
             import timm
@@ -110,13 +111,13 @@ class FeatureIndex:
         model.load_state_dict(state)
         model = model.to(device).eval()
         if self.pretrained and device.type == "cpu":
-            model = pnn.for_cpu_inference(model, self.input_size)
+            model = pnn.for_cpu_inference(model, self.input_size, onnx=onnx)
         return model
 
-    def embed(self, x: np.ndarray, *, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    def embed(self, x: np.ndarray, *, device: torch.device, onnx: bool = True, batch_size: int = 256) -> np.ndarray:
         """Features of images that are not in the pool (the publisher's), made exactly like the pool's: same
         backbone, same input size (uploads of any size are resized straight to it, never via the pool's)."""
-        model = self.backbone(device)
+        model = self.backbone(device, onnx=onnx)
         h, w, c = self.info["image_shape"]
         z, feats = pnn.predict(
             model,
@@ -158,10 +159,10 @@ def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | No
     return FeatureIndex(root=d, info=info, features=feats)
 
 
-def default_backbone(pool: Pool) -> str | None:
+def default_backbone(pool: Pool, weights_dir: Path | None = None) -> str | None:
     """The pretrained backbone ``pool embed`` uses by default: EfficientNet-Lite0 for RGB pools when its
     weights are installed; None (train a small CNN on the pool's groups) for grey pools or without weights."""
-    if pool.image_shape[2] == 3 and pnn.backbone_available(pnn.DEFAULT_BACKBONE):
+    if pool.image_shape[2] == 3 and pnn.backbone_available(pnn.DEFAULT_BACKBONE, weights_dir):
         return pnn.DEFAULT_BACKBONE
     return None
 
@@ -182,7 +183,7 @@ def build_pretrained_index(
     *,
     arch: str = pnn.DEFAULT_BACKBONE,
     image_size: int | None = None,
-    device: torch.device | None = None,
+    config: RunConfig | None = None,
     progress: Progress | None = None,
     calibrate: bool = True,
     block: int = 65_536,
@@ -191,10 +192,11 @@ def build_pretrained_index(
     (``calibrate``) choose the leakage audit's near-duplicate cosine for these features from the pool itself
     (``leakage.calibrate_near_duplicates``: false positives on distinct pool pairs, recall on edited copies)."""
     report = progress or (lambda _f, _m: None)
-    device = device or pnn.pick_device()
+    config = config or RunConfig()
+    device = config.device
     size = image_size or default_embed_size(pool)
     try:
-        model = pnn.create_backbone(arch)
+        model = pnn.create_backbone(arch, config.weights_dir)
     except ValueError as exc:
         raise PoolError(str(exc)) from exc
     n = len(pool)
@@ -208,7 +210,7 @@ def build_pretrained_index(
 
     from plada.server.pipeline.executor import predict_pool
 
-    runner = pnn.for_cpu_inference(model, (size, size)) if device.type == "cpu" else model
+    runner = pnn.for_cpu_inference(model, (size, size), onnx=config.onnx) if device.type == "cpu" else model
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     weights = buf.getvalue()
@@ -235,7 +237,7 @@ def build_pretrained_index(
             pool,
             size=(size, size),
             channels=3,
-            device=device,
+            config=config,
             want_features=False,
             chunk=512,
             start=b0,
@@ -323,7 +325,7 @@ def build_feature_index(
     epochs: int = 3,
     train_items: int = 20_000,
     seed: int = 0,
-    device: torch.device | None = None,
+    config: RunConfig | None = None,
     progress: Progress | None = None,
 ) -> FeatureIndex:
     """Train a backbone on the manifest groups (a sample of ``train_items``), then embed every pool item.
@@ -331,7 +333,8 @@ def build_feature_index(
     Written to a temporary folder and renamed into place: an interrupted build leaves no index behind.
     """
     report = progress or (lambda _f, _m: None)
-    device = device or pnn.pick_device()
+    config = config or RunConfig()
+    device = config.device
     groups = pool.manifest.groups
     if groups is None:
         raise PoolError(f"pool {pool.name} has no groups in its manifest to train a backbone on")
@@ -366,7 +369,7 @@ def build_feature_index(
     from plada.server.pipeline.executor import predict_pool
 
     _, feats = predict_pool(
-        model, pool, size=(h, w), channels=c, device=device, want_features=True, chunk=chunk, progress=tick
+        model, pool, size=(h, w), channels=c, config=config, want_features=True, chunk=chunk, progress=tick
     )
     if feats is None:
         raise PoolError(f"backbone {arch!r} exposes no features; use 'smallcnn'")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from plada.server.pipeline import scoring
 from plada.server.pipeline.clusters import feature_strata
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import open_feature_index
 from plada.server.pipeline.leakage import LeakageReport, audit_leakage, domain_typicality
 from plada.server.pipeline.preview import PER_CLASS, build_preview, preview_bytes
@@ -112,13 +112,14 @@ def prepare(
     y: np.ndarray,
     spec: TaskSpec,
     *,
-    device: torch.device,
+    config: RunConfig | None = None,
     progress: StageProgress | None = None,
     cache: TeacherCache | None = None,
 ) -> Prepared:
     """Split, teacher, pool logits and features, leakage audit. With a ``cache``, a teacher already trained
     on the same upload with the same options over the same pool is reused (no training, no pool pass)."""
     report = progress or (lambda _f, _m: None)
+    config = config or RunConfig()
     t0 = time.perf_counter()
     tr, va = stratified_split(y, spec.teacher.val_fraction, spec.teacher.seed)
     index = open_feature_index(pool)
@@ -131,7 +132,7 @@ def prepare(
             out = _from_cache(*hit, index)
             report(TEACHER + SCORE, "teacher and pool scores reused from the cache")
     if out is None:
-        out = run_teacher(pool, x, y, tr, va, spec, index, device=device, report=report)
+        out = run_teacher(pool, x, y, tr, va, spec, index, config=config, report=report)
         if cache is not None:
             cache.put(key, *_to_cache(out, index))
     report(TEACHER + SCORE, "leakage audit")
@@ -177,13 +178,14 @@ def run_pipeline(
     spec: TaskSpec,
     *,
     version: int,
-    device: torch.device,
+    config: RunConfig | None = None,
     progress: StageProgress | None = None,
     cache: TeacherCache | None = None,
 ) -> PipelineResult:
-    """Teacher, leakage audit, candidate selections under the spec's budget, validation, the payload."""
-    prep = prepare(pool, x, y, spec, device=device, progress=progress, cache=cache)
-    return finish(prep, spec, version=version, device=device, progress=progress)
+    """Teacher, leakage audit, candidate selections under the spec's budget, validation, the payload.
+    ``config`` says where and how it runs (default: this process, the CPU)."""
+    prep = prepare(pool, x, y, spec, config=config, progress=progress, cache=cache)
+    return finish(prep, spec, version=version, config=config, progress=progress)
 
 
 def finish(
@@ -191,12 +193,13 @@ def finish(
     spec: TaskSpec,
     *,
     version: int,
-    device: torch.device,
+    config: RunConfig | None = None,
     progress: StageProgress | None = None,
     candidates: list[Candidate] | None = None,
 ) -> PipelineResult:
     """Apply the budget to each candidate, validate them with proxy students, pick, encode, report."""
     report = progress or (lambda _f, _m: None)
+    device = (config or RunConfig()).device
     pool, out, labels = prep.pool, prep.teacher, prep.labels
     sel = spec.selector
     k = len(spec.classes)

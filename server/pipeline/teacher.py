@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import FeatureIndex
 from plada.server.pipeline.progress import SCORE, TEACHER, StageProgress
 from plada.shared import nn as pnn
@@ -53,6 +56,7 @@ def train_teacher(
     *,
     image_shape: tuple[int, int, int],
     device: torch.device,
+    weights_dir: Path | None = None,
     progress: pnn.Progress | None = None,
 ) -> Teacher:
     """Train on the training part; accuracy on the held-out part is what the server reports as teacher acc."""
@@ -65,7 +69,9 @@ def train_teacher(
         c = 3  # ImageNet weights see RGB; grey pools are repeated over the channels
     tr, va = stratified_split(y, opts.val_fraction, opts.seed)
     arch = "smallcnn" if opts.arch == "auto" else opts.arch  # (auto's probe needs a feature index: run_teacher)
-    model = pnn.create_model(arch, in_chans=c, num_classes=n_classes, seed=opts.seed, pretrained=opts.pretrained)
+    model = pnn.create_model(
+        arch, in_chans=c, num_classes=n_classes, seed=opts.seed, pretrained=opts.pretrained, weights_dir=weights_dir
+    )
     if opts.pretrained and opts.finetune == "head":
         pnn.freeze_body(model)
     cfg = pnn.FitConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)
@@ -88,14 +94,15 @@ def score_pool(
     teacher: Teacher,
     pool: Pool,
     *,
+    config: RunConfig | None = None,
     n: int | None = None,
     chunk: int = 2048,
     workers: int | None = None,
-    executor: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher logits (N, k) and features over the first ``n`` pool items (default all), streamed in chunks
-    that DataLoader workers decode while the model runs, or on Ray (``executor``; default PLADA_EXECUTOR)."""
+    that DataLoader workers decode while the model runs, or on Ray (``config.executor``). The teacher's own
+    device wins over ``config.device``: the model already lives there."""
     n_pool = len(pool) if n is None else n
     done = 0
 
@@ -113,10 +120,9 @@ def score_pool(
         n=n_pool,
         chunk=chunk,
         workers=workers,
-        executor=executor,
+        config=dataclasses.replace(config or RunConfig(), device=teacher.device),
         size=teacher.size,
         channels=teacher.channels,
-        device=teacher.device,
         want_features=True,
         progress=tick,
     )
@@ -220,12 +226,18 @@ def run_teacher(
     spec: TaskSpec,
     index: FeatureIndex | None,
     *,
-    device: torch.device,
+    config: RunConfig,
     report: StageProgress,
 ) -> TeacherOutput:
     """A probe head on the pool's cached features (no pool forward pass), or a CNN/timm model trained on
     pixels that then labels the pool in chunks. Either way the held-out part is only used to measure."""
     k = len(spec.classes)
+    device = config.device
+
+    def embed(imgs: np.ndarray) -> np.ndarray:
+        assert index is not None
+        return index.embed(imgs, device=device, onnx=config.onnx)
+
     arch = resolve_teacher_arch(spec.teacher.arch, index)
     if arch == "probe":
         if index is None:
@@ -233,7 +245,7 @@ def run_teacher(
                 f"teacher 'probe' needs cached features for pool {pool.name}: run 'plada-server pool embed {pool.name}'"
             )
         report(0.0, "teacher: embedding the upload with the pool's backbone")
-        tf = index.embed(x, device=device)
+        tf = embed(x)
         probe = fit_linear_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
         report(TEACHER, f"teacher: probe trained (L2 {probe.l2:g}, temperature {probe.temperature:.2f})")
         logits = probe.logits(index.features)
@@ -248,13 +260,13 @@ def run_teacher(
             probe.accuracy(tf[tr], y[tr]),
             len(tr),
             len(va),
-            classify=lambda imgs: probe.logits(index.embed(imgs, device=device)),
+            classify=lambda imgs: probe.logits(embed(imgs)),
             details={"l2": probe.l2, "temperature": round(probe.temperature, 4), **probe.info},
             pretrained_features=index.pretrained,
         )
     if spec.teacher.pretrained:
         try:  # a missing weights file is the publisher's (or operator's) to fix: no retries
-            pnn.find_weights(arch)
+            pnn.find_weights(arch, config.weights_dir)
         except ValueError as exc:
             raise InvalidSpecError(f"teacher.pretrained: {exc}") from exc
     teacher = train_teacher(
@@ -264,11 +276,13 @@ def run_teacher(
         spec.teacher.model_copy(update={"arch": arch}),
         image_shape=pool.image_shape,
         device=device,
+        weights_dir=config.weights_dir,
         progress=lambda f, m: report(TEACHER * f, f"teacher: {m}"),
     )
     logits, feats = score_pool(
         teacher,
         pool,
+        config=config,
         progress=lambda d, n: report(TEACHER + SCORE * d / n, f"scoring pool: {d:,}/{n:,}"),
     )
 
@@ -282,7 +296,7 @@ def run_teacher(
     pool_f: np.ndarray | None
     target_f: np.ndarray | None
     if index is not None:
-        pool_f, target_f, source = index.features, index.embed(x, device=device), _features_source(index)
+        pool_f, target_f, source = index.features, embed(x), _features_source(index)
     elif feats is not None:
         pool_f, target_f, source = feats, run(x, True)[1], "teacher penultimate layer"
     else:

@@ -36,7 +36,7 @@ def test_flowers5_at_keep_5_percent_on_the_photo_pool(tmp_path: Path) -> None:
     pool = build_photo_world(Path(str(SOURCE)), world, log=lambda _m: None)
     index = open_feature_index(pool)
     if index is None or not index.pretrained:
-        index = build_pretrained_index(pool, device=CPU)
+        index = build_pretrained_index(pool)
     assert index.info["images_per_s"] > 100
     tdir = world / "tasks" / "flowers5"
     classes = json.loads((tdir / "task.json").read_text())["classes"]
@@ -45,7 +45,7 @@ def test_flowers5_at_keep_5_percent_on_the_photo_pool(tmp_path: Path) -> None:
     with np.load(tdir / "test.npz") as z:
         xt, yt = z["x"], z["y"]
     spec = TaskSpec(name="flowers5", classes=classes, pool_id=pool.name, keep=0.05)
-    res = run_pipeline(pool, x, y, spec, version=1, device=CPU)
+    res = run_pipeline(pool, x, y, spec, version=1)
     m = res.metrics
     assert m["teacher"]["arch"] == "probe" and m["validation"]["proxy_student"]["arch"] == "probe"
     assert m["teacher"]["val_accuracy"] > 0.6 and len(m["validation"]["candidates"]) == 6
@@ -75,7 +75,7 @@ def test_a_photo_task_version_page_in_chromium(tmp_path: Path) -> None:
     world = Path(os.environ.get("PLADA_PHOTO_CACHE", tmp_path / "photo"))
     pool = build_photo_world(Path(str(SOURCE)), world, log=lambda _m: None)
     if (index := open_feature_index(pool)) is None or not index.pretrained:
-        build_pretrained_index(pool, device=CPU)
+        build_pretrained_index(pool)
     tdir = world / "tasks" / "flowers5"
     classes = json.loads((tdir / "task.json").read_text())["classes"]
     stack = LocalStack(data_dir=tmp_path / "d", pools_dir=world / "pools", log_dir=tmp_path / "l")

@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from plada.client import PladaClient
 from plada.server.local import LocalStack
@@ -49,7 +48,7 @@ def photo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loca
         for i, crop in enumerate(crops(photo(name), 10, 40, seed=1, smallest=0.5)):
             Image.fromarray(crop).save(root / "src" / name / f"{i}.png")
     pool = index_image_folder(root / "src", root / "pools" / "photos", "photos")
-    build_pretrained_index(pool, image_size=64, device=torch.device("cpu"))
+    build_pretrained_index(pool, image_size=64)
     stack = LocalStack(data_dir=root / "server", pools_dir=root / "pools", log_dir=root / "logs")
     stack.start_server()
     stack.start_worker()

@@ -114,7 +114,7 @@ def test_leakage_audit_finds_exact_and_near_copies(two_domain_pool: Pool) -> Non
 
 
 def test_feature_index_is_built_atomically_and_refused_when_stale(two_domain_pool: Pool) -> None:
-    index = build_feature_index(two_domain_pool, "t", epochs=1, train_items=800, device=CPU)
+    index = build_feature_index(two_domain_pool, "t", epochs=1, train_items=800)
     assert index.features.shape == (len(two_domain_pool), index.dim) and index.features.dtype == np.float16
     assert not list((two_domain_pool.root / "features").glob(".*tmp*"))
     again = open_feature_index(two_domain_pool, "t")
@@ -133,9 +133,9 @@ def test_feature_index_is_built_atomically_and_refused_when_stale(two_domain_poo
 
 def test_auto_validates_every_candidate_and_ships_the_best(two_domain_pool: Pool) -> None:
     if open_feature_index(two_domain_pool, "default") is None:
-        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800)
     x, y = _domain_images(300, 0, 7)
-    res = run_pipeline(two_domain_pool, x, y, _spec(keep=0.05), version=1, device=CPU)
+    res = run_pipeline(two_domain_pool, x, y, _spec(keep=0.05), version=1)
     v = res.metrics["validation"]
     labels = [c["label"] for c in v["candidates"]]
     assert labels == [c.label for c in DEFAULT_CANDIDATES]
@@ -156,7 +156,7 @@ def test_auto_validates_every_candidate_and_ships_the_best(two_domain_pool: Pool
 
 def test_probe_teacher_scores_from_cached_features_and_excludes_duplicates(two_domain_pool: Pool) -> None:
     if open_feature_index(two_domain_pool, "default") is None:
-        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800)
     fresh, yf = _domain_images(300, 0, 8)
     dup_idx = np.arange(100, 140)
     x = np.concatenate([fresh, two_domain_pool.batch(dup_idx)[..., 0]])
@@ -166,7 +166,7 @@ def test_probe_teacher_scores_from_cached_features_and_excludes_duplicates(two_d
         teacher={"arch": "probe"},
         selector={"name": "domain", "exclude_duplicates": True, "validate_candidates": False},
     )
-    res = run_pipeline(two_domain_pool, x, y, spec, version=1, device=CPU)
+    res = run_pipeline(two_domain_pool, x, y, spec, version=1)
     m = res.metrics
     assert m["teacher"]["arch"] == "probe" and m["teacher"]["epochs"] is None
     assert m["leakage"]["exact_duplicates"] == 40 and m["leakage"]["excluded"] is True
@@ -180,9 +180,9 @@ def test_probe_without_index_and_unknown_selector_are_spec_errors(tmp_path: obje
     bare = write_array_pool(tmp_path / "bare", "bare", x, [f"k{i}" for i in range(200)])  # type: ignore[operator]
     xt, yt = _domain_images(80, 0, 4)
     with pytest.raises(InvalidSpecError, match="pool embed"):
-        run_pipeline(bare, xt, yt, _spec(keep=0.1, teacher={"arch": "probe"}), version=1, device=CPU)
+        run_pipeline(bare, xt, yt, _spec(keep=0.1, teacher={"arch": "probe"}), version=1)
     with pytest.raises(InvalidSpecError, match="unknown selector"):
-        run_pipeline(bare, xt, yt, _spec(keep=0.1, selector={"name": "nope"}), version=1, device=CPU)
+        run_pipeline(bare, xt, yt, _spec(keep=0.1, selector={"name": "nope"}), version=1)
 
 
 def test_far_out_of_distribution_task_is_flagged(two_domain_pool: Pool) -> None:
@@ -190,7 +190,7 @@ def test_far_out_of_distribution_task_is_flagged(two_domain_pool: Pool) -> None:
     x = rng.integers(0, 255, (600, 16, 16), dtype=np.uint8)  # noise with random labels: nothing to learn
     y = rng.integers(0, 4, 600)
     spec = _spec(keep=0.05, selector={"name": "random"})
-    res = run_pipeline(two_domain_pool, x, y, spec, version=1, device=CPU)
+    res = run_pipeline(two_domain_pool, x, y, spec, version=1)
     assert res.metrics["warnings"] and "far below" in res.metrics["warnings"][0]
 
 
@@ -211,14 +211,14 @@ def test_a_candidates_options_reach_its_selector(two_domain_pool: Pool) -> None:
     """A candidate's ``options`` (here kNN's k) change its scores and so its selection; before, every
     candidate of one selector silently shared the default options."""
     if open_feature_index(two_domain_pool, "default") is None:
-        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800, device=CPU)
+        build_feature_index(two_domain_pool, "default", epochs=1, train_items=800)
     x, y = _domain_images(300, 0, 7)
     spec = _spec(keep=0.05)
-    prep = prepare(two_domain_pool, x, y, spec, device=CPU)
+    prep = prepare(two_domain_pool, x, y, spec)
     default, k1 = Candidate("knn"), Candidate("knn", options={"k": 1})
     np.testing.assert_array_equal(prep.scores_of(default), create_selector("knn")(prep.inputs))
     np.testing.assert_array_equal(prep.scores_of(k1), create_selector("knn", k=1)(prep.inputs))
     assert not np.array_equal(prep.scores_of(default), prep.scores_of(k1))
-    res = finish(prep, spec, version=1, device=CPU, candidates=[default, k1])
+    res = finish(prep, spec, version=1, candidates=[default, k1])
     kept = {b.candidate.label: set(b.payload.indices.tolist()) for b in res.built}
     assert list(kept) == ["knn", "knn (k=1)"] and kept["knn"] != kept["knn (k=1)"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.run import run_pipeline
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
@@ -42,19 +43,17 @@ def test_packaged_lite0_weights_see_a_cat_in_chelsea() -> None:
     assert len(top5 & IMAGENET_CATS) >= 2, top5  # random weights: a 5/1000 chance per class
 
 
-def test_weights_dir_file_is_found_by_arch_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_dir_file_is_found_by_arch_name(tmp_path: Path) -> None:
     src = pnn.create_model("resnet18", in_chans=3, num_classes=1000, seed=1)
     torch.save({"state_dict": src.state_dict()}, tmp_path / "resnet18.pth")
-    monkeypatch.setenv("PLADA_WEIGHTS_DIR", str(tmp_path))
-    model = pnn.create_model("resnet18", in_chans=1, num_classes=7, seed=2, pretrained=True)
+    model = pnn.create_model("resnet18", in_chans=1, num_classes=7, seed=2, pretrained=True, weights_dir=tmp_path)
     assert torch.equal(model.state_dict()["conv1.weight"], src.state_dict()["conv1.weight"])
     assert model.state_dict()["fc.weight"].shape == (7, 512)  # a fresh head for the task's classes
     pnn.freeze_body(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
 
 
-def test_missing_weights_are_a_spec_error_not_a_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PLADA_WEIGHTS_DIR", str(tmp_path))
+def test_missing_weights_are_a_spec_error_not_a_download(tmp_path: Path) -> None:
     x = np.zeros((8, 32, 32, 3), np.uint8)
     (tmp_path / "a").mkdir()
     from PIL import Image
@@ -72,7 +71,7 @@ def test_missing_weights_are_a_spec_error_not_a_download(tmp_path: Path, monkeyp
         }
     )
     with pytest.raises(InvalidSpecError, match=r"no local pretrained weights for 'resnet18'.*never downloads"):
-        run_pipeline(pool, x, np.arange(8) % 2, spec, version=1, device=CPU)
+        run_pipeline(pool, x, np.arange(8) % 2, spec, version=1, config=RunConfig(weights_dir=tmp_path))
 
 
 def test_pretrained_teacher_labels_a_pool_of_real_photos(tmp_path: Path) -> None:
@@ -105,7 +104,7 @@ def test_pretrained_teacher_labels_a_pool_of_real_photos(tmp_path: Path) -> None
             "selector": {"name": "msp", "safety_net_share": 1.0, "validate_candidates": False},
         }
     )
-    res = run_pipeline(pool, x, y, spec, version=1, device=CPU)
+    res = run_pipeline(pool, x, y, spec, version=1)
     assert res.metrics["teacher"]["val_accuracy"] >= 0.75
     folders = np.asarray([pool.manifest.keys[i].split("/")[0] for i in res.payload.indices])
     labels = np.asarray(res.payload.labels)

@@ -30,6 +30,34 @@ def test_every_setting_is_documented() -> None:
     assert not missing, f"undocumented settings: {missing}"
 
 
+def test_every_documented_server_variable_is_a_setting() -> None:
+    """The settings table lists only real fields: a variable the server reads is read through Settings."""
+    import re
+
+    from plada.server.settings import Settings
+
+    doc = (REPO / "docs" / "operations.md").read_text()
+    table = doc.split("## Settings", 1)[1].split("\n\n", 1)[0]
+    documented = {m.lower() for m in re.findall(r"^\| `PLADA_([A-Z0-9_]+)`", table, flags=re.M)}
+    assert documented == set(Settings.model_fields), documented ^ set(Settings.model_fields)
+
+
+def test_no_module_below_the_edges_reads_plada_variables() -> None:
+    """Configuration is passed, not smuggled: only the settings and the CLIs (process edges) read PLADA_*."""
+    import re
+
+    edges = {"server/settings.py", "server/cli.py", "client/cli.py", "client/api.py", "client/cache.py"}
+    edges |= {"shared/datasets/mini.py", "server/local.py"}  # the world's cache path; the test harness's children
+    read = re.compile(r"""(environ(\.get|\.setdefault)?\(|environ\[|getenv\()\s*["']PLADA_""")
+    readers = [
+        str(p.relative_to(REPO))
+        for pkg in ("shared", "server", "client")
+        for p in (REPO / pkg).rglob("*.py")
+        if str(p.relative_to(REPO)) not in edges and read.search(p.read_text())
+    ]
+    assert not readers, readers
+
+
 def _console_scripts() -> dict[str, str]:
     import tomllib
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.run import run_pipeline
 from plada.server.pipeline.teacher import score_pool, train_teacher
 from plada.shared.pool import Pool, write_array_pool
@@ -38,8 +39,8 @@ def test_ray_scores_match_local_item_for_item(local_ray: None, small_pool: Pool,
     with np.load(world_dir / "tasks" / "digits" / "train.npz") as z:
         x, y = z["x"], z["y"]
     teacher = train_teacher(x, y, 10, TeacherOptions(epochs=1), image_shape=small_pool.image_shape, device=CPU)
-    z_local, f_local = score_pool(teacher, small_pool, chunk=1024, executor="local")
-    z_ray, f_ray = score_pool(teacher, small_pool, chunk=1024, executor="ray")
+    z_local, f_local = score_pool(teacher, small_pool, chunk=1024, config=RunConfig(executor="local"))
+    z_ray, f_ray = score_pool(teacher, small_pool, chunk=1024, config=RunConfig(executor="ray"))
     assert z_ray.shape == z_local.shape == (len(small_pool), 10)
     np.testing.assert_allclose(z_ray, z_local, rtol=0, atol=1e-4)
     assert f_local is not None and f_ray is not None
@@ -52,7 +53,6 @@ def test_ray_pipeline_publishes_the_same_payload(
     small_pool: Pool,
     world_dir: Path,
     task_classes: dict[str, list[str]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with np.load(world_dir / "tasks" / "digits" / "train.npz") as z:
         x, y = z["x"], z["y"]
@@ -68,8 +68,7 @@ def test_ray_pipeline_publishes_the_same_payload(
     )
     results = {}
     for executor in ("local", "ray"):
-        monkeypatch.setenv("PLADA_EXECUTOR", executor)
-        results[executor] = run_pipeline(small_pool, x, y, spec, version=1, device=CPU)
+        results[executor] = run_pipeline(small_pool, x, y, spec, version=1, config=RunConfig(executor=executor))
     local, on_ray = results["local"], results["ray"]
     assert np.array_equal(on_ray.payload.indices, local.payload.indices)
     assert np.array_equal(on_ray.payload.labels, local.payload.labels)

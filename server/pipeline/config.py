@@ -1,0 +1,35 @@
+"""How and where a pipeline runs, as one value passed down from the process that starts it.
+
+The worker builds it from its ``Settings`` (``Settings.run_config()``), a benchmark or a test builds it
+directly; nothing below ``run_pipeline`` reads the environment. So the same pure function runs in the worker,
+in the benchmarks and on Ray actors with the options it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Executor = Literal["local", "ray"]
+EXECUTORS: tuple[Executor, ...] = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The defaults are a laptop's: this process, the CPU, no weights folder, ONNX Runtime when installed."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    executor: Executor = "local"  # where the pool pass runs: DataLoader workers here, or Ray Data actors
+    ray_address: str = ""  # '' starts a local Ray
+    ray_actors: int = 2  # CPU model actors when the cluster has no GPUs
+    logits_ram_bytes: int = 2 << 30  # pool logits above this (as float32) spill to a float16 memory map
+    scratch_dir: Path | None = None  # where spilled logits are mapped (None: the system temp folder)
+    weights_dir: Path | None = None  # local pretrained weights (then weights packages); never downloaded
+    onnx: bool = True  # frozen pretrained bodies through ONNX Runtime on the CPU when it is installed
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
