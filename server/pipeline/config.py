@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # the web app imports Settings, and so this module: it must not pay for torch
+    import torch
 
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[Executor, ...] = ("local", "ray")
@@ -21,7 +22,7 @@ EXECUTORS: tuple[Executor, ...] = ("local", "ray")
 class RunConfig:
     """The defaults are a laptop's: this process, the CPU, no weights folder, ONNX Runtime when installed."""
 
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: _cpu())
     executor: Executor = "local"  # where the pool pass runs: DataLoader workers here, or Ray Data actors
     ray_address: str = ""  # '' starts a local Ray
     ray_actors: int = 2  # CPU model actors when the cluster has no GPUs
@@ -33,3 +34,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
+
+
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")

@@ -127,3 +127,13 @@ def test_the_error_tree_in_the_docstring_is_the_real_one() -> None:
     drawn = "\n".join(line[4:] for line in (errors.__doc__ or "").splitlines() if line.startswith("    "))
     assert drawn == errors.error_tree()
     assert all(cls.__name__ in drawn for cls in errors.all_error_classes())
+
+
+def test_the_web_app_does_not_import_torch() -> None:
+    """The API process answers HTTP; torch (hundreds of MB, seconds to import) belongs to the worker."""
+    import subprocess
+    import sys
+
+    code = "import sys, plada.server.app, plada.server.settings; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
