@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from plada.shared.codecs import entropy, entropy2, paper
+from plada.shared.codecs import Codec, registry
 from plada.shared.errors import (
     PayloadCorruptError,
     PayloadError,
@@ -44,11 +44,9 @@ _PREFIX = struct.Struct("<4sBBI")
 _U32 = struct.Struct("<I")
 _DIGEST = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CODECS: dict[str, Any] = {paper.NAME: paper, entropy.NAME: entropy, entropy2.NAME: entropy2}
-# The container's version follows from its codec: a client that predates a codec refuses the payload with
-# "format version N is not supported" (an upgrade hint) instead of misreading it.
-_FORMAT_OF = {paper.NAME: 1, entropy.NAME: 2, entropy2.NAME: 3}
-_RANGE_CODED = (entropy.NAME, entropy2.NAME)
+_CODECS: dict[str, Codec] = registry()
+# The container's version follows from its codec (Codec.FORMAT): a client that predates a codec refuses the
+# payload with "format version N is not supported" (an upgrade hint) instead of misreading it.
 CODECS = ("auto", *_CODECS)
 
 
@@ -138,24 +136,27 @@ def encode_payload(payload: Payload, *, codec: str = "auto", layout: PoolLayout 
     the most clients can read: paper-v1, then entropy-v1). With the pool's ``layout`` the range coders may code
     in the pool's group order (then decoding needs the pool too). The result is deterministic for equal inputs."""
     if codec == "auto":
-        names = [n for n in _CODECS if payload.n_tiers == 1 or n in _RANGE_CODED]
+        names = [n for n, c in _CODECS.items() if payload.n_tiers == 1 or c.CARRIES_TIERS]
         return min((encode_payload(payload, codec=name, layout=layout) for name in names), key=len)
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
-    if codec in _RANGE_CODED:
-        extra: dict[str, Any] = {"layout": layout, "tiers": payload.tiers}
-    elif payload.n_tiers > 1:
-        raise ValueError(f"codec {codec} cannot carry priority tiers; use {entropy2.NAME} or auto")
-    else:
-        extra = {}
-    codec_info, body = _CODECS[codec].encode(
-        payload.indices, payload.labels, n_pool=payload.n_pool, n_classes=len(payload.classes), **extra
+    impl = _CODECS[codec]
+    if payload.n_tiers > 1 and not impl.CARRIES_TIERS:
+        tiered = [n for n, c in _CODECS.items() if c.CARRIES_TIERS]
+        raise ValueError(f"codec {codec} cannot carry priority tiers; use {' or '.join(tiered[-1:])} or auto")
+    codec_info, body = impl.encode(
+        payload.indices,
+        payload.labels,
+        n_pool=payload.n_pool,
+        n_classes=len(payload.classes),
+        layout=layout,
+        tiers=payload.tiers,
     )
     header = payload.header() | {"codec": codec_info}
     hbytes = _canonical_json(header)
     if len(hbytes) > MAX_HEADER_BYTES or len(body) > MAX_BODY_BYTES:
         raise ValueError("payload header or body exceeds the format's limits")
-    out = _PREFIX.pack(MAGIC, _FORMAT_OF[codec], 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
+    out = _PREFIX.pack(MAGIC, impl.FORMAT, 0, len(hbytes)) + hbytes + _U32.pack(len(body)) + body
     return bytes(out + hashlib.sha256(out).digest())
 
 
@@ -200,7 +201,7 @@ def read_header(data: bytes) -> tuple[dict[str, Any], int, int]:
     if len(data) != pos + blen + _DIGEST:
         raise PayloadCorruptError(f"{len(data) - pos - blen - _DIGEST} trailing bytes after the checksum")
     _check_header(header)
-    if _FORMAT_OF[header["codec"]["name"]] != fmt:
+    if fmt != _CODECS[header["codec"]["name"]].FORMAT:
         raise PayloadVersionError(f"codec {header['codec']['name']!r} is not valid in a format-{fmt} payload")
     return header, pos, blen
 
@@ -251,19 +252,17 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
     n_tiers = header.get("n_tiers", 1)
     if not isinstance(n_tiers, int) or isinstance(n_tiers, bool) or not 1 <= n_tiers <= MAX_TIERS:
         raise PayloadCorruptError(f"header n_tiers must be 1..{MAX_TIERS}")
-    if n_tiers > 1 and name not in _RANGE_CODED:
+    if n_tiers > 1 and not _CODECS[name].CARRIES_TIERS:
         raise PayloadCorruptError(f"codec {name} cannot carry priority tiers")
-    extra: dict[str, Any] = {"layout": layout, "n_tiers": n_tiers} if name in _RANGE_CODED else {}
-    decoded = _CODECS[name].decode(
+    indices, labels, tiers = _CODECS[name].decode(
         header["codec"],
         data[pos : pos + blen],
         n_pool=header["n_pool"],
         n_items=header["n_items"],
         n_classes=len(header["classes"]),
-        **extra,
+        layout=layout,
+        n_tiers=n_tiers,
     )
-    indices, labels = decoded[0], decoded[1]
-    tiers = decoded[2] if len(decoded) > 2 else None
     try:
         return Payload(
             indices=indices,

@@ -37,16 +37,19 @@ import numpy as np
 import zstandard
 
 from plada.shared.codecs import entropy as v1
+from plada.shared.codecs import rangecoding as rc
 from plada.shared.errors import PayloadCorruptError, PayloadVersionError
 from plada.shared.pool import PoolLayout
 
 NAME = "entropy-v2"
+FORMAT = 3
+CARRIES_TIERS = True
 MAX_LEVELS = 256
 LEVEL_BITS = 48.0  # what a level's parameters cost in the prelude, for the merge estimate
 THRESHOLDS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-LABEL_MODES = ("iid", "uniform", "runs", "dominant")
+LABEL_MODES = v1.LABEL_MODES
 RAW = 1 << 31  # set in the prelude length word: the prelude is stored as is (small preludes do not inflate)
-_Section = tuple[list[np.ndarray], "v1.Recorder"]
+_Section = tuple[list[np.ndarray], "rc.Recorder"]
 
 
 def _h(p: np.ndarray) -> np.ndarray:
@@ -133,8 +136,8 @@ def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> _Sectio
     nb = np.bincount(level, minlength=n_levels).astype(np.int64)
     K = np.bincount(level, weights=counts, minlength=n_levels).astype(np.int64)
     off, _ = _virtual(level, sizes, n_levels)
-    enc = v1.Recorder()
-    v1._put(enc, level, v1._categorical(nb))
+    enc = rc.Recorder()
+    rc.put(enc, level, rc.categorical(nb))
     item_level = level[blk]
     virt = off[blk] + indices - bounds[blk]
     params: list[int] = []
@@ -142,13 +145,13 @@ def _encode_index(indices: np.ndarray, bounds: np.ndarray, spec: int) -> _Sectio
         if K[lv] == 0:
             continue
         v = virt[item_level == lv]  # increasing: blocks of a level are concatenated in pool order
-        params += v1.put_gaps(enc, np.diff(np.r_[-1, v]) - 1)
+        params += rc.put_gaps(enc, np.diff(np.r_[-1, v]) - 1)
     prelude = [np.array([spec, n_levels], np.int64), nb, K, np.asarray(params, np.int64)]
     return prelude, enc
 
 
 def _decode_index(rd: Any, dec: Any, n_pool: int, n_items: int, layout_bounds: np.ndarray | None) -> np.ndarray:
-    _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
+    _, bounds = rc.read_bounds(rd, n_pool, layout_bounds)
     n_blocks = len(bounds) - 1
     n_levels = rd.one(limit=MAX_LEVELS)
     if n_levels < 1 or n_levels > n_blocks:
@@ -157,8 +160,8 @@ def _decode_index(rd: Any, dec: Any, n_pool: int, n_items: int, layout_bounds: n
     K = rd.take(n_levels, limit=n_items)
     if int(nb.sum()) != n_blocks or int(K.sum()) != n_items:
         raise PayloadCorruptError("level block counts or item counts do not add up")
-    params = rd.take(3 * int((K > 0).sum()), limit=v1.P_ONE).reshape(-1, 3)
-    level = v1._get(dec, v1._categorical(nb), n_blocks)
+    params = rd.take(3 * int((K > 0).sum()), limit=rc.P_ONE).reshape(-1, 3)
+    level = rc.get(dec, rc.categorical(nb), n_blocks)
     if not np.array_equal(np.bincount(level, minlength=n_levels), nb):
         raise PayloadCorruptError("decoded level map does not match its counts")
     sizes = np.diff(bounds)
@@ -169,7 +172,7 @@ def _decode_index(rd: Any, dec: Any, n_pool: int, n_items: int, layout_bounds: n
     first = np.r_[0, np.cumsum(nb)]
     parts = []
     for lv, (p_num, m, q_max) in zip(np.flatnonzero(K > 0).tolist(), params.tolist(), strict=True):
-        v = np.cumsum(v1.get_gaps(dec, p_num, m, q_max, int(K[lv])) + 1) - 1
+        v = np.cumsum(rc.get_gaps(dec, p_num, m, q_max, int(K[lv])) + 1) - 1
         if v[-1] >= S[lv]:
             raise PayloadCorruptError("a decoded index runs past the end of its level")
         blocks = by_level[first[lv] : first[lv + 1]]
@@ -185,7 +188,7 @@ class _Blocks:
     def __init__(self, labels: np.ndarray, indices: np.ndarray, bounds: np.ndarray, k: int) -> None:
         _, self.inv = np.unique(np.searchsorted(bounds, indices, side="right") - 1, return_inverse=True)
         self.count = np.bincount(self.inv)
-        self.dom = v1._dominant(labels, self.inv, len(self.count), k)
+        self.dom = rc.dominant(labels, self.inv, len(self.count), k)
         self.match = labels == self.dom[self.inv]
         self.labels, self.k = labels, k
 
@@ -210,26 +213,26 @@ def _table_or_uniform(symbols: np.ndarray, k: int) -> np.ndarray | None:
     """The count table to code ``symbols`` with, or None when equal weights cost less than sending the table
     (noise labels, or k = 1,000 classes with few items)."""
     counts = np.bincount(symbols, minlength=k).astype(np.int64)
-    table = len(zstandard.ZstdCompressor(level=19).compress(v1._prelude_bytes([counts])))
+    table = len(zstandard.ZstdCompressor(level=19).compress(rc.prelude_bytes([counts])))
     return counts if _ent(counts) + 8.0 * table < len(symbols) * log2(k) else None
 
 
 def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> _Section:
-    cm = v1._cm()
+    cm = rc.library()
     labels, k = blocks.labels, blocks.k
     doms, item_dense, is_dom = blocks.split(t)
     parts = (doms, labels[item_dense & ~is_dom], labels[~item_dense])
     tables = [_table_or_uniform(x, k) for x in parts]
     mask = sum(1 << i for i, c in enumerate(tables) if c is None)
-    p_num = v1._p_num(int(is_dom.sum()), max(int(item_dense.sum()), 1))
-    enc = v1.Recorder()
-    models = [v1._categorical(np.ones(k) if c is None else c) for c in tables]
-    v1._put(enc, parts[0], models[0])
+    p_num = rc.fixed_p(int(is_dom.sum()), max(int(item_dense.sum()), 1))
+    enc = rc.Recorder()
+    models = [rc.categorical(np.ones(k) if c is None else c) for c in tables]
+    rc.put(enc, parts[0], models[0])
     if item_dense.any():
         flags = is_dom[item_dense].astype(np.int32)
-        enc.encode(flags, cm.stream.model.Bernoulli(p_num / v1.P_ONE, perfect=False))
-    v1._put(enc, parts[1], models[1])
-    v1._put(enc, parts[2], models[2])
+        enc.encode(flags, cm.stream.model.Bernoulli(p_num / rc.P_ONE, perfect=False))
+    rc.put(enc, parts[1], models[1])
+    rc.put(enc, parts[2], models[2])
     prelude = [np.array([lspec, t, p_num, mask], np.int64)] + [c for c in tables if c is not None]
     return prelude, enc
 
@@ -237,33 +240,33 @@ def _encode_dominant(blocks: _Blocks, lspec: int, t: int) -> _Section:
 def _decode_dominant(
     rd: Any, dec: Any, k: int, n_items: int, indices: np.ndarray, n_pool: int, layout_bounds: Any
 ) -> np.ndarray:
-    cm = v1._cm()
-    _, bounds = v1._read_bounds(rd, n_pool, layout_bounds)
+    cm = rc.library()
+    _, bounds = rc.read_bounds(rd, n_pool, layout_bounds)
     t = rd.one(limit=max(n_items, 1))
-    p_num = rd.one(limit=v1.P_ONE - 1)
+    p_num = rd.one(limit=rc.P_ONE - 1)
     mask = rd.one(limit=7)
     tables = [None if mask >> i & 1 else rd.take(k, limit=n_items) for i in range(3)]
     if n_items == 0:
         return np.zeros(0, np.int64)
-    if not (1 <= p_num < v1.P_ONE and t >= 1):
+    if not (1 <= p_num < rc.P_ONE and t >= 1):
         raise PayloadCorruptError("dominant-label parameters out of range")
     ne, inv = np.unique(np.searchsorted(bounds, indices, side="right") - 1, return_inverse=True)
     dense = np.bincount(inv, minlength=len(ne)) >= t
     item_dense = dense[inv]
     n_dense = int(item_dense.sum())
-    models = [v1._categorical(np.ones(k) if c is None else c) for c in tables]
+    models = [rc.categorical(np.ones(k) if c is None else c) for c in tables]
 
     def take(i: int, n: int) -> np.ndarray:
         c = tables[i]
         if c is not None and int(c.sum()) != n:
             raise PayloadCorruptError("a label table does not match the number of labels it codes")
-        return v1._get(dec, models[i], n)
+        return rc.get(dec, models[i], n)
 
     dom = np.zeros(len(ne), dtype=np.int64)
     dom[dense] = take(0, int(dense.sum()))
     is_dom = np.zeros(n_items, dtype=bool)
     if n_dense:
-        bern = cm.stream.model.Bernoulli(p_num / v1.P_ONE, perfect=False)
+        bern = cm.stream.model.Bernoulli(p_num / rc.P_ONE, perfect=False)
         is_dom[item_dense] = dec.decode(bern, n_dense).astype(bool)
     other = item_dense & ~is_dom
     labels = dom[inv]
@@ -274,7 +277,7 @@ def _decode_dominant(
 
 # ---------------------------------------------------------------- codec API
 def _size(section: _Section) -> int:
-    return len(v1._prelude_bytes(section[0])) + 4 * len(section[1].get_compressed())
+    return len(rc.prelude_bytes(section[0])) + 4 * len(section[1].get_compressed())
 
 
 def _encode_in(
@@ -286,14 +289,14 @@ def _encode_in(
     tiers: np.ndarray | None = None,
 ) -> tuple[bytes, int, str]:
     """Best body for positions ``idx`` (sorted): every blocking and label model; returns (body, spec, mode)."""
-    blockings = [(b, v1._fixed_bounds(n_pool, b)) for b in v1._block_candidates(n_pool)]
+    blockings = [(b, rc.fixed_bounds(n_pool, b)) for b in rc.block_candidates(n_pool)]
     if layout_bounds is not None:
         blockings.append((0, layout_bounds))
     best_idx = min((_encode_index(idx, bounds, spec) for spec, bounds in blockings), key=_size)
     trials: list[tuple[_Section, str]] = []
     for mode in ("iid", "uniform", "runs"):
-        rec = v1.Recorder()
-        trials.append(((v1._encode_labels(lab, k, mode, idx, enc=rec)[0], rec), mode))
+        rec = rc.Recorder()
+        trials.append(((v1.encode_labels(lab, k, mode, idx, enc=rec)[0], rec), mode))
     for spec, bounds in blockings:
         if spec == n_pool:
             continue
@@ -302,14 +305,14 @@ def _encode_in(
         trials.append((_encode_dominant(blocks, spec, t), "dominant"))
     best_lab, lab_mode = min(trials, key=lambda r: _size(r[0]))
     prelude = best_idx[0] + best_lab[0]
-    enc = best_lab[1].replay(best_idx[1].replay(v1._cm().stream.queue.RangeEncoder()))
+    enc = best_lab[1].replay(best_idx[1].replay(rc.library().stream.queue.RangeEncoder()))
     if tiers is not None:
         counts = np.bincount(tiers, minlength=int(tiers.max()) + 1 if len(tiers) else 1).astype(np.int64)
-        v1._put(enc, tiers, v1._categorical(counts))
+        rc.put(enc, tiers, rc.categorical(counts))
         prelude.append(counts)
-    raw = v1._prelude_bytes(prelude)
+    raw = rc.prelude_bytes(prelude)
     packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(raw)
-    head = v1._U32.pack(len(packed)) + packed if len(packed) < len(raw) else v1._U32.pack(RAW | len(raw)) + raw
+    head = rc.U32.pack(len(packed)) + packed if len(packed) < len(raw) else rc.U32.pack(RAW | len(raw)) + raw
     return head + enc.get_compressed().astype("<u4").tobytes(), int(best_idx[0][0][0]), lab_mode
 
 
@@ -317,14 +320,14 @@ def _split(body: bytes, *, n_pool: int, n_classes: int) -> tuple[bytes, np.ndarr
     """(prelude varint bytes, words)."""
     if len(body) < 4:
         raise PayloadCorruptError("entropy body too short")
-    (head,) = v1._U32.unpack_from(body, 0)
+    (head,) = rc.U32.unpack_from(body, 0)
     plen = head & ~RAW
     if 4 + plen > len(body) or (len(body) - 4 - plen) % 4:
         raise PayloadCorruptError("entropy prelude and words do not fit the body")
     words = np.frombuffer(body, dtype="<u4", offset=4 + plen).astype(np.uint32)
     if head & RAW:
         return body[4 : 4 + plen], words
-    return v1.inflate_prelude(body[4 : 4 + plen], n_pool=n_pool, n_classes=n_classes), words
+    return rc.inflate_prelude(body[4 : 4 + plen], n_pool=n_pool, n_classes=n_classes), words
 
 
 def encode(
@@ -337,7 +340,7 @@ def encode(
     tiers: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Encode in pool order and, given the pool's ``layout``, in its group order too; keep the smallest."""
-    return v1.encode_orders(
+    return rc.encode_orders(
         _encode_in, NAME, indices, labels, n_pool=n_pool, n_classes=n_classes, layout=layout, tiers=tiers
     )
 
@@ -351,29 +354,21 @@ def decode(
     n_classes: int,
     layout: PoolLayout | None = None,
     n_tiers: int = 1,
-) -> tuple[np.ndarray, ...]:
-    """Inverse of :func:`encode` → (indices, labels[, tiers])."""
-    layout_id = v1.check_layout(codec, layout, n_pool)
+) -> rc.Sections:
+    """Inverse of :func:`encode` → (indices, labels, tiers or None)."""
+    layout_id = rc.check_layout(codec, layout, n_pool)
     mode = codec.get("labels")
     if mode not in LABEL_MODES:
         raise PayloadVersionError(f"unknown label model {mode!r} in codec {NAME}")
     raw, words = _split(body, n_pool=n_pool, n_classes=n_classes)
-    rd = v1._Reader(raw)
-    tiers = None
-    try:
-        bounds = layout.bounds if layout_id is not None and layout is not None else None
-        dec = v1._cm().stream.queue.RangeDecoder(words)  # one stream: index, labels, tiers
+
+    def read(rd: rc.Reader, bounds: np.ndarray | None) -> rc.Sections:
+        dec = rc.library().stream.queue.RangeDecoder(words)  # one stream: index, labels, tiers
         indices = _decode_index(rd, dec, n_pool, n_items, bounds)
         if mode == "dominant":
             labels = _decode_dominant(rd, dec, n_classes, n_items, indices, n_pool, bounds)
         else:
-            labels = v1._decode_labels(rd, dec, n_classes, n_items, mode, indices, n_pool, bounds)
-        if n_tiers > 1:
-            tiers = v1.decode_tiers(rd, dec, n_tiers, n_items)
-    except (ValueError, RuntimeError, AssertionError, IndexError) as exc:  # constriction errors on junk
-        raise PayloadCorruptError(f"entropy-coded data is inconsistent: {exc}") from exc
-    if not rd.done():
-        raise PayloadCorruptError("prelude has trailing values")
-    if layout_id is not None and layout is not None:
-        indices = layout.order[indices]  # coding positions -> pool indices (the Payload re-sorts)
-    return (indices, labels) if tiers is None else (indices, labels, tiers)
+            labels = v1.decode_labels(rd, dec, n_classes, n_items, mode, indices, n_pool, bounds)
+        return indices, labels, rc.decode_tiers(rd, dec, n_tiers, n_items) if n_tiers > 1 else None
+
+    return rc.decode_sections(raw, layout, layout_id, read)

@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from plada.shared.codecs.rangecoding import inflate
 from plada.shared.errors import PayloadCorruptError, PayloadVersionError
+from plada.shared.pool import PoolLayout
 
 NAME = "paper-v1"
+FORMAT = 1  # the payload container version a client needs to read it
+CARRIES_TIERS = False
 ZSTD_LEVEL = 19
 _DTYPES: dict[str, np.dtype[Any]] = {"u1": np.dtype("<u1"), "u2": np.dtype("<u2"), "u4": np.dtype("<u4")}
 
@@ -44,8 +48,19 @@ def _gaps(indices: np.ndarray) -> tuple[str, bytes]:
     return name, gaps.astype(_DTYPES[name]).tobytes()
 
 
-def encode(indices: np.ndarray, labels: np.ndarray, *, n_pool: int, n_classes: int) -> tuple[dict[str, Any], bytes]:
-    """Encode sorted unique ``indices`` and their ``labels``; returns (codec header dict, body bytes)."""
+def encode(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_pool: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    tiers: np.ndarray | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """Encode sorted unique ``indices`` and their ``labels``; returns (codec header dict, body bytes). The
+    paper's format has no tiers and always codes in pool order (``layout`` is accepted and not used)."""
+    if tiers is not None and len(tiers) and int(np.max(tiers)) > 0:
+        raise ValueError(f"codec {NAME} cannot carry priority tiers")
     ldt = label_dtype_for(n_classes)
     label_bytes = labels.astype(_DTYPES[ldt]).tobytes()
     cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
@@ -70,8 +85,15 @@ def encode(indices: np.ndarray, labels: np.ndarray, *, n_pool: int, n_classes: i
 
 
 def decode(
-    codec: dict[str, Any], body: bytes, *, n_pool: int, n_items: int, n_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
+    codec: dict[str, Any],
+    body: bytes,
+    *,
+    n_pool: int,
+    n_items: int,
+    n_classes: int,
+    layout: PoolLayout | None = None,
+    n_tiers: int = 1,
+) -> tuple[np.ndarray, np.ndarray, None]:
     """Inverse of :func:`encode`; raises ``PayloadError`` subclasses on anything malformed."""
     layout = codec.get("index")
     ldt_name = codec.get("label_dtype")
@@ -88,7 +110,9 @@ def decode(
         idt = _DTYPES[idt_name]
         index_size = n_items * idt.itemsize
     expected = index_size + n_items * ldt.itemsize
-    raw = _inflate(body, expected)
+    if n_tiers != 1:
+        raise PayloadCorruptError(f"codec {NAME} cannot carry priority tiers")
+    raw = inflate(body, what="body", limit=expected, exact=expected)
     index_part, label_part = raw[:index_size], raw[index_size:]
     if layout == "bitmap":
         bits = np.unpackbits(np.frombuffer(index_part, dtype=np.uint8), bitorder="little")
@@ -108,21 +132,4 @@ def decode(
     labels = np.frombuffer(label_part, dtype=ldt).astype(np.int64)
     if n_items and labels.max() >= n_classes:
         raise PayloadCorruptError(f"label {int(labels.max())} out of range for {n_classes} classes")
-    return indices, labels
-
-
-def _inflate(body: bytes, expected: int) -> bytes:
-    try:
-        size = zstandard.frame_content_size(body)
-    except zstandard.ZstdError as exc:
-        raise PayloadCorruptError(f"body is not a zstd frame: {exc}") from exc
-    if size != expected:
-        raise PayloadCorruptError(f"body inflates to {size} bytes, layout needs {expected}")
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        raw = dobj.decompress(body)
-    except zstandard.ZstdError as exc:
-        raise PayloadCorruptError(f"body does not inflate: {exc}") from exc
-    if len(raw) != expected or not dobj.eof or dobj.unused_data:
-        raise PayloadCorruptError("body has the wrong length or trailing bytes")
-    return raw
+    return indices, labels, None
