@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +18,7 @@ from plada.server.pipeline.selection import list_selectors
 from plada.server.settings import Settings
 from plada.server.uploads import ArchiveLimits, read_target_data, store_upload
 from plada.shared.errors import InvalidSpecError
-from plada.shared.payload import MAX_HEADER_BYTES, Payload, encode_payload
+from plada.shared.payload import MAX_HEADER_BYTES, payload_floor
 from plada.shared.schemas import TaskSpec
 
 _WRITE_TRIES = 5
@@ -100,21 +99,14 @@ def publish(
         pool = repo.resolve_pool(session=s, ref=spec.pool_id)
         h, w, c = upload_shape(pool.info["image_shape"], Path(pool.path), spec)
     try:  # an empty payload of this task: its header (class names after NFC) must fit the format's limit
-        floor = len(
-            encode_payload(
-                Payload(
-                    indices=np.zeros(0, np.int64),
-                    labels=np.zeros(0, np.int64),
-                    classes=tuple(spec.classes),
-                    pool_id=pool.pool_id,
-                    n_pool=pool.n_items,
-                    task=spec.name,
-                    version=1,
-                    pool_name=pool.name,
-                    meta={"selector": spec.selector.name},
-                ),
-                codec=spec.codec,
-            )
+        floor = payload_floor(
+            tuple(spec.classes),
+            task=spec.name,
+            pool_id=pool.pool_id,
+            n_pool=pool.n_items,
+            pool_name=pool.name,
+            codec=spec.codec,
+            selector=spec.selector.name,
         )
     except ValueError as exc:
         size = len(json.dumps(spec.classes, ensure_ascii=False).encode())

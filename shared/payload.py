@@ -281,6 +281,31 @@ def decode_payload(data: bytes, *, expected_sha256: str | None = None, layout: P
         raise PayloadError(f"payload fields are inconsistent: {exc}") from exc
 
 
+def payload_floor(
+    classes: tuple[str, ...], *, task: str, pool_id: str, n_pool: int, pool_name: str, codec: str, selector: str
+) -> int:
+    """Bytes of an empty payload of this task (its header: the class names dominate): no ``max_bytes`` below it
+    can hold anything. The intake refuses such a spec at once; the pipeline names it when nothing fits. Raises
+    ``ValueError`` when the header alone is over the format's limit."""
+    empty = np.zeros(0, np.int64)
+    return len(
+        encode_payload(
+            Payload(
+                indices=empty,
+                labels=empty,
+                classes=classes,
+                pool_id=pool_id,
+                n_pool=n_pool,
+                task=task,
+                version=1,
+                pool_name=pool_name,
+                meta={"selector": selector},
+            ),
+            codec=codec,
+        )
+    )
+
+
 def payload_sha256(data: bytes) -> str:
     """The content address of an encoded payload (used as version id and HTTP ETag)."""
     return hashlib.sha256(data).hexdigest()

@@ -52,7 +52,7 @@ from plada.server.pipeline.validate import (
     wilson_interval,
 )
 from plada.shared.errors import InvalidSpecError
-from plada.shared.payload import Payload, encode_payload, payload_sha256, read_header
+from plada.shared.payload import Payload, encode_payload, payload_floor, payload_sha256, read_header
 from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
 
@@ -237,11 +237,20 @@ def finish(
         if spec.max_bytes is None:
             assert spec.keep is not None
             return min(n_eligible, max(1, round(spec.keep * len(pool))))
-        count, size = largest_fitting(n_eligible, lambda c: len(build(cand, c)[1]), spec.max_bytes)
+        count, _ = largest_fitting(n_eligible, lambda c: len(build(cand, c)[1]), spec.max_bytes)
         if count == 0:
+            floor = payload_floor(
+                tuple(spec.classes),
+                task=spec.name,
+                pool_id=pool.pool_id,
+                n_pool=len(pool),
+                pool_name=pool.name,
+                codec=spec.codec,
+                selector=cand.selector,
+            )
             raise InvalidSpecError(
                 f"max_bytes {spec.max_bytes} is smaller than the payload with a single item "
-                f"({len(build(cand, 1)[1])} bytes; the header with class names alone is {size})"
+                f"({len(build(cand, 1)[1])} bytes; the header with class names alone is {floor})"
             )
         return count
 
