@@ -7,11 +7,9 @@ winning payload. The worker wraps it with the database; benchmarks call it direc
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from plada.server.pipeline.features import open_feature_index
 from plada.server.pipeline.leakage import LeakageReport, audit_leakage, domain_typicality
 from plada.server.pipeline.preview import PER_CLASS, build_preview, preview_bytes
 from plada.server.pipeline.progress import SCORE, TEACHER, VALIDATE, StageProgress, scaled
+from plada.server.pipeline.report import build_metrics
 from plada.server.pipeline.selection import (
     ScoreInputs,
     create_selector,
@@ -49,10 +48,9 @@ from plada.server.pipeline.validate import (
     probe_proxy_accuracy,
     proxy_accuracy,
     resolve_proxy,
-    wilson_interval,
 )
 from plada.shared.errors import InvalidSpecError
-from plada.shared.payload import Payload, encode_payload, payload_floor, payload_sha256, read_header
+from plada.shared.payload import Payload, encode_payload, payload_floor, payload_sha256
 from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
 
@@ -299,69 +297,13 @@ def finish(
     t3 = time.perf_counter()
     cand, payload, data, predicted = chosen.candidate, chosen.payload, chosen.data, chosen.val_accuracy
     warnings = far_ood_warnings(predicted, out, proxy.kind, pool.name, k, prep.domain)
-    prefixes = Counter(str(pool.manifest.keys[i]).split("/", 1)[0] for i in payload.indices)
-    metrics: dict[str, Any] = {
-        "teacher": {
-            "arch": out.arch,
-            "val_accuracy": out.val_accuracy,
-            "train_accuracy": out.train_accuracy,
-            "n_train": out.n_train,
-            "n_val": out.n_val,
-            "epochs": spec.teacher.epochs if out.arch != "probe" else None,
-            "cached": bool(out.details.get("cached")),
-            **({"probe": out.details} if out.arch == "probe" else {}),
-            "features": out.feature_source,
-            "split": "server validation",
-        },
-        "selection": {
-            "mode": "auto" if sel.name == "auto" else "fixed",
-            "selector": cand.selector,
-            "label": cand.label,
-            "safety_net_share": cand.share,
-            "safety_net_alpha": cand.alpha,
-            "diversity": cand.diversity,
-            "keep_fraction": len(payload) / len(pool),
-            "n_kept": len(payload),
-            "max_bytes": spec.max_bytes,
-            "label_counts": np.bincount(payload.labels, minlength=k).tolist(),
-            "tiers": payload.n_tiers,
-            "kept_by_source": dict(prefixes.most_common(20)),
-        },
-        "validation": {
-            "split": "server validation (the publisher's held-out images; never the client's test data)",
-            "n_val": len(va),
-            "proxy_student": (
-                {"arch": "probe", "features": out.feature_source}
-                if proxy.kind == "probe"
-                else {"arch": "smallcnn", "epochs": proxy.epochs, "max_samples": proxy.max_samples}
-            ),
-            "candidates": [t.summary() for t in trials],
-            "chosen": cand.label,
-            "predicted_client_accuracy": predicted,
-            # sampling error of the validation split only; it assumes the client's images resemble the
-            # publisher's (docs/benchmarks.md, bench/split_shift.py: where they do not, the client lands lower)
-            "predicted_interval_95": (
-                [round(v, 4) for v in wilson_interval(predicted, len(va))] if predicted is not None else None
-            ),
-        },
-        "leakage": prep.leak.as_metrics(excluded=sel.exclude_duplicates),
-        "domain": prep.domain,
-        "warnings": warnings,
-        "payload": {
-            "bytes": len(data),
-            "sha256": payload_sha256(data),
-            "codec": read_header(data)[0]["codec"],
-            # the paper's codec on the same selection (it cannot carry tiers, so without them)
-            "paper_codec_bytes": len(encode_payload(dataclasses.replace(payload, tiers=None), codec="paper-v1")),
-        },
-        "timing_s": {
-            "teacher_scoring_audit": round(prep.seconds, 3),
-            "select_encode": round(t2 - t1, 3),
-            "validation": round(t3 - t2, 3),
-            "total": round(prep.seconds + time.perf_counter() - t1, 3),
-        },
-        "device": str(device),
+    timing = {
+        "teacher_scoring_audit": round(prep.seconds, 3),
+        "select_encode": round(t2 - t1, 3),
+        "validation": round(t3 - t2, 3),
+        "total": round(prep.seconds + time.perf_counter() - t1, 3),
     }
+    metrics = build_metrics(prep, spec, chosen, trials, proxy, warnings=warnings, timing=timing, device=str(device))
     preview, attachments = build_preview(
         payload,
         prep.inputs.logits,
