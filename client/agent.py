@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plada.client.api import PladaClient, check_task_name
-from plada.client.net import safe_text
+from plada.client.api import PladaClient
+from plada.client.session import check_task_name
 from plada.client.train import TrainConfig, load_eval_split, train_student
+from plada.shared.cli import safe_text
 from plada.shared.errors import ClientError, PladaError, ServerResponseError, VerificationError
 from plada.shared.files import atomic_write_bytes
 from plada.shared.pool import Pool

@@ -6,7 +6,6 @@ checksum holds, and (when a pool is given) the payload's pool_id is the local po
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -17,16 +16,27 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, ValidationError
 
-from plada.client.cache import PayloadCache
-from plada.client.net import JSON_MAX_BYTES, call_deadline, deadline_transport, safe_text
+from plada.client.cache import PayloadCache, offline_mode, resolve_layout
+from plada.client.session import (
+    DEFAULT_DEADLINE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    Answer,
+    ApiSession,
+    check_blob_base,
+    check_task_name,
+    data_list,
+    model,
+    origin,
+    version_number,
+)
+from plada.shared.cli import safe_text
 from plada.shared.errors import (
-    ClientError,
     OfflineError,
     PipelineError,
     ServerResponseError,
@@ -44,7 +54,6 @@ from plada.shared.payload import (
 )
 from plada.shared.pool import Pool, PoolLayout
 from plada.shared.schemas import (
-    TASK_NAME_PATTERN,
     JobInfo,
     PoolInfo,
     PublishResponse,
@@ -56,58 +65,10 @@ from plada.shared.schemas import (
 )
 from plada.shared.signing import PublicKey
 
-M = TypeVar("M", bound=BaseModel)
-
 log = logging.getLogger("plada.client")
-DEFAULT_TIMEOUT = 30.0  # seconds per socket operation (connect, each read, each write)
-DEFAULT_DEADLINE = 300.0  # seconds for a whole call, retries included: a trickling server cannot stall it
-DEFAULT_RETRIES = 3
-_RETRY_STATUS = {429, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 3  # a payload answer to a CDN, which may hop once or twice more (a bucket's region)
 PAYLOAD_MAX_BYTES = MAX_HEADER_BYTES + MAX_BODY_BYTES + 4096  # the format's own maximum (framing included)
-_TASK_NAME = re.compile(TASK_NAME_PATTERN)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A response read in full under a size cap (what ``_request`` returns instead of a live httpx response)."""
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
-    url: str
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.content)
-        except (ValueError, RecursionError) as exc:
-            raise ServerResponseError(f"server sent malformed JSON for {self.url}") from exc
-
-
-def check_task_name(name: str) -> str:
-    """A task name is also a URL segment and a cache file name: anything but the server's own pattern (no
-    '/', '..', absolute paths or control characters) is refused before it reaches either."""
-    if not isinstance(name, str) or not _TASK_NAME.match(name):
-        raise VerificationError(f"{safe_text(repr(name), 80)} is not a valid task name (lowercase a-z 0-9 . _ -)")
-    return name
-
-
-def _model(cls: type[M], obj: Any, what: str) -> M:
-    """Server JSON → model; a wrong shape or type is one readable line, not a pydantic traceback."""
-    try:
-        return cls.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or what
-        raise ServerResponseError(f"server sent an invalid {what}: {loc}: {safe_text(first['msg'], 200)}") from None
-
-
-def _list(obj: Any, what: str) -> list[Any]:
-    data = obj.get("data") if isinstance(obj, dict) else None
-    if not isinstance(data, list):
-        raise ServerResponseError(f"server sent an invalid {what} list (no 'data' array)")
-    return data
 
 
 @dataclass(frozen=True)
@@ -120,7 +81,7 @@ class Download:
     signature: str | None = None  # the server's X-Plada-Signature
 
 
-class PladaClient:
+class PladaClient(ApiSession):
     """The HTTP API as Python: list tasks and versions, fetch verified payloads through a local cache, publish.
 
     ``cache_dir`` defaults to ``$PLADA_CACHE`` or ``$XDG_CACHE_HOME/plada`` (``~/.cache/plada``). With
@@ -146,119 +107,20 @@ class PladaClient:
         trust: str | PublicKey | None = None,
         blob_base_url: str | None = None,
     ) -> None:
-        # identity: a server that compresses anyway is refused (a small body must not inflate in memory)
-        headers = {"User-Agent": "plada-client", "Accept-Encoding": "identity"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.base_url = base_url.rstrip("/")
-        self.retries, self.deadline, self.timeout = retries, deadline, timeout
+        super().__init__(
+            base_url,
+            token,
+            transport,
+            timeout=timeout,
+            deadline=deadline,
+            retries=retries,
+            offline=offline_mode() if offline is None else offline,
+        )
         self.cache = PayloadCache(Path(cache_dir) if cache_dir is not None else None)
-        self.offline = offline_mode() if offline is None else offline
         pinned = trust if trust is not None else os.environ.get("PLADA_TRUST") or None
         self.trust = PublicKey.parse(pinned) if isinstance(pinned, str) else pinned
         blob = blob_base_url if blob_base_url is not None else os.environ.get("PLADA_BLOB_BASE_URL", "")
-        self.blob_base_url = _check_blob_base(blob) if blob else None
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            headers=headers,
-            transport=transport if transport is not None else deadline_transport(),
-            follow_redirects=False,
-        )
-
-    @property
-    def server_key(self) -> str:
-        """A filesystem-safe key for this server, used to keep cache refs apart."""
-        return hashlib.sha256(self.base_url.encode()).hexdigest()[:16]
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> PladaClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        retry: bool = True,
-        max_bytes: int = JSON_MAX_BYTES,
-        credentials: bool = True,
-        **kw: Any,
-    ) -> Answer:
-        """One call: retried on transport errors and 429/5xx, all within ``deadline`` seconds; the body read
-        raw under ``max_bytes``; any status >= 400 raised as ``ServerResponseError``."""
-        if self.offline:
-            raise OfflineError(f"offline (PLADA_OFFLINE=1): not asking {self.base_url} for {method} {url}")
-        attempts = self.retries + 1 if retry else 1
-        with call_deadline(self.deadline) as at:
-            for attempt in range(attempts):
-                try:
-                    answer = self._read(method, url, max_bytes, at, credentials, **kw)
-                except httpx.TransportError as exc:
-                    if time.monotonic() >= at:
-                        raise ServerUnavailableError(
-                            f"{self.base_url} gave no complete answer to {method} {url} within {self.deadline:.0f} s"
-                        ) from exc
-                    if attempt + 1 < attempts and self._pause(attempt, at):
-                        continue
-                    raise ServerUnavailableError(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
-                if answer.status_code in _RETRY_STATUS and attempt + 1 < attempts and self._pause(attempt, at):
-                    continue
-                if answer.status_code >= 400:
-                    raise _problem(answer)
-                if not 200 <= answer.status_code < 400:
-                    raise ServerResponseError(f"server answered {answer.status_code} to {method} {url}")
-                return answer
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _pause(attempt: int, at: float) -> bool:
-        """Back off before the next try, if the deadline leaves time for one."""
-        wait = min(0.25 * 2**attempt, 4.0)
-        if time.monotonic() + wait >= at:
-            return False
-        time.sleep(wait)
-        return True
-
-    def _read(self, method: str, url: str, max_bytes: int, at: float, credentials: bool, **kw: Any) -> Answer:
-        request = self._http.build_request(method, url, **kw)
-        if not credentials:  # another origin (a CDN) never sees this server's token
-            request.headers.pop("Authorization", None)
-        resp = self._http.send(request, stream=True)
-        try:
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise ServerResponseError(
-                    f"server sent a {safe_text(encoding, 40)}-encoded body though the client asked for none; refused"
-                )
-            declared = resp.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise ServerResponseError(
-                    f"server announced {int(declared):,} bytes for {url}; the cap is {max_bytes:,}"
-                )
-            chunks, total = [], 0
-            for chunk in resp.iter_bytes():  # no decoding happens: encoded bodies were refused above
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ServerResponseError(f"server sent more than {max_bytes:,} bytes for {url}; refused")
-                if time.monotonic() >= at:
-                    raise httpx.ReadTimeout("the call's deadline passed")
-                chunks.append(chunk)
-            return Answer(resp.status_code, resp.headers, b"".join(chunks), str(resp.url))
-        finally:
-            resp.close()
-
-    def _json(self, url: str) -> Any:
-        return self._request("GET", url).json()
-
-    @staticmethod
-    def _path(task: str) -> str:
-        return "/v1/tasks/" + urllib.parse.quote(check_task_name(task), safe="")
+        self.blob_base_url = check_blob_base(blob) if blob else None
 
     def health(self) -> dict[str, Any]:
         body = self._json("/healthz")
@@ -267,20 +129,20 @@ class PladaClient:
         return body
 
     def pools(self) -> list[PoolInfo]:
-        return [_model(PoolInfo, p, "pool") for p in _list(self._json("/v1/pools"), "pool")]
+        return [model(PoolInfo, p, "pool") for p in data_list(self._json("/v1/pools"), "pool")]
 
     def tasks(self) -> list[TaskInfo]:
-        return [_model(TaskInfo, t, "task") for t in _list(self._json("/v1/tasks"), "task")]
+        return [model(TaskInfo, t, "task") for t in data_list(self._json("/v1/tasks"), "task")]
 
     def task(self, name: str) -> TaskInfo:
-        return _model(TaskInfo, self._json(self._path(name)), "task")
+        return model(TaskInfo, self._json(self._path(name)), "task")
 
     def versions(self, task: str) -> list[VersionInfo]:
-        rows = _list(self._json(f"{self._path(task)}/versions"), "version")
-        return [_model(VersionInfo, v, "version") for v in rows]
+        rows = data_list(self._json(f"{self._path(task)}/versions"), "version")
+        return [model(VersionInfo, v, "version") for v in rows]
 
     def version(self, task: str, version: int) -> VersionInfo:
-        return _model(VersionInfo, self._json(f"{self._path(task)}/versions/{int(version)}"), "version")
+        return model(VersionInfo, self._json(f"{self._path(task)}/versions/{int(version)}"), "version")
 
     def pool_layout(self, pool: str, max_items: int = 1 << 31) -> tuple[np.ndarray, str]:
         """The server's coding-layout groups for ``pool`` (name or id) and their layout id."""
@@ -310,11 +172,11 @@ class PladaClient:
         return resolve_layout(header, pool, self.cache)
 
     def job(self, job_id: int) -> JobInfo:
-        return _model(JobInfo, self._json(f"/v1/jobs/{int(job_id)}"), "job")
+        return model(JobInfo, self._json(f"/v1/jobs/{int(job_id)}"), "job")
 
     def cancel_job(self, job_id: int) -> JobInfo:
         """Cancel a queued or running job (the task's owner or an admin); its pending version is cancelled."""
-        return _model(JobInfo, self._request("DELETE", f"/v1/jobs/{int(job_id)}", retry=False).json(), "job")
+        return model(JobInfo, self._request("DELETE", f"/v1/jobs/{int(job_id)}", retry=False).json(), "job")
 
     def publish(
         self, spec: TaskSpec | dict[str, Any], data: bytes | Path, *, filename: str | None = None
@@ -326,7 +188,7 @@ class PladaClient:
             data = data.read_bytes()
         files = {"data": (filename or "data.npz", data, "application/octet-stream")}
         resp = self._request("POST", "/v1/tasks", retry=False, data={"spec": body_spec}, files=files)
-        return _model(PublishResponse, resp.json(), "publish answer")
+        return model(PublishResponse, resp.json(), "publish answer")
 
     def report(self, task: str, version: int, report: ReportIn | dict[str, Any]) -> ReportInfo:
         """Tell the publisher how a student trained on this version did (shown on the server's dashboard)."""
@@ -337,7 +199,7 @@ class PladaClient:
             retry=False,
             json=body.model_dump(mode="json"),
         )
-        return _model(ReportInfo, resp.json(), "report")
+        return model(ReportInfo, resp.json(), "report")
 
     def reports(self, task: str, version: int, *, max_pages: int = 100) -> list[ReportInfo]:
         """Every report on a version, page by page (at most ``max_pages`` pages of 1,000)."""
@@ -347,7 +209,7 @@ class PladaClient:
             if url is None:
                 break
             body = self._json(url)
-            out += [_model(ReportInfo, r, "report") for r in _list(body, "report")]
+            out += [model(ReportInfo, r, "report") for r in data_list(body, "report")]
             nxt = body.get("next")
             url = nxt if isinstance(nxt, str) and nxt.startswith(self._path(task) + "/") else None
         return out
@@ -385,7 +247,7 @@ class PladaClient:
         """One payload download. ``wait`` > 0 (latest, with ``etag``): long-poll — the server holds its 304 up
         to that many seconds (at most 60) until a new version is ready."""
         base = self._path(task)
-        url = f"{base}/payload" if version == "latest" else f"{base}/versions/{_version_number(version)}/payload"
+        url = f"{base}/payload" if version == "latest" else f"{base}/versions/{version_number(version)}/payload"
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
         kw: dict[str, Any] = {}
         if wait > 0 and version == "latest" and etag:
@@ -399,7 +261,7 @@ class PladaClient:
             ver = int(resp.headers.get("X-Plada-Version", ""))
         except ValueError:
             raise VerificationError(f"server sent no usable X-Plada-Version for {task!r}") from None
-        if version != "latest" and ver != _version_number(version):
+        if version != "latest" and ver != version_number(version):
             raise VerificationError(f"asked for version {version} of {task!r}, the server answered version {ver}")
         sig = resp.headers.get("X-Plada-Signature")
         if resp.status_code == 304:
@@ -436,10 +298,10 @@ class PladaClient:
         raise ServerResponseError(f"more than {MAX_REDIRECTS} redirects for the payload of {task!r}; refused")
 
     def _same_origin(self, url: str) -> bool:
-        return _origin(url) == _origin(self.base_url)
+        return origin(url) == origin(self.base_url)
 
     def _under_blob_base(self, url: str) -> bool:
-        if self.blob_base_url is None or _origin(url) != _origin(self.blob_base_url):
+        if self.blob_base_url is None or origin(url) != origin(self.blob_base_url):
             return False
         path = httpx.URL(url).path
         base = httpx.URL(self.blob_base_url).path.rstrip("/") + "/"
@@ -480,7 +342,7 @@ class PladaClient:
             raise VerificationError(
                 f"server labelled a payload of {task!r} version {dl.version}, but the payload says {payload.version}"
             )
-        if version != "latest" and payload.version != _version_number(version):
+        if version != "latest" and payload.version != version_number(version):
             raise VerificationError(f"asked for version {version} of {task!r}, got a payload of {payload.version}")
         seen = self.cache.ref(self.server_key, f"{task}@latest")
         if version == "latest" and seen is not None and payload.version < int(seen.get("version", 0)):
@@ -516,62 +378,3 @@ class PladaClient:
                 f"server sent a payload for task {safe_text(repr(payload.task), 80)}, asked for {task!r}"
             )
         return payload
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    u = httpx.URL(url)
-    return (u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme))
-
-
-def _check_blob_base(url: str) -> str:
-    """A blob base URL is an http(s) URL without query or fragment; a bad one is a configuration error."""
-    try:
-        u = httpx.URL(url)
-    except httpx.InvalidURL:
-        u = None
-    if u is None or u.scheme not in ("http", "https") or not u.host or u.query or u.fragment:
-        raise ClientError(f"PLADA_BLOB_BASE_URL must be an http(s) URL without query or fragment, not {url!r}")
-    return url.rstrip("/")
-
-
-def _version_number(version: int | str) -> int:
-    try:
-        n = int(version)
-    except ValueError:
-        raise VerificationError(f"version must be a number or 'latest', not {safe_text(repr(version), 40)}") from None
-    if n < 1:
-        raise VerificationError(f"version must be >= 1, not {n}")
-    return n
-
-
-def resolve_layout(header: dict[str, Any], pool: Pool, cache: PayloadCache | None) -> PoolLayout | None:
-    """The layout a payload header names, from the pool itself or the client cache; None if neither has it
-    (or the payload names none: then the pool's own layout, as the decoder expects)."""
-    wanted = header.get("codec", {}).get("layout")
-    if wanted is None or (pool.layout is not None and pool.layout.layout_id == wanted):
-        return pool.layout
-    groups = cache.layout(pool.pool_id, str(wanted)) if cache is not None else None
-    if groups is None or len(groups) != len(pool):
-        return None
-    layout = PoolLayout.from_groups(groups)
-    return layout if layout.layout_id == wanted else None
-
-
-def offline_mode() -> bool:
-    """``PLADA_OFFLINE`` set to 1/true/yes (as ``HF_HUB_OFFLINE``)."""
-    return os.environ.get("PLADA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _problem(resp: Answer) -> ServerResponseError:
-    """The server's problem+json as an error whose text is safe to print (it came from the network)."""
-    try:
-        body = json.loads(resp.content)
-        code, detail = str(body.get("code", f"http_{resp.status_code}")), str(body.get("detail", ""))
-    except (ValueError, AttributeError, RecursionError):
-        code, detail = f"http_{resp.status_code}", resp.content[:200].decode("utf-8", "replace")
-    code = code if re.fullmatch(r"[a-z0-9_]{1,64}", code) else f"http_{resp.status_code}"
-    return ServerResponseError(
-        f"server answered {resp.status_code} {code}: {safe_text(detail, 500)}",
-        http_status=resp.status_code,
-        problem_code=code,
-    )

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from plada.client.net import safe_text
+from plada.shared.cli import safe_text
 from plada.shared.errors import VerificationError
 from plada.shared.files import atomic_write_bytes
 from plada.shared.payload import payload_sha256
+from plada.shared.pool import Pool, PoolLayout
 from plada.shared.schemas import TASK_NAME_PATTERN
 
 _TASK_NAME = re.compile(TASK_NAME_PATTERN.strip("^$"))
@@ -208,3 +209,21 @@ class PayloadCache:
         if latest is None or int(latest.get("version", 0)) <= version:
             self.set_ref("imported", f"{task}@latest", sha=sha, version=version)
         return sha
+
+
+def resolve_layout(header: dict[str, Any], pool: Pool, cache: PayloadCache | None) -> PoolLayout | None:
+    """The layout a payload header names, from the pool itself or the client cache; None if neither has it
+    (or the payload names none: then the pool's own layout, as the decoder expects)."""
+    wanted = header.get("codec", {}).get("layout")
+    if wanted is None or (pool.layout is not None and pool.layout.layout_id == wanted):
+        return pool.layout
+    groups = cache.layout(pool.pool_id, str(wanted)) if cache is not None else None
+    if groups is None or len(groups) != len(pool):
+        return None
+    layout = PoolLayout.from_groups(groups)
+    return layout if layout.layout_id == wanted else None
+
+
+def offline_mode() -> bool:
+    """``PLADA_OFFLINE`` set to 1/true/yes (as ``HF_HUB_OFFLINE``)."""
+    return os.environ.get("PLADA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -9,7 +9,6 @@ compresses anyway is refused, so a small body can never inflate in memory.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -105,12 +104,3 @@ def deadline_transport() -> httpx.HTTPTransport:
 
 # C0/C1 controls (ESC starts terminal escape sequences) and the bidirectional overrides that reorder what a
 # terminal shows ("Trojan source"); shown as visible escapes instead
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
-
-
-def safe_text(text: object, limit: int = 2000) -> str:
-    """Text from the network made safe to print: control characters and terminal escapes neutralised."""
-    s = str(text)
-    if len(s) > limit:
-        s = s[:limit] + "…"
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)

@@ -43,7 +43,7 @@ class LocalStack:
         if key not in self._tokens:
             cmd = ["token", "create", "--scope", scope, "--name", owner, "--owner", owner]
             out = subprocess.run(
-                [sys.executable, "-m", "plada.server.cli", *cmd],
+                [sys.executable, "-m", "plada.server.cli", "--json", *cmd],
                 env=self._env(),
                 capture_output=True,
                 text=True,

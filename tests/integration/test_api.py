@@ -295,7 +295,7 @@ def test_revoked_tokens_stop_working(api_stack: LocalStack) -> None:
 
     env = api_stack._env()
     made = subprocess.run(
-        [sys.executable, "-m", "plada.server.cli", "token", "create", "--scope", "publish", "--name", "temp"],
+        [sys.executable, "-m", "plada.server.cli", "--json", "token", "create", "--scope", "publish", "--name", "temp"],
         env=env,
         capture_output=True,
         text=True,
@@ -303,7 +303,11 @@ def test_revoked_tokens_stop_working(api_stack: LocalStack) -> None:
     )
     tok = json.loads(made.stdout)
     listed = subprocess.run(
-        [sys.executable, "-m", "plada.server.cli", "token", "list"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "plada.server.cli", "--json", "token", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert tok["token"] not in listed and '"temp"' in listed  # secrets are never listed
     engine = _db(api_stack)

@@ -104,7 +104,7 @@ def test_a_first_release_database_is_upgraded_and_served(
         )
         assert resp.status_code == 202 and resp.json()["version"] == 2
         out = subprocess.run(
-            [sys.executable, "-m", "plada.server.cli", "db", "current"],
+            [sys.executable, "-m", "plada.server.cli", "--json", "db", "current"],
             env=st._env(),
             capture_output=True,
             text=True,

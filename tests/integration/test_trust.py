@@ -124,7 +124,7 @@ def test_json_bodies_are_small(api_stack: LocalStack) -> None:
 
 def _cli(stack: LocalStack, *args: str) -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, "-m", "plada.server.cli", *args],
+        [sys.executable, "-m", "plada.server.cli", "--json", *args],
         env=stack._env(),
         capture_output=True,
         text=True,

@@ -246,7 +246,7 @@ def test_offline_fetch_uses_the_cache_and_never_the_network(tmp_path) -> None:  
 
 
 def test_offline_mode_follows_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from plada.client.api import offline_mode
+    from plada.client.cache import offline_mode
 
     for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
         monkeypatch.setenv("PLADA_OFFLINE", value)

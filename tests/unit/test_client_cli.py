@@ -154,3 +154,47 @@ def test_spec_is_inline_json_of_any_length_a_file_or_at_file(tmp_path: Path) -> 
         read_spec(str(tmp_path / "missing.json"))
     r = run("publish", "--server", "http://127.0.0.1:9", "--spec", '{"name": ' + "x" * 400, "--data", "d.npz")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not valid JSON" in r.stderr, r.stderr
+
+
+def test_both_clis_share_output_and_errors(tiny: tuple[Pool, Path], tmp_path: Path) -> None:
+    """--json before or after the subcommand on both commands; readable output otherwise; the same one-line
+    error shape (plada.shared.cli)."""
+    server = [sys.executable, "-m", "plada.server.cli"]
+    data = ["--data-dir", str(tmp_path / "srv")]
+
+    def srv(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*server, *args], capture_output=True, text=True, timeout=120)
+
+    assert srv("pool", "list", *data).stdout.strip() == "(none)"
+    assert json.loads(srv("--json", "pool", "list", *data).stdout) == []
+    assert json.loads(srv("pool", "list", "--json", *data).stdout) == []
+    current = srv("db", "current", *data).stdout
+    assert current.startswith("current: ") and "head: " in current
+    bad = srv("token", "revoke", "99", *data)
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip().splitlines()[-1] == "plada-server: error: plada_error: no token with id 99"
+    )
+    _, payload = tiny
+    readable = run("inspect", str(payload)).stdout
+    assert (
+        "task: tiny-task" in readable
+        and json.loads(run("inspect", str(payload), "--json").stdout)["task"] == "tiny-task"
+    )
+    missing = run("inspect", str(tmp_path / "nope.plada"))
+    assert missing.returncode == 1 and missing.stderr.startswith("plada-client: error: payload_invalid: cannot read")
+
+
+def test_training_from_a_file_checks_its_signature_when_a_key_is_pinned(
+    tiny: tuple[Pool, Path], tmp_path: Path
+) -> None:
+    """The same rule as import: with a pinned key, a payload file without a verifying FILE.sig is refused
+    (plada.client.load.open_payload_file), before any training starts or any file is written."""
+    from plada.shared.signing import load_or_create_key
+
+    pool, payload = tiny
+    key = load_or_create_key(tmp_path / "signing.key").public.text
+    out = tmp_path / "run"
+    r = run("train", "--payload", str(payload), "--pool", str(pool.root), "--out", str(out), "--trust", key)
+    assert r.returncode == 1 and "signature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()

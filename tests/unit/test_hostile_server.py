@@ -23,8 +23,8 @@ import pytest
 from plada.client import PladaClient
 from plada.client.agent import Agent, AgentConfig
 from plada.client.cache import PayloadCache
-from plada.client.net import safe_text
 from plada.client.train import TrainConfig
+from plada.shared.cli import safe_text
 from plada.shared.errors import ClientError, ServerResponseError, ServerUnavailableError, VerificationError
 from plada.shared.payload import Payload, encode_payload, payload_sha256
 from plada.shared.pool import Pool, write_array_pool

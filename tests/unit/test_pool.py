@@ -122,7 +122,7 @@ def test_cluster_command_stores_a_layout_without_changing_pool_id(tmp_path: Path
     pool = write_array_pool(tmp_path / "p", "tiny", _images(300), [f"k{i}" for i in range(300)])
     assert pool.layout is None
     r = subprocess.run(
-        [sys.executable, "-m", "plada.server.cli", "pool", "cluster", str(tmp_path / "p"), "--k", "4"],
+        [sys.executable, "-m", "plada.server.cli", "pool", "cluster", str(tmp_path / "p"), "--k", "4", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
