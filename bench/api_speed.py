@@ -25,11 +25,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from plada.server.local import LocalStack, _free_port
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/ lives beside the packages (not shipped)
+from harness.local import LocalStack, free_port
 
 BARE = """
 from fastapi import FastAPI
+
 app = FastAPI()
 
 @app.get("/hello")
@@ -90,7 +93,7 @@ def main() -> int:
         bare_dir = Path(tmp) / "bare"
         bare_dir.mkdir()
         (bare_dir / "bare_app.py").write_text(BARE)
-        port = _free_port()
+        port = free_port()
         bare = subprocess.Popen(
             [
                 sys.executable,

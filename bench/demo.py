@@ -24,10 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from plada.client import PladaClient, TrainConfig, load_eval_split, train_student
-from plada.server.local import LocalStack
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.shared.datasets.mini import TASKS, build_mini_world, default_world_dir
 from plada.shared.schemas import TaskSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/ lives beside the packages (not shipped)
+from harness.local import LocalStack
 
 
 def _pct(v: float | None) -> str:

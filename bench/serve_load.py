@@ -23,7 +23,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,15 +34,11 @@ import httpx
 import numpy as np
 
 from plada.client import PladaClient
-from plada.server.local import LocalStack, NginxFront, nginx_binary
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/ lives beside the packages (not shipped)
+from harness.local import LocalStack, NginxFront, free_port, nginx_binary
 
 
 async def _drive(url: str, clients: int, seconds: float, headers: dict[str, str]) -> dict[str, Any]:
@@ -108,7 +103,7 @@ def _drive_ab(ab: str, url: str, clients: int, seconds: float, headers: dict[str
 
 
 def _static_server(folder: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = _free_port()
+    port = free_port()
     nginx = shutil.which("nginx")
     if nginx:
         conf = folder / "nginx.conf"

@@ -37,8 +37,10 @@ import numpy as np
 
 import plada.client
 from plada.client import PladaClient
-from plada.server.local import LocalStack
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/ lives beside the packages (not shipped)
+from harness.local import LocalStack
 
 SPEC = {"name": "limits", "classes": ["a", "b"], "pool_id": "mini-v1", "keep": 0.01, "teacher": {"epochs": 1}}
 

@@ -23,7 +23,9 @@ import httpx
 import numpy as np
 
 from plada.client import PladaClient
-from plada.server.local import LocalStack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/ lives beside the packages (not shipped)
+from harness.local import LocalStack
 
 
 def _ms(f: float) -> str:

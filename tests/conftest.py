@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plada.server.local import LocalPostgres
+from harness.local import LocalPostgres
 from plada.shared.datasets.mini import build_mini_world, default_world_dir
 from plada.shared.pool import Pool
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from quick_specs import two_class_spec
 
+from harness.local import LocalStack, free_port
 from plada.client import PladaClient
-from plada.server.local import LocalStack, _free_port
 from plada.shared.errors import VerificationError
 from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool
@@ -29,7 +29,7 @@ def blob_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A plain static server (Python's http.server) over ``<data_dir>``: ``<url>/blobs/sha256/..`` are the blobs."""
     data_dir = tmp_path / "d"
     (data_dir / "blobs").mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(data_dir)],
         stdout=subprocess.DEVNULL,

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from harness.local import LocalStack
 from plada.client import PladaClient
-from plada.server.local import LocalStack
 
 
 def _npz(n: int, seed: int) -> bytes:

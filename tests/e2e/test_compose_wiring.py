@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from plada.server.local import NginxFront, _free_port, nginx_binary
+from harness.local import NginxFront, free_port, nginx_binary
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -44,7 +44,7 @@ def _order(services: dict[str, dict]) -> list[str]:  # type: ignore[type-arg]
 def test_the_compose_services_close_the_loop(tmp_path: Path, world_dir: Path) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    api_port = _free_port()
+    api_port = free_port()
     folders = {"world": world_dir, "db": tmp_path / "data", "runs": tmp_path / "runs", "cache": tmp_path / "cache"}
     mounts = {"/world": folders["world"], "/data": folders["db"], "/runs": folders["runs"]}
     for f in folders.values():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 pytestmark = pytest.mark.slow
 

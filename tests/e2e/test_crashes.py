@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.local import LocalStack
 from plada.client import PladaClient
-from plada.server.local import LocalStack
 from plada.shared.schemas import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from quick_specs import two_class_spec
 
+from harness.local import LocalStack, NginxFront, nginx_binary
 from plada.client import PladaClient
-from plada.server.local import LocalStack, NginxFront, nginx_binary
 from plada.shared.errors import ServerResponseError
 from plada.shared.payload import payload_sha256
 from plada.shared.pool import Pool

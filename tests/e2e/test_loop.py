@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.local import LocalStack
 from plada.client import Agent, AgentConfig, PladaClient, TrainConfig
-from plada.server.local import LocalStack
 from plada.shared.errors import PayloadNeedsPoolError
 from plada.shared.payload import decode_payload
 from plada.shared.pool import Pool, write_array_pool

@@ -64,8 +64,8 @@ def test_a_photo_task_version_page_in_chromium(tmp_path: Path) -> None:
     five grids of real photos (alt = pool key · class), the candidates table, the screenshot kept."""
     import shutil
 
+    from harness.local import LocalStack
     from plada.client import PladaClient
-    from plada.server.local import LocalStack
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

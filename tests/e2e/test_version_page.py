@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.local import LocalStack
 from plada.client import PladaClient
-from plada.server.local import LocalStack
 from plada.server.pipeline.features import build_pretrained_index
 from plada.shared.payload import decode_payload
 from plada.shared.pool import Pool, index_image_folder

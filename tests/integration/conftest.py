@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 SPEC = {"name": "tiny", "classes": ["a", "b"], "pool_id": "mini-v1", "keep": 0.01, "teacher": {"epochs": 1}}
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 EXAMPLES = int(os.environ.get("PLADA_API_FUZZ_EXAMPLES", "25"))
 

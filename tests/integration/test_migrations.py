@@ -16,10 +16,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from harness.local import LocalStack
 from plada.client import PladaClient
 from plada.server import migrate
 from plada.server.db import Base, make_engine
-from plada.server.local import LocalStack
 from plada.shared.payload import Payload, encode_payload, payload_sha256
 from plada.shared.pool import Pool
 

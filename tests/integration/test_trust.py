@@ -15,7 +15,7 @@ import httpx
 import pytest
 from test_api import GOOD, SPEC, _counts, _post, assert_problem
 
-from plada.server.local import LocalStack
+from harness.local import LocalStack
 
 
 def _h(token: str) -> dict[str, str]:

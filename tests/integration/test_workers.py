@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from plada.server.local import _free_port
+from harness.local import free_port
 
 
 def _children(pid: int) -> list[int]:
@@ -26,7 +26,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_two_api_processes_serve_one_port(tmp_path: Path, world_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ) | {"PLADA_DATA_DIR": str(tmp_path / "data"), "PLADA_POOLS_DIR": str(world_dir / "pools")}
     cmd = [sys.executable, "-m", "plada.server.cli", "serve", "--port", str(port), "--workers", "2"]
     log = tmp_path / "serve.log"

@@ -47,7 +47,7 @@ def test_no_module_below_the_edges_reads_plada_variables() -> None:
     import re
 
     edges = {"server/settings.py", "server/cli", "client/cli", "shared/cli.py", "client/api.py", "client/cache.py"}
-    edges |= {"shared/datasets/mini.py", "server/local.py"}  # the world's cache path; the test harness's children
+    edges |= {"shared/datasets/mini.py"}  # the world's cache path
     read = re.compile(r"""(environ(\.get|\.setdefault)?\(|environ\[|getenv\()\s*["']PLADA_""")
     readers = [
         str(p.relative_to(REPO))
@@ -137,3 +137,13 @@ def test_the_web_app_does_not_import_torch() -> None:
     code = "import sys, plada.server.app, plada.server.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_test_harness_is_not_shipped() -> None:
+    """Local processes for tests and benchmarks (harness/) stay out of the installed package."""
+    import importlib.util
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert all(p.startswith("plada.") for p in packages) and importlib.util.find_spec("plada.server.local") is None
+    assert (REPO / "harness" / "local.py").is_file()

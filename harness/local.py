@@ -137,7 +137,7 @@ class LocalStack:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -178,7 +178,7 @@ class LocalPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
             run_as = ["runuser", "-u", "postgres", "--"]
-        data, self.port = self.root / "data", _free_port()
+        data, self.port = self.root / "data", free_port()
         initdb = [str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         subprocess.run([*run_as, *initdb, "--no-sync"], check=True, capture_output=True, timeout=120)
         settings = ["listen_addresses=127.0.0.1", "fsync=off", "max_connections=300"]
@@ -248,7 +248,7 @@ class NginxFront:
         if nginx is None:
             raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         server = TEMPLATE.read_text()
         for key, value in {
             "${PLADA_UPSTREAM}": self.upstream,
