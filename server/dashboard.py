@@ -8,25 +8,12 @@ bytes: every validated candidate of every version (grey), the shipped selection 
 
 from __future__ import annotations
 
-import html
-import math
-from typing import Any
-
 from sqlalchemy.orm import Session
 
 from plada.server import repo
 from plada.server.auth import ANONYMOUS, may_see
 from plada.server.db import TaskRow, VersionRow
-
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px} h3{font-size:15px;margin:18px 0 6px}
-table{border-collapse:collapse;margin:6px 0} td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
-th{background:#f4f4f4;font-weight:600} .num{text-align:right;font-variant-numeric:tabular-nums}
-.muted{color:#777} .warn{color:#a15c00} progress{width:220px;vertical-align:middle}
-.task{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start} svg{background:#fff;border:1px solid #ddd}
-code{background:#f4f4f4;padding:1px 4px}
-"""
+from plada.server.html import CSS, accuracy_plot, esc, interval_title, num, pct
 
 _JS = """
 // a job appeared or ended: reload to show it, but at most every 15 s (a page that can never match the
@@ -64,90 +51,11 @@ PLOT_REPORTS = 200  # per version
 _ACTIVE = ("queued", "running")
 
 
-def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _pct(v: Any) -> str:
-    return "–" if v is None else f"{100 * float(v):.1f}"
-
-
-def _interval_title(iv: Any) -> str:
-    """A tooltip with the 95 % interval of a predicted accuracy (older versions have none)."""
-    if not (isinstance(iv, list) and len(iv) == 2):
-        return ""
-    why = "server validation; assumes the client's images resemble the publisher's"
-    return f' title="95 % interval {_pct(iv[0])}–{_pct(iv[1])} ({_e(why)})"'
-
-
-def _num(v: Any) -> str:
-    return "–" if v is None else f"{int(v):,}"
-
-
-def accuracy_plot(points: list[tuple[str, float, float, str]], *, width: int = 420, height: int = 260) -> str:
-    """SVG scatter of (series, bytes, accuracy, tooltip); x is log-scaled bytes, y is accuracy in %."""
-    left, right, top, bottom = 48, 26, 12, 36
-    pw, ph = width - left - right, height - top - bottom
-    xs = [b for _, b, _, _ in points if b > 0]
-    lo, hi = (min(xs), max(xs)) if xs else (100.0, 10_000.0)
-    lo, hi = 10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi))
-    if hi <= lo:
-        hi = lo * 10
-
-    def x(b: float) -> float:
-        return left + pw * (math.log10(max(b, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
-
-    def y(a: float) -> float:
-        return top + ph * (1.0 - min(max(a, 0.0), 1.0))
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="accuracy against payload bytes">'
-    ]
-    for a in (0.0, 0.25, 0.5, 0.75, 1.0):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(a):.1f}" y2="{y(a):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{y(a) + 4:.1f}" font-size="11" text-anchor="end">{int(a * 100)}</text>')
-    decade = lo
-    while decade <= hi:
-        out.append(f'<line x1="{x(decade):.1f}" x2="{x(decade):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>')
-        label = f"{decade / 1000:g} KB" if decade >= 1000 else f"{decade:g} B"
-        out.append(f'<text x="{x(decade):.1f}" y="{top + ph + 16}" font-size="11" text-anchor="middle">{label}</text>')
-        decade *= 10
-    out.append(
-        f'<text x="{left + pw / 2}" y="{height - 4}" font-size="11" text-anchor="middle">payload bytes</text>'
-        f'<text x="12" y="{top + ph / 2}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + ph / 2})">accuracy %</text>'
-    )
-    style = {
-        "candidate": ('<circle cx="{x}" cy="{y}" r="3.5" fill="#bbb" class="pt-candidate">', "</circle>"),
-        "shipped": ('<circle cx="{x}" cy="{y}" r="5" fill="#1f6fd1" class="pt-shipped">', "</circle>"),
-        "reported": ('<rect x="{x0}" y="{y0}" width="9" height="9" fill="#e8820c" class="pt-reported">', "</rect>"),
-    }
-    for series in ("candidate", "shipped", "reported"):
-        for s, b, a, tip in points:
-            if s != series:
-                continue
-            open_, close = style[s]
-            px, py = x(b), y(a)
-            out.append(
-                open_.format(x=f"{px:.1f}", y=f"{py:.1f}", x0=f"{px - 4.5:.1f}", y0=f"{py - 4.5:.1f}")
-                + f"<title>{_e(tip)}</title>"
-                + close
-            )
-    legend = [("#bbb", "candidates (server val)"), ("#1f6fd1", "shipped (predicted)"), ("#e8820c", "client reports")]
-    for i, (color, text) in enumerate(legend):
-        lx = left + 8 + i * 128
-        out.append(f'<rect x="{lx}" y="{top + 4}" width="8" height="8" fill="{color}"/>')
-        out.append(f'<text x="{lx + 12}" y="{top + 12}" font-size="10">{_e(text)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
 def _version_link(task: str, v: VersionRow) -> str:
     """Ready versions link to their page (server/version_page.py): the kept images per class."""
     if v.status != "ready":
         return f"v{v.number}"
-    return f"<a href='/tasks/{_e(task)}/versions/{v.number}'>v{v.number}</a>"
+    return f"<a href='/tasks/{esc(task)}/versions/{v.number}'>v{v.number}</a>"
 
 
 def _task_section(session: Session, task: TaskRow) -> str:
@@ -161,13 +69,13 @@ def _task_section(session: Session, task: TaskRow) -> str:
         n_rep, _n_acc, mean_acc = sums.get(v.id, (0, 0, None))
         warn = " ".join(m.get("warnings", []))
         rows.append(
-            f"<tr><td>{_version_link(task.name, v)}</td><td>{_e(v.status)}</td><td class=num>{_num(v.size_bytes)}</td>"
-            f"<td class=num>{_num(v.n_items)}</td><td>{_e(sel.get('label', '–'))}</td>"
-            f"<td class=num>{_pct(m.get('teacher', {}).get('val_accuracy'))}</td>"
-            f"<td class=num{_interval_title(val.get('predicted_interval_95'))}>"
-            f"{_pct(val.get('predicted_client_accuracy'))}</td>"
-            f"<td class=num>{_pct(mean_acc)}{f' ({n_rep})' if n_rep else ''}</td>"
-            f"<td class=warn>{_e(warn[:160])}</td></tr>"
+            f"<tr><td>{_version_link(task.name, v)}</td><td>{esc(v.status)}</td><td class=num>{num(v.size_bytes)}</td>"
+            f"<td class=num>{num(v.n_items)}</td><td>{esc(sel.get('label', '–'))}</td>"
+            f"<td class=num>{pct(m.get('teacher', {}).get('val_accuracy'))}</td>"
+            f"<td class=num{interval_title(val.get('predicted_interval_95'))}>"
+            f"{pct(val.get('predicted_client_accuracy'))}</td>"
+            f"<td class=num>{pct(mean_acc)}{f' ({n_rep})' if n_rep else ''}</td>"
+            f"<td class=warn>{esc(warn[:160])}</td></tr>"
         )
         for c in val.get("candidates", []):
             if c.get("label") != val.get("chosen"):
@@ -187,7 +95,7 @@ def _task_section(session: Session, task: TaskRow) -> str:
         + "</table>"
     )
     return (
-        f'<h3 id="task-{_e(task.name)}">{_e(task.name)} <span class=muted>({len(task.classes)} classes)</span></h3>'
+        f'<h3 id="task-{esc(task.name)}">{esc(task.name)} <span class=muted>({len(task.classes)} classes)</span></h3>'
         f'<div class="task"><div>{table}</div><div>{accuracy_plot(points)}</div></div>'
     )
 
@@ -209,20 +117,20 @@ def render_dashboard(session: Session, *, version: str) -> str:
         running = j.state in ("queued", "running")
         job_rows.append(
             f'<tr id="job-{j.id}" data-job="{j.id}" class="{"job-active" if running else "job-done"}">'
-            f"<td>{j.id}</td><td>{_e(j.task)} v{j.version}</td><td class=state>{_e(j.state)}</td>"
+            f"<td>{j.id}</td><td>{esc(j.task)} v{j.version}</td><td class=state>{esc(j.state)}</td>"
             f'<td><progress max="1" value="{j.progress:.4f}"></progress> <span class=pct>{100 * j.progress:.0f} %'
-            f"</span></td><td class=msg>{_e((j.error.message if j.error else j.message)[:200])}</td></tr>"
+            f"</span></td><td class=msg>{esc((j.error.message if j.error else j.message)[:200])}</td></tr>"
         )
     pool_rows = "".join(
-        f"<tr><td>{_e(p.name)}</td><td class=num>{p.n_items:,}</td><td><code>{_e(p.pool_id[:16])}…</code></td></tr>"
+        f"<tr><td>{esc(p.name)}</td><td class=num>{p.n_items:,}</td><td><code>{esc(p.pool_id[:16])}…</code></td></tr>"
         for p in pools
     )
     sections = "".join(_task_section(session, t) for t in tasks) or "<p class=muted>No tasks yet.</p>"
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'><title>plada dashboard</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<h1>plada</h1><div class=muted>server {_e(version)} · API docs at <a href='/docs'>/docs</a></div>"
+        f"<style>{CSS}</style></head><body>"
+        f"<h1>plada</h1><div class=muted>server {esc(version)} · API docs at <a href='/docs'>/docs</a></div>"
         f"<h2>Jobs</h2><table id=jobs><tr><th>id</th><th>task</th><th>state</th><th>progress</th><th>message</th></tr>"
         + ("".join(job_rows) or "<tr><td colspan=5 class=muted>none</td></tr>")
         + "</table>"

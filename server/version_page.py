@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from plada.server.blobs import BlobStore
-from plada.server.dashboard import _CSS, _e, _interval_title, _num, _pct, accuracy_plot
+from plada.server.html import CSS, accuracy_plot, esc, interval_title, num, pct
 from plada.shared.payload import Payload, decode_payload
 from plada.shared.pool import Pool
 from plada.shared.preview import per_class_items, png_bytes
@@ -157,7 +157,7 @@ def _tile(base: str, pool: Pool, index: int, label: str, conf: float | None = No
     tip = f"{key} · {label}" + (f" · teacher {100 * conf:.0f} %" if conf is not None else "")
     return (
         f'<img loading=lazy width=64 height=64 class=tile src="{base}/thumbs/{index}.png" '
-        f'alt="{_e(key)} · {_e(label)}" title="{_e(tip)}">'
+        f'alt="{esc(key)} · {esc(label)}" title="{esc(tip)}">'
     )
 
 
@@ -196,37 +196,37 @@ def render_version_page(
     compare: tuple[str, Payload, str] | None = None,
 ) -> str:
     """The page's HTML. ``compare`` = (title, the other selection, base URL of its thumbnails)."""
-    base = f"/tasks/{_e(task)}/versions/{number}"
+    base = f"/tasks/{esc(task)}/versions/{number}"
     classes = list(view.payload.classes)
     val = metrics.get("validation", {})
     sel = metrics.get("selection", {})
     teacher = metrics.get("teacher", {})
     counts = view.counts()
     nav = " ".join(
-        f"<a href='/tasks/{_e(task)}/versions/{v}'{' class=chosen' if v == number else ''}>v{v}</a>" for v in versions
+        f"<a href='/tasks/{esc(task)}/versions/{v}'{' class=chosen' if v == number else ''}>v{v}</a>" for v in versions
     )
     head = (
-        f"<h1>{_e(task)} v{number}</h1><nav><a href='/'>dashboard</a> versions: {nav}</nav>"
-        f"<p>{_num(size_bytes)} bytes · {_num(len(view.payload))} pool items · {len(classes)} classes · "
-        f"selection <b>{_e(sel.get('label', '–'))}</b> · teacher {_pct(teacher.get('val_accuracy'))} % (val) · "
-        f"<span{_interval_title(val.get('predicted_interval_95'))}>predicted "
-        f"{_pct(val.get('predicted_client_accuracy'))} % (val)</span></p>"
+        f"<h1>{esc(task)} v{number}</h1><nav><a href='/'>dashboard</a> versions: {nav}</nav>"
+        f"<p>{num(size_bytes)} bytes · {num(len(view.payload))} pool items · {len(classes)} classes · "
+        f"selection <b>{esc(sel.get('label', '–'))}</b> · teacher {pct(teacher.get('val_accuracy'))} % (val) · "
+        f"<span{interval_title(val.get('predicted_interval_95'))}>predicted "
+        f"{pct(val.get('predicted_client_accuracy'))} % (val)</span></p>"
     )
-    warn = "".join(f"<p class=warn>{_e(w)}</p>" for w in metrics.get("warnings", []))
+    warn = "".join(f"<p class=warn>{esc(w)}</p>" for w in metrics.get("warnings", []))
     # candidates validation compared
     cand_rows = []
     for c in val.get("candidates", []):
         label = c.get("label", "")
         link = (
-            f"<a href='{base}?candidate={_e(urllib.parse.quote(label, safe=''))}#changes'>compare</a>"
+            f"<a href='{base}?candidate={esc(urllib.parse.quote(label, safe=''))}#changes'>compare</a>"
             if label in view.candidates and label != val.get("chosen")
             else ""
         )
         mark = "✓ shipped" if label == val.get("chosen") else link
         cand_rows.append(
-            f"<tr{' class=chosen' if label == val.get('chosen') else ''}><td>{_e(label)}</td>"
-            f"<td class=num>{_num(c.get('n_kept'))}</td><td class=num>{_num(c.get('bytes'))}</td>"
-            f"<td class=num>{_pct(c.get('val_accuracy'))}</td><td>{mark}</td></tr>"
+            f"<tr{' class=chosen' if label == val.get('chosen') else ''}><td>{esc(label)}</td>"
+            f"<td class=num>{num(c.get('n_kept'))}</td><td class=num>{num(c.get('bytes'))}</td>"
+            f"<td class=num>{pct(c.get('val_accuracy'))}</td><td>{mark}</td></tr>"
         )
     candidates = (
         "<h2>Candidates (server validation)</h2><table id=candidates><tr><th>recipe</th><th>items</th>"
@@ -248,9 +248,10 @@ def render_version_page(
         tiles = "".join(_tile(base, pool, i, classes[c], conf) for i, conf in items[:show])
         more = counts[c] - min(len(items), show)
         grids.append(
-            f"<div class=cls id='class-{c}'><h3>{_e(classes[c])} <span class=muted>{counts[c]:,} items"
+            f"<div class=cls id='class-{c}'><h3>{esc(classes[c])} <span class=muted>{counts[c]:,} items"
             f"{f' · showing {min(len(items), show)}' if more > 0 else ''}</span></h3>"
-            f"<div class=grid data-class='{_e(classes[c])}'>{tiles or '<span class=muted>none kept</span>'}</div></div>"
+            f"<div class=grid data-class='{esc(classes[c])}'>"
+            f"{tiles or '<span class=muted>none kept</span>'}</div></div>"
         )
     # what changed
     changes = ""
@@ -263,12 +264,12 @@ def render_version_page(
             add_t = "".join(_tile(base, pool, int(i), classes[c]) for i in added[:SHOW_CHANGES])
             rem_t = "".join(_tile(other_base, pool, int(i), classes[c]) for i in removed[:SHOW_CHANGES])
             blocks.append(
-                f"<div class=cls><h3>{_e(classes[c])}</h3>"
+                f"<div class=cls><h3>{esc(classes[c])}</h3>"
                 f"<div class=added>+{len(added):,} added<div class=grid>{add_t}</div></div>"
                 f"<div class=removed>−{len(removed):,} removed<div class=grid>{rem_t}</div></div></div>"
             )
         changes = (
-            f"<h2 id=changes>{_e(title)}</h2>"
+            f"<h2 id=changes>{esc(title)}</h2>"
             + ("".join(blocks) or "<p class=muted>the same items and labels</p>")
             + f"<p><a href='{base}'>close the comparison</a></p>"
         )
@@ -277,16 +278,17 @@ def render_version_page(
     leak = metrics.get("leakage", {})
     if pairs:
         rows = "".join(
-            f"<tr class=pair><td><img src='{base}/uploads/{_e(p['upload_png'])}.png' alt='upload image'></td>"
-            f"<td><img src='{base}/thumbs/{int(p['pool_index'])}.png' alt='{_e(p.get('pool_key'))}'></td>"
-            f"<td>{_e(p.get('kind'))}</td><td class=num>{_cos(p.get('cosine'))}</td>"
-            f"<td><code>{_e(p.get('pool_key'))}</code></td></tr>"
+            f"<tr class=pair><td><img src='{base}/uploads/{esc(p['upload_png'])}.png' alt='upload image'></td>"
+            f"<td><img src='{base}/thumbs/{int(p['pool_index'])}.png' alt='{esc(p.get('pool_key'))}'></td>"
+            f"<td>{esc(p.get('kind'))}</td><td class=num>{_cos(p.get('cosine'))}</td>"
+            f"<td><code>{esc(p.get('pool_key'))}</code></td></tr>"
             for p in pairs
         )
         leakage = (
-            f"<h2>Leakage audit</h2><p>{_num(leak.get('exact_duplicates'))} exact and "
-            f"{_num(leak.get('near_duplicates'))} near duplicates of the upload in the pool "
-            f"({_e(leak.get('method', ''))}); {'excluded' if leak.get('excluded') else 'not excluded'}. Judge them:</p>"
+            f"<h2>Leakage audit</h2><p>{num(leak.get('exact_duplicates'))} exact and "
+            f"{num(leak.get('near_duplicates'))} near duplicates of the upload in the pool "
+            f"({esc(leak.get('method', ''))}); "
+            f"{'excluded' if leak.get('excluded') else 'not excluded'}. Judge them:</p>"
             "<table id=leakage><tr><th>upload</th><th>pool</th><th>kind</th><th>cosine</th><th>pool key</th></tr>"
             + rows
             + "</table>"
@@ -294,8 +296,8 @@ def render_version_page(
     else:
         leakage = "<h2>Leakage audit</h2><p class=muted>no upload image flagged as a duplicate of a pool item</p>"
     rep_rows = "".join(
-        f"<tr><td>{_e(r.client_id)}</td><td>{_e(r.student_arch)}</td><td class=num>{r.epochs}</td>"
-        f"<td class=num>{_pct(r.accuracy)}</td><td class=num>{_num(r.n_test)}</td>"
+        f"<tr><td>{esc(r.client_id)}</td><td>{esc(r.student_arch)}</td><td class=num>{r.epochs}</td>"
+        f"<td class=num>{pct(r.accuracy)}</td><td class=num>{num(r.n_test)}</td>"
         f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(r.created_at))}</td></tr>"
         for r in reports
     )
@@ -308,7 +310,7 @@ def render_version_page(
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
-        f"<title>{_e(task)} v{number} · plada</title><style>{_CSS}{_PAGE_CSS}</style></head><body>"
+        f"<title>{esc(task)} v{number} · plada</title><style>{CSS}{_PAGE_CSS}</style></head><body>"
         f"{head}{warn}<div class=task><div>{candidates}</div><div>{accuracy_plot(points)}</div></div>"
         f"{changes}<h2>Kept pool images per class</h2>{''.join(grids)}{leakage}{reported}</body></html>"
     )
