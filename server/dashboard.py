@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from plada.server import repo
 from plada.server.auth import ANONYMOUS, may_see
-from plada.server.db import TaskRow, VersionRow
+from plada.server.db import ReportRow, TaskRow, VersionRow
 from plada.server.html import CSS, accuracy_plot, esc, interval_title, num, pct
 
 _JS = """
@@ -58,9 +58,12 @@ def _version_link(task: str, v: VersionRow) -> str:
     return f"<a href='/tasks/{esc(task)}/versions/{v.number}'>v{v.number}</a>"
 
 
-def _task_section(session: Session, task: TaskRow) -> str:
-    versions: list[VersionRow] = repo.list_versions(session=session, task=task)
-    sums = repo.report_summaries(session=session, version_ids=[v.id for v in versions])
+def _task_section(
+    task: TaskRow,
+    versions: list[VersionRow],
+    sums: dict[int, tuple[int, int, float | None]],
+    reports: dict[int, list[ReportRow]],
+) -> str:
     rows, points = [], []
     for v in versions:
         m = v.metrics or {}
@@ -85,9 +88,9 @@ def _task_section(session: Session, task: TaskRow) -> str:
             points.append(("shipped", v.size_bytes, val["predicted_client_accuracy"], tip))
         if v.size_bytes:
             # the plot shows the latest reports only: thousands of points would make the page slow and unreadable
-            for r in repo.list_reports(session=session, version=v, limit=PLOT_REPORTS, newest=True):
-                if r.accuracy is not None:
-                    points.append(("reported", v.size_bytes, r.accuracy, f"v{v.number} {r.client_id}"))
+            for r in reports.get(v.id, []):
+                assert r.accuracy is not None  # latest_reports keeps those with an accuracy
+                points.append(("reported", v.size_bytes, r.accuracy, f"v{v.number} {r.client_id}"))
     table = (
         "<table><tr><th>version</th><th>status</th><th>bytes</th><th>items</th><th>selection</th>"
         "<th>teacher % (val)</th><th>predicted % (val)</th><th>reported % (n)</th><th></th></tr>"
@@ -125,7 +128,12 @@ def render_dashboard(session: Session, *, version: str) -> str:
         f"<tr><td>{esc(p.name)}</td><td class=num>{p.n_items:,}</td><td><code>{esc(p.pool_id[:16])}…</code></td></tr>"
         for p in pools
     )
-    sections = "".join(_task_section(session, t) for t in tasks) or "<p class=muted>No tasks yet.</p>"
+    versions = repo.versions_of(session=session, tasks=tasks)  # every task's versions and reports: three queries
+    ids = [v.id for vs in versions.values() for v in vs]
+    sums = repo.report_summaries(session=session, version_ids=ids)
+    reports = repo.latest_reports(session=session, version_ids=ids, limit_each=PLOT_REPORTS)
+    sections = "".join(_task_section(t, versions[t.id], sums, reports) for t in tasks)
+    sections = sections or "<p class=muted>No tasks yet.</p>"
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'><title>plada dashboard</title>"

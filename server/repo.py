@@ -152,6 +152,12 @@ def list_tasks(*, session: Session) -> list[TaskRow]:
     return list(session.scalars(select(TaskRow).order_by(TaskRow.name)))
 
 
+def tasks_with_pools(*, session: Session) -> list[tuple[TaskRow, PoolRow]]:
+    """Every task with its pool, in one joined query (a task list names each task's pool)."""
+    q = select(TaskRow, PoolRow).join(PoolRow, TaskRow.pool_ref == PoolRow.id).order_by(TaskRow.name)
+    return [(t, p) for t, p in session.execute(q)]
+
+
 def pool_of(*, session: Session, task: TaskRow) -> PoolRow:
     row = session.get(PoolRow, task.pool_ref)
     assert row is not None  # foreign key
@@ -160,6 +166,16 @@ def pool_of(*, session: Session, task: TaskRow) -> PoolRow:
 
 def list_versions(*, session: Session, task: TaskRow) -> list[VersionRow]:
     return list(session.scalars(select(VersionRow).where(VersionRow.task_ref == task.id).order_by(VersionRow.number)))
+
+
+def versions_of(*, session: Session, tasks: list[TaskRow]) -> dict[int, list[VersionRow]]:
+    """task id → its versions in order, for many tasks in one query (the dashboard lists them all)."""
+    out: dict[int, list[VersionRow]] = {t.id: [] for t in tasks}
+    if tasks:
+        q = select(VersionRow).where(VersionRow.task_ref.in_(list(out))).order_by(VersionRow.number)
+        for v in session.scalars(q):
+            out[v.task_ref].append(v)
+    return out
 
 
 def get_version(*, session: Session, task: TaskRow, number: int | None, with_payload: bool = False) -> VersionRow:
@@ -238,6 +254,29 @@ def list_reports(
     q = select(ReportRow).where(ReportRow.version_ref == version.id)
     q = q.order_by(ReportRow.id.desc()) if newest else q.where(ReportRow.id > after).order_by(ReportRow.id)
     return list(session.scalars(q.limit(limit) if limit is not None else q))
+
+
+def latest_reports(*, session: Session, version_ids: list[int], limit_each: int) -> dict[int, list[ReportRow]]:
+    """version id → its latest ``limit_each`` reports with an accuracy (newest first), for many versions in one
+    query (a window function: SQLite ≥ 3.25 and PostgreSQL have it)."""
+    out: dict[int, list[ReportRow]] = {v: [] for v in version_ids}
+    if not version_ids:
+        return out
+    rank = func.row_number().over(partition_by=ReportRow.version_ref, order_by=ReportRow.id.desc()).label("rank")
+    inner = (
+        select(ReportRow.id, rank)
+        .where(ReportRow.version_ref.in_(version_ids), ReportRow.accuracy.is_not(None))
+        .subquery()
+    )
+    q = (
+        select(ReportRow)
+        .join(inner, inner.c.id == ReportRow.id)
+        .where(inner.c.rank <= limit_each)
+        .order_by(ReportRow.id.desc())
+    )
+    for r in session.scalars(q):
+        out[r.version_ref].append(r)
+    return out
 
 
 def report_summaries(*, session: Session, version_ids: list[int]) -> dict[int, tuple[int, int, float | None]]:

@@ -162,8 +162,8 @@ def get_history(task: str, session: SessionDep, caller: CallerDep) -> TaskHistor
 
 @router.get("", response_model=TasksPublic, summary="List tasks")
 def list_tasks(session: SessionDep, caller: CallerDep) -> TasksPublic:
-    rows = [r for r in repo.list_tasks(session=session) if may_see(r.access, caller)]
-    return TasksPublic(data=[task_info(session, r) for r in rows], count=len(rows))
+    rows = [(t, p) for t, p in repo.tasks_with_pools(session=session) if may_see(t.access, caller)]
+    return TasksPublic(data=[task_info(session, t, p) for t, p in rows], count=len(rows))
 
 
 @router.get("/{task}", response_model=TaskInfo, summary="One task")

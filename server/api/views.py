@@ -34,8 +34,9 @@ def pool_info(row: PoolRow) -> PoolInfo:
     )
 
 
-def task_info(session: Session, row: TaskRow) -> TaskInfo:
-    pool = repo.pool_of(session=session, task=row)
+def task_info(session: Session, row: TaskRow, pool: PoolRow | None = None) -> TaskInfo:
+    """``pool``: the task's pool when the caller already has it (a list joins them in; one task reads it)."""
+    pool = pool or repo.pool_of(session=session, task=row)
     return TaskInfo(
         access=row.access,
         name=row.name,
