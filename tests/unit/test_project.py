@@ -147,3 +147,14 @@ def test_the_test_harness_is_not_shipped() -> None:
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert all(p.startswith("plada.") for p in packages) and importlib.util.find_spec("plada.server.local") is None
     assert (REPO / "harness" / "local.py").is_file()
+
+
+def test_the_house_layers_hold() -> None:
+    """shared ← server, shared ← client, and no arrow back (lazy imports inside functions count too)."""
+    from scripts.codemap import graph, layers
+
+    assert layers() == []
+    g = graph({"shared/a.py": "from plada.server import repo\n", "server/repo.py": "", "client/b.py": ""})
+    assert layers({"shared/a.py": "def f():\n    from plada.server import repo\n", "server/repo.py": ""}) == [
+        ("shared.a", "server.repo")
+    ] and g["shared.a"] == {"server.repo"}
