@@ -88,6 +88,30 @@ def layers(files: dict[str, str] | None = None) -> list[tuple[str, str]]:
     return bad
 
 
+def private_reach(files: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Places where a module uses another module's private name (``from plada.x import _y`` or ``mod._y``):
+    what a module keeps private is free to change, so nobody else may lean on it."""
+    hits = []
+    for path, src in (files or _files(None)).items():
+        tree = ast.parse(src)
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("plada."):
+                hits += [(path, f"{node.module}.{a.name}") for a in node.names if _private(a.name)]
+                modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname or a.name for a in node.names if a.name.startswith("plada.")}
+        for node in ast.walk(tree):
+            named = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            if named and node.value.id in modules and _private(node.attr):
+                hits.append((path, f"{node.value.id}.{node.attr}"))
+    return sorted(set(hits))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rev", help="a git revision instead of the working tree")

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from plada.server.cli import commands
-from plada.server.cli.parser import _SUB_EXAMPLES, build_parser
+from plada.server.cli.parser import SUB_EXAMPLES, build_parser
 from plada.shared.cli import run_command
 
-__all__ = ["_SUB_EXAMPLES", "build_parser", "main"]
+__all__ = ["SUB_EXAMPLES", "build_parser", "main"]
 
 
 def _explain(exc: Exception) -> str | None:

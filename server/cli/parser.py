@@ -20,7 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pools-dir", help="overrides PLADA_POOLS_DIR")
 
 
-_SUB_EXAMPLES = {
+SUB_EXAMPLES = {
     "serve": "PLADA_POOLS_DIR=~/.cache/plada/world/pools plada-server serve --port 8000",
     "worker": "plada-server worker --device cuda",
     "pool build": "plada-server pool build mini-v1 --out ~/.cache/plada/world",
@@ -49,8 +49,8 @@ def _add_examples(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 key = f"{prefix}{name}"
-                if key in _SUB_EXAMPLES:
-                    sub.epilog = f"example:\n  {_SUB_EXAMPLES[key]}"
+                if key in SUB_EXAMPLES:
+                    sub.epilog = f"example:\n  {SUB_EXAMPLES[key]}"
                     sub.formatter_class = argparse.RawDescriptionHelpFormatter
                 _add_examples(sub, f"{key} ")
 

@@ -32,10 +32,10 @@ from plada.server.pipeline.selection import (
 )
 from plada.server.pipeline.teacher import (
     TeacherOutput,
-    _from_cache,
-    _to_cache,
+    from_cache,
     run_teacher,
     stratified_split,
+    to_cache,
 )
 from plada.server.pipeline.teacher_cache import TeacherCache, teacher_key
 from plada.server.pipeline.validate import (
@@ -127,12 +127,12 @@ def prepare(
         key = teacher_key(x, y, spec.teacher, pool.pool_id, index.model_id if index else "", len(spec.classes))
         hit = cache.get(key)
         if hit is not None:
-            out = _from_cache(*hit, index)
+            out = from_cache(*hit, index)
             report(TEACHER + SCORE, "teacher and pool scores reused from the cache")
     if out is None:
         out = run_teacher(pool, x, y, tr, va, spec, index, config=config, report=report)
         if cache is not None:
-            cache.put(key, *_to_cache(out, index))
+            cache.put(key, *to_cache(out, index))
     report(TEACHER + SCORE, "leakage audit")
     cos = index.near_duplicate_cosine if index is not None and out.pool_features is index.features else None
     leak = audit_leakage(

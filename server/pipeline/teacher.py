@@ -318,7 +318,7 @@ def run_teacher(
     )
 
 
-def _to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from_index = index is not None and out.pool_features is index.features
     meta = {
         "arch": out.arch,
@@ -339,7 +339,7 @@ def _to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str,
     return meta, arrays
 
 
-def _from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: FeatureIndex | None) -> TeacherOutput:
+def from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: FeatureIndex | None) -> TeacherOutput:
     pool_f = index.features if meta["pool_features"] == "index" and index is not None else arrays.get("pool_features")
     return TeacherOutput(
         meta["arch"],

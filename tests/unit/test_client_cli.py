@@ -121,7 +121,7 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_every_server_command_has_an_example() -> None:
-    from plada.server.cli import _SUB_EXAMPLES
+    from plada.server.cli import SUB_EXAMPLES
     from plada.server.cli import build_parser as server_parser
 
     seen = []
@@ -136,7 +136,7 @@ def test_every_server_command_has_an_example() -> None:
                     walk(sub, f"{prefix}{name} ")
 
     walk(server_parser(), "")
-    assert sorted(seen) == sorted(_SUB_EXAMPLES)
+    assert sorted(seen) == sorted(SUB_EXAMPLES)
 
 
 def test_spec_is_inline_json_of_any_length_a_file_or_at_file(tmp_path: Path) -> None:

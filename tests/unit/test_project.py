@@ -151,9 +151,13 @@ def test_the_test_harness_is_not_shipped() -> None:
 
 def test_the_house_layers_hold() -> None:
     """shared ← server, shared ← client, and no arrow back (lazy imports inside functions count too)."""
-    from scripts.codemap import graph, layers
+    from scripts.codemap import graph, layers, private_reach
 
     assert layers() == []
+    assert private_reach() == []  # and no module leans on another's private names
+    assert private_reach({"server/a.py": "from plada.server import dashboard as d\nd._css\n"}) == [
+        ("server/a.py", "d._css")
+    ]
     g = graph({"shared/a.py": "from plada.server import repo\n", "server/repo.py": "", "client/b.py": ""})
     assert layers({"shared/a.py": "def f():\n    from plada.server import repo\n", "server/repo.py": ""}) == [
         ("shared.a", "server.repo")
