@@ -116,16 +116,7 @@ class LocalStack:
             self.server.wait(timeout=15)
 
     def stop(self) -> None:
-        procs = [p for p in [*self.workers, self.server] if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all([p for p in [*self.workers, self.server] if p is not None])
         for f in self._logs:
             f.close()
         self._logs.clear()
@@ -135,6 +126,19 @@ class LocalStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_all(procs: list[subprocess.Popen[Any]], timeout: float = 15.0) -> None:
+    """SIGTERM every process first (they shut down in parallel), then wait; kill what does not stop in time."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def free_port() -> int:

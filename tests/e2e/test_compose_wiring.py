@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from harness.local import NginxFront, free_port, nginx_binary
+from harness.local import NginxFront, free_port, nginx_binary, stop_all
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -132,13 +132,7 @@ def test_the_compose_services_close_the_loop(tmp_path: Path, world_dir: Path) ->
         dash = httpx.get(url + "/").text
         assert all(t in dash for t in ("fashion", "animals", "digits"))
     finally:
-        for p in running:
-            p.terminate()
-        for p in running:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(running, timeout=20)
         for h in handles:
             h.close()  # type: ignore[attr-defined]
         if front is not None:
