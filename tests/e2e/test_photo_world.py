@@ -37,7 +37,9 @@ def test_flowers5_at_keep_5_percent_on_the_photo_pool(tmp_path: Path) -> None:
     index = open_feature_index(pool)
     if index is None or not index.pretrained:
         index = build_pretrained_index(pool)
-    assert index.info["images_per_s"] > 100
+    # the CPU path runs the backbone through ONNX Runtime (its speed is measured by bench/photo.py, not here:
+    # a cached index records the throughput of whatever machine load it was built under)
+    assert index.pretrained and index.info["runtime"] == "onnxruntime"
     tdir = world / "tasks" / "flowers5"
     classes = json.loads((tdir / "task.json").read_text())["classes"]
     with np.load(tdir / "train.npz") as z:
