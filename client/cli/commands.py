@@ -180,19 +180,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from plada.client.train import load_eval_split, train_student
 
     pool = _open_pool(args.pool)
-    online = bool(args.server) and not offline_mode()
+    trust = _trusted(args)
     if args.payload:
-        payload = open_payload_file(args.payload, pool=pool, cache_dir=args.cache, trust=_trusted(args)).payload
+        payload = open_payload_file(args.payload, pool=pool, cache_dir=args.cache, trust=trust).payload
     else:  # online, or from the cache (offline, or no server given): the client's own fetch, signature included
-        with _client(args, cache_dir=args.cache, trust=_trusted(args), offline=not online) as client:
+        online = bool(args.server) and not offline_mode()
+        with _client(args, cache_dir=args.cache, trust=trust, offline=not online) as client:
             payload = client.fetch(args.task, args.version, pool=pool)
-    if not args.payload and not online:
-        why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
-        print(
-            f"plada-client: {why}: training from cached payload {payload.task} v{payload.version} "
-            f"({(payload.sha256 or '')[:12]}…)",
-            file=sys.stderr,
-        )
+        if not online:
+            why = "offline (PLADA_OFFLINE=1)" if offline_mode() else "no --server given"
+            print(
+                f"plada-client: {why}: training from cached payload {payload.task} v{payload.version} "
+                f"({(payload.sha256 or '')[:12]}…)",
+                file=sys.stderr,
+            )
     split = load_eval_split(Path(args.eval), list(payload.classes)) if args.eval else None
     metrics = train_student(
         payload, pool, Path(args.out), _train_config(args), eval_split=split, progress=progress_bar("training")
