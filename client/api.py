@@ -22,6 +22,14 @@ import httpx
 import numpy as np
 
 from plada.client.cache import PayloadCache, offline_mode, resolve_layout
+from plada.client.definitions import (
+    DefinitionCache,
+    LoadedDefinition,
+    cached_definition,
+    check_pool_name,
+    definition_headers,
+    verify_definition,
+)
 from plada.client.session import (
     DEFAULT_DEADLINE,
     DEFAULT_RETRIES,
@@ -53,6 +61,7 @@ from plada.shared.payload import (
     read_header,
 )
 from plada.shared.pool import Pool, PoolLayout
+from plada.shared.pool.definition import MAX_DEFINITION_BYTES
 from plada.shared.schemas import (
     JobInfo,
     PoolInfo,
@@ -156,6 +165,28 @@ class PladaClient(ApiSession):
         if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer):
             raise VerificationError(f"layout of pool {safe_text(pool, 80)} is not a 1-D integer array")
         return groups, resp.headers.get("X-Plada-Layout-Id", "")
+
+    def pool_definition(self, pool: str) -> LoadedDefinition:
+        """The server's definition of ``pool`` (what ``pool attach`` maps a local copy onto): conditional on the
+        cached copy (a 304 costs no body), verified (caps before allocation, pool id, the pinned key's
+        signature) and cached; offline, the cached one."""
+        name = check_pool_name(pool)
+        store = DefinitionCache(self.cache.root)
+        if self.offline:
+            return cached_definition(store, self.server_key, name, self.trust)
+        resp = self._request(
+            "GET",
+            f"/v1/pools/{urllib.parse.quote(name, safe='')}/definition",
+            headers=definition_headers(store, self.server_key, name),
+            max_bytes=MAX_DEFINITION_BYTES,
+        )
+        if resp.status_code == 304:
+            return cached_definition(store, self.server_key, name, self.trust)
+        loaded = verify_definition(
+            resp.content, resp.headers.get("X-Plada-Signature"), trust=self.trust, source=self.base_url
+        )
+        store.put(self.server_key, name, resp.content, loaded.signature)
+        return loaded
 
     def ensure_layout(self, header: dict[str, Any], pool: Pool) -> PoolLayout | None:
         """The coding layout a payload needs: the pool's own, or one kept in the cache. A layout the client

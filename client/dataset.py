@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from plada.client.coverage import DEFAULT_MIN_COVERAGE, usable_items
 from plada.shared.payload import Payload, check_pool
 from plada.shared.pool import Pool
 
@@ -18,7 +19,9 @@ class PayloadDataset(Dataset[tuple[Any, int]]):
     ``torchvision.transforms`` and ``timm.data.create_transform`` work unchanged. ``output="numpy"`` yields
     uint8 HWC arrays instead. ``classes`` and ``targets`` mirror torchvision's ``ImageFolder``.
 
-    The pool must be the payload's pool: construction fails with ``PoolMismatchError`` otherwise.
+    The pool must be the payload's pool: construction fails with ``PoolMismatchError`` otherwise. On an
+    attached copy (``plada-client pool attach``) each item is checked first and only those the copy holds as the
+    server labelled them are yielded; ``coverage`` says how many (``CoverageError`` below ``min_coverage``).
     """
 
     def __init__(
@@ -29,10 +32,12 @@ class PayloadDataset(Dataset[tuple[Any, int]]):
         *,
         mode: str | None = None,
         output: str = "pil",
+        min_coverage: float = DEFAULT_MIN_COVERAGE,
     ) -> None:
         if output not in ("pil", "numpy"):
             raise ValueError("output must be 'pil' or 'numpy'")
         check_pool(payload, pool)
+        payload, self.coverage = usable_items(payload, pool, min_coverage)
         self.payload, self.pool, self.transform = payload, pool, transform
         self.mode, self.output = mode, output
         self.classes = list(payload.classes)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plada.client.coverage import DEFAULT_MIN_COVERAGE, Coverage, usable_items
 from plada.client.dataset import PayloadDataset
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidDataError
@@ -49,6 +50,7 @@ class TrainConfig:
     head_init: str = "zero"  # pretrained: start the classifier at zero (the paper's recipe) or from the head-only probe
     weights_dir: str | None = None  # local pretrained weights (then weights packages); never downloaded
     onnx: bool = True  # frozen backbones through ONNX Runtime on the CPU when it is installed
+    min_coverage: float = DEFAULT_MIN_COVERAGE  # attached copies: refuse below this share of usable items
 
 
 def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -139,8 +141,10 @@ def train_student(
     h, w, c = pool.image_shape
     if cfg.max_tier is not None:
         payload = payload.prefix(cfg.max_tier)
+    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
+    payload, coverage = usable_items(payload, pool, cfg.min_coverage)  # an attached copy: what it really holds
     if resolve_head_only(cfg, pool):
-        return _train_head_only(payload, pool, out_dir, cfg, eval_split, payload_bytes, device, t0, progress)
+        return _train_head_only(payload, pool, out_dir, cfg, eval_split, sha, coverage, device, t0, progress)
     if cfg.pretrained:
         h = w = cfg.image_size or pretrained_input_side(pool)
         c = 3
@@ -165,7 +169,6 @@ def train_student(
     if cfg.pretrained and cfg.head_init == "probe":
         report = progress or (lambda _f, _m: None)
         init_classifier_from_probe(model, _fit_head(payload, pool, cfg, cfg.arch, h, device, report).probe)
-    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     ckpt_path = out_dir / CHECKPOINT
     start_epoch, opt_state = 0, None
     if ckpt_path.is_file():
@@ -203,7 +206,7 @@ def train_student(
             on_epoch_end=on_epoch_end,
         )
     train_acc = pnn.accuracy(model, x, y, size=(h, w), channels=c, device=device)
-    metrics: dict[str, Any] = _run_metrics(payload, sha, asdict(cfg)) | {
+    metrics: dict[str, Any] = _run_metrics(payload, sha, asdict(cfg), coverage) | {
         "resumed_from_epoch": start_epoch,
         "train_accuracy_on_pseudo_labels": train_acc,
         "device": str(device),
@@ -221,9 +224,12 @@ def train_student(
     return metrics
 
 
-def _run_metrics(payload: Payload, sha: str | None, config: dict[str, Any]) -> dict[str, Any]:
-    """What every run's metrics.json starts with: which payload, which pool, which configuration."""
-    return {
+def _run_metrics(
+    payload: Payload, sha: str | None, config: dict[str, Any], coverage: Coverage | None
+) -> dict[str, Any]:
+    """What every run's metrics.json starts with: which payload, which pool, which configuration, and (on an
+    attached copy) how much of the payload the copy held."""
+    out = {
         "task": payload.task,
         "version": payload.version,
         "payload_sha256": sha,
@@ -231,6 +237,9 @@ def _run_metrics(payload: Payload, sha: str | None, config: dict[str, Any]) -> d
         "n_items": len(payload),
         "config": config,
     }
+    if coverage is not None:
+        out["coverage"] = coverage.as_dict()
+    return out
 
 
 def resolve_head_only(cfg: TrainConfig, pool: Pool) -> bool:
@@ -295,7 +304,8 @@ def _train_head_only(
     out_dir: Path,
     cfg: TrainConfig,
     eval_split: tuple[np.ndarray, np.ndarray] | None,
-    payload_bytes: bytes | None,
+    sha: str | None,
+    coverage: Coverage | None,
     device: torch.device,
     t0: float,
     progress: Callable[[float, str], None] | None,
@@ -305,9 +315,8 @@ def _train_head_only(
     side = cfg.image_size or pretrained_input_side(pool)
     head = _fit_head(payload, pool, cfg, arch, side, device, report)
     probe, feats, labels, computed = head.probe, head.feats, head.labels, head.computed
-    sha = payload_sha256(payload_bytes) if payload_bytes is not None else payload.sha256
     config = asdict(cfg) | {"arch": arch, "image_size": side, "head_only": True}
-    metrics: dict[str, Any] = _run_metrics(payload, sha, config) | {
+    metrics: dict[str, Any] = _run_metrics(payload, sha, config, coverage) | {
         "mode": "head-only (linear probe on frozen pretrained features)",
         "features_computed": computed,
         "features_cached": len(labels) - computed,
@@ -374,7 +383,7 @@ def _fit_head(
         return embed(pnn.batches_of(pnn.PoolItems(pool, idx), order, device), len(pos), "embedding payload items")
 
     store = FeatureStore(Path(cfg.feature_cache) if cfg.feature_cache else default_cache_dir() / "features", arch, side)
-    feats, computed = store.get_many(pool.manifest.hashes[idx], pool_features)
+    feats, computed = store.get_many(pool.feature_keys(idx), pool_features)
     labels = np.asarray(payload.labels, dtype=np.int64)
     report(1.0, "fitting the linear head")
     probe = fit_linear_probe(feats, labels, len(payload.classes), seed=cfg.seed)

@@ -12,7 +12,10 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     │   └── PayloadVersionError          payload_unsupported    422
     ├── PoolError                        pool_invalid           422
     │   ├── PoolMismatchError            pool_mismatch          409
-    │   └── PoolSourceMissingError       pool_source_missing    500
+    │   ├── PoolSourceMissingError       pool_source_missing    500
+    │   ├── DefinitionError              definition_invalid     422
+    │   │   └── DefinitionMissingError   definition_missing     404
+    │   └── CoverageError                coverage_too_low       409
     ├── InvalidSpecError                 invalid_spec           422
     ├── InvalidDataError                 invalid_data           422
     │   ├── DecompressionBombError       decompression_bomb     413
@@ -98,6 +101,29 @@ class PoolSourceMissingError(PoolError):
     code = "pool_source_missing"
     status = 500
     title = "A source of the pool is missing"
+
+
+class DefinitionError(PoolError):
+    """A pool definition that is malformed, oversized, unsafe (a key that would leave the copy's folder) or
+    does not hash to the pool it names."""
+
+    code = "definition_invalid"
+    status = 422
+    title = "Invalid pool definition"
+
+
+class DefinitionMissingError(DefinitionError):
+    code = "definition_missing"
+    status = 404
+    title = "The pool has no definition to serve"
+
+
+class CoverageError(PoolError):
+    """A client's copy holds too few of a payload's items (missing, or other pictures under the same keys)."""
+
+    code = "coverage_too_low"
+    status = 409
+    title = "The local pool copy holds too few of the payload's items"
 
 
 class InvalidSpecError(PladaError):

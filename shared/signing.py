@@ -24,6 +24,8 @@ from plada.shared.errors import SignatureError
 
 ALGORITHM = "ed25519"
 _DOMAIN = b"plada-payload-v1\0"
+# a pool definition is signed under its own domain, so a definition's signature can never pass for a payload's
+DEFINITION_DOMAIN = b"plada-pool-definition-v1\0"
 
 
 def _b64(data: bytes) -> str:
@@ -34,10 +36,10 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _message(sha256_hex: str) -> bytes:
+def _message(sha256_hex: str, domain: bytes = _DOMAIN) -> bytes:
     if len(sha256_hex) != 64:
         raise SignatureError("a signature covers a 64-hex sha256")
-    return _DOMAIN + bytes.fromhex(sha256_hex)
+    return domain + bytes.fromhex(sha256_hex)
 
 
 def key_id(public_raw: bytes) -> str:
@@ -68,20 +70,21 @@ class PublicKey:
             raise SignatureError(f"not a plada public key: {text[:40]!r} (expected 'ed25519:<base64url>')")
         return cls(raw)
 
-    def verify(self, sha256_hex: str, signature: str | None) -> None:
-        """Raise ``SignatureError`` unless ``signature`` is this key's signature of ``sha256_hex``."""
+    def verify(self, sha256_hex: str, signature: str | None, *, domain: bytes = _DOMAIN, what: str = "payload") -> None:
+        """Raise ``SignatureError`` unless ``signature`` is this key's signature of ``sha256_hex`` (under
+        ``domain``: payloads and pool definitions are signed apart)."""
         if not signature:
-            raise SignatureError(f"payload {sha256_hex[:12]}… is unsigned, but key {self.key_id} is pinned")
+            raise SignatureError(f"{what} {sha256_hex[:12]}… is unsigned, but key {self.key_id} is pinned")
         alg, kid, body = [*signature.split(":", 2), "", ""][:3]
         if alg != ALGORITHM or kid != self.key_id:
             raise SignatureError(
-                f"payload {sha256_hex[:12]}… is signed by key {kid or '?'}, not by the pinned key {self.key_id}"
+                f"{what} {sha256_hex[:12]}… is signed by key {kid or '?'}, not by the pinned key {self.key_id}"
             )
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(_unb64(body), _message(sha256_hex))
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(_unb64(body), _message(sha256_hex, domain))
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError(
-                f"payload {sha256_hex[:12]}…: signature does not verify with key {self.key_id}"
+                f"{what} {sha256_hex[:12]}…: signature does not verify with key {self.key_id}"
             ) from exc
 
 
@@ -94,8 +97,8 @@ class SigningKey:
         raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return PublicKey(raw)
 
-    def sign(self, sha256_hex: str) -> str:
-        return f"{ALGORITHM}:{self.public.key_id}:{_b64(self.private.sign(_message(sha256_hex)))}"
+    def sign(self, sha256_hex: str, *, domain: bytes = _DOMAIN) -> str:
+        return f"{ALGORITHM}:{self.public.key_id}:{_b64(self.private.sign(_message(sha256_hex, domain)))}"
 
 
 def load_or_create_key(path: Path) -> SigningKey:

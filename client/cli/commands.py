@@ -172,6 +172,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         feature_cache=str(Path(args.cache) / "features") if getattr(args, "cache", None) else None,
         weights_dir=args.weights_dir or None,
         onnx=os.environ.get("PLADA_ONNX", "1") != "0",
+        min_coverage=args.min_coverage,
     )
 
 
@@ -346,3 +347,68 @@ def _trusted(args: argparse.Namespace) -> Any:
 
     text = getattr(args, "trust", None) or os.environ.get("PLADA_TRUST")
     return PublicKey.parse(text) if text else None
+
+
+def cmd_pool_attach(args: argparse.Namespace) -> int:
+    from plada.client.cache import default_cache_dir
+    from plada.client.definitions import check_pool_name, read_definition_file
+    from plada.shared.errors import DefinitionError
+    from plada.shared.pool import KeyRule, attach, open_pool
+    from plada.shared.pool.attach import hash_pass
+
+    name = check_pool_name(args.pool)
+    if bool(args.server) == bool(args.definition):
+        raise DefinitionError("give --server URL (fetched and cached) or --definition FILE (offline), not both")
+    if args.definition:
+        loaded = read_definition_file(args.definition, trust=_trusted(args))
+    else:
+        with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
+            loaded = client.pool_definition(name)
+    d = loaded.definition
+    if d.name != name:
+        raise DefinitionError(f"the definition is of pool {d.name!r}, not {name!r}")
+    out = Path(args.out) if args.out else (Path(args.cache) if args.cache else default_cache_dir()) / "pools" / name
+    report = attach(
+        d,
+        Path(args.source),
+        out,
+        kind=args.kind,
+        key_rule=KeyRule(args.key) if args.key else None,
+        definition_sha256=loaded.sha256,
+    )
+    for line in report.refused[:20]:
+        print(f"plada-client: {line}", file=sys.stderr)
+    if len(report.refused) > 20:
+        print(f"plada-client: … and {len(report.refused) - 20:,} more refused entries", file=sys.stderr)
+    result = report.as_dict() | {"definition": loaded.source, "definition_sha256": loaded.sha256}
+    result["refused"] = len(report.refused)
+    if d.fingerprints is None:
+        result["note"] = "the definition has no fingerprints: only byte-identical items can be used"
+    if args.hash:
+        result["hash_pass"] = hash_pass(open_pool(out), progress=counting_bar("hashing"))
+    if not OUT.json:
+        result["groups_missing"] = (
+            ", ".join(f"{g['group']} {g['missing']}/{g['of']}" for g in report.groups_missing) or "none"
+        )
+        result["rules"] = ", ".join(f"{k} {v:,}" for k, v in report.rules.items()) or "none"
+    OUT.emit(result)
+    return 0
+
+
+def cmd_pool_definition(args: argparse.Namespace) -> int:
+    with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
+        loaded = client.pool_definition(args.pool)
+    write_payload_file(Path(args.out), loaded.data, loaded.signature)  # FILE and FILE.sig, atomically
+    d = loaded.definition
+    OUT.emit(
+        {
+            "pool": d.name,
+            "pool_id": d.pool_id,
+            "n_items": len(d),
+            "bytes": len(loaded.data),
+            "sha256": loaded.sha256,
+            "file": args.out,
+            "signed": bool(loaded.signature),
+        }
+    )
+    return 0

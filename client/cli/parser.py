@@ -6,10 +6,12 @@ import argparse
 import os
 
 from plada.client.cli import commands
+from plada.client.coverage import DEFAULT_MIN_COVERAGE
 from plada.shared.cli import add_json_flag
 
 EXAMPLES = """examples:
   plada-client verify-pool ~/.cache/plada/world/pools/mini-v1
+  plada-client pool attach --server http://127.0.0.1:8000 --pool mini-v1 ~/my-copy-of-the-pool
   plada-client tasks --server http://127.0.0.1:8000
   plada-client pull --server http://127.0.0.1:8000 --task fashion --pool POOL --out fashion.plada
   plada-client train --payload fashion.plada --pool POOL --out runs/fashion --eval test.npz
@@ -98,6 +100,23 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "weights packages); nothing is downloaded",
     )
     p.add_argument("--max-tier", type=int, default=None, help="train on priority tiers 0..N only (less compute)")
+    p.add_argument(
+        "--min-coverage",
+        type=_fraction,
+        default=DEFAULT_MIN_COVERAGE,
+        help=f"an attached pool copy: refuse to train when it holds less than this share of the payload's items "
+        f"(missing, or another picture under the key; default {DEFAULT_MIN_COVERAGE:g}, see docs/cli.md)",
+    )
+
+
+def _fraction(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        x = -1.0
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError("must be a number in 0-1")
+    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +240,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     _trust_arg(p)
     p.set_defaults(fn=commands.cmd_import)
+    p = add(
+        "pool",
+        "attach your own copy of a pool (folder, tar or Parquet shards) to the server's pool definition",
+        "plada-client pool attach --server http://127.0.0.1:8000 --pool photo-v1 ~/data/tiny-imagenet/train",
+    )
+    psub = p.add_subparsers(dest="pool_command", required=True)
+    c = psub.add_parser(
+        "attach",
+        help="map a local copy onto the pool's definition by key and write an attachment (a pool folder to pass "
+        "as --pool): no decoding, prints a coverage report",
+        description="Map SOURCE (an image folder, a folder of WebDataset .tar shards, or of Parquet shards with "
+        "image bytes and a key/path column) onto the pool definition by key. Key rules, first match wins: the "
+        "exact relative path; the path with another extension; the path flattened (a/b.jpg = a_b.jpg); the file "
+        "name when unique in the definition. --key rewrites local names first. Each item a payload uses is "
+        "checked when training reads it (exact hash, else perceptual fingerprint).",
+    )
+    c.add_argument("source", help="your copy: image folder, or a folder of *.tar or *.parquet shards")
+    c.add_argument("--pool", required=True, help="the pool's name on the server (e.g. photo-v1)")
+    c.add_argument("--server", help="base URL to fetch the definition from (cached; offline: the cached one)")
+    c.add_argument("--definition", help="a definition file instead of --server (from 'plada-client pool definition')")
+    c.add_argument("--token", default=None)
+    _trust_arg(c)
+    c.add_argument("--timeout", type=float, default=30.0)
+    c.add_argument("--deadline", type=float, default=600.0, help="seconds the definition download may take (600)")
+    c.add_argument("--kind", choices=["folder", "tar", "parquet"], help="what SOURCE is (default: detected)")
+    c.add_argument(
+        "--key",
+        help="REGEX=TEMPLATE: re.sub(REGEX, TEMPLATE, local name) is the key looked up, e.g. "
+        "'^([^_]+)_(.+)$=\\1/\\2' for flat <group>_<name> files",
+    )
+    c.add_argument("--out", help="attachment folder (default <cache>/pools/<pool>)")
+    c.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
+    c.add_argument(
+        "--hash",
+        action="store_true",
+        help="also hash every matched file now (optional; resumable): how many are identical",
+    )
+    c.set_defaults(fn=commands.cmd_pool_attach)
+    c = psub.add_parser(
+        "definition",
+        help="download a pool's definition (and its signature, FILE.sig) for an offline attach",
+        description="Download a pool's definition (and its signature, FILE.sig) for an offline attach.",
+    )
+    _server_args(c)
+    c.add_argument("--pool", required=True)
+    c.add_argument("--out", required=True, help="file to write")
+    c.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
+    c.set_defaults(fn=commands.cmd_pool_definition)
     p = add("cache", "list or prune the local payload cache", "plada-client cache prune --dry-run")
     csub = p.add_subparsers(dest="cache_command", required=True)
     for name, hlp in (("ls", "list cached payloads"), ("prune", "remove unreferenced or damaged payloads")):

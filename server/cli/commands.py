@@ -120,11 +120,13 @@ def cmd_pool_build(args: argparse.Namespace) -> int:
             f"the built-in worlds are {mini.POOL_NAME!r} and {photo.POOL_NAME!r} (with --from DIR); index your own "
             f"images with 'plada-server pool index-folder'"
         )
+    fingerprinted = _ensure_fingerprints(pool)
     OUT.emit(
         {
             "pool": pool.name,
             "pool_id": pool.pool_id,
             "n_items": len(pool),
+            "fingerprints": fingerprinted,
             "pool_dir": str(out / "pools" / pool.name),
             "tasks_dir": str(out / "tasks"),
         }
@@ -141,7 +143,30 @@ def cmd_pool_index(args: argparse.Namespace) -> int:
         pool = index_tar_shards(*where, **shape, progress=counting_bar("shards"))
     else:
         pool = index_image_folder(*where, **shape, workers=args.workers, progress=counting_bar("hashing"))
-    OUT.emit({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool)})
+    fingerprinted = "skipped (--no-fingerprints)" if args.no_fingerprints else _ensure_fingerprints(pool)
+    OUT.emit({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool), "fingerprints": fingerprinted})
+    return 0
+
+
+def _ensure_fingerprints(pool: Any, force: bool = False) -> str:
+    """Every pool the server builds gets its items' fingerprints (its definition carries them, so clients
+    with re-encoded or resized copies can attach); kept when already there for this pool."""
+    from plada.shared.pool import fingerprint_pool
+    from plada.shared.pool.definition import FINGERPRINTS_FILE
+
+    path = pool.root / FINGERPRINTS_FILE
+    if not force and path.is_file() and path.stat().st_mtime >= (pool.root / "manifest.npz").stat().st_mtime:
+        return "kept"
+    fingerprint_pool(pool, progress=counting_bar("fingerprinting"))
+    return "computed"
+
+
+def cmd_pool_fingerprint(args: argparse.Namespace) -> int:
+    from plada.shared.pool import open_pool
+
+    pool = open_pool(Path(args.dir))
+    how = _ensure_fingerprints(pool, force=args.force)
+    OUT.emit({"pool": pool.name, "pool_id": pool.pool_id, "n_items": len(pool), "fingerprints": how})
     return 0
 
 

@@ -55,6 +55,15 @@ def _add_examples(parser: argparse.ArgumentParser, prefix: str = "") -> None:
                 _add_examples(sub, f"{key} ")
 
 
+def _no_fingerprints(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-fingerprints",
+        action="store_true",
+        help="skip the fingerprint pass (decodes every image; run 'pool fingerprint DIR' later): without it, only "
+        "byte-identical client copies can be checked",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plada-server",
@@ -104,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channels", type=int, choices=[1, 3], default=3)
     p.add_argument("--workers", type=int, default=None, help="hashing threads (default: one per core)")
+    _no_fingerprints(p)
     p.set_defaults(fn=commands.cmd_pool_index)
     p = psub.add_parser("index-tars", help="make a pool from WebDataset tar shards (items read in place)")
     p.add_argument("source", help="folder of uncompressed *.tar shards")
@@ -113,7 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, default=None, help="working side in pixels (default: the images' native size)"
     )
     p.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    _no_fingerprints(p)
     p.set_defaults(fn=commands.cmd_pool_index)
+    p = psub.add_parser(
+        "fingerprint",
+        help="compute every item's perceptual fingerprint (part of the pool's definition: clients with re-encoded "
+        "or resized copies attach with it); builds and indexes do it by themselves",
+    )
+    p.add_argument("dir", help="pool folder")
+    p.add_argument("--force", action="store_true", help="recompute even when fingerprints.npy is current")
+    p.set_defaults(fn=commands.cmd_pool_fingerprint)
     p = psub.add_parser("cluster", help="compute a coding order (k-means clusters) once and store it in the manifest")
     p.add_argument("dir")
     p.add_argument("--k", type=int, default=64, help="number of clusters")

@@ -24,8 +24,8 @@ from plada.shared.pool.manifest import (
     item_hash,
 )
 from plada.shared.pool.readers import Pool, Progress, open_pool
+from plada.shared.pool.sources import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 FALLBACK_IMAGE_SIZE = 224  # working size when no sampled image header can be read (hashing needs none)
 
 
@@ -301,3 +301,39 @@ def _finish(out: Path, manifest: PoolManifest, extra: dict[str, Any]) -> Pool:
     } | extra
     atomic_write_bytes(out / "pool.json", json.dumps(info, indent=2).encode())
     return open_pool(out)
+
+
+def fingerprint_pool(pool: Pool, *, workers: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Every item's perceptual fingerprint (``fingerprints.npy`` in the pool folder, part of its published
+    definition). Arrays are fingerprinted from their pixels; files from their bytes, decoded in threads (PIL
+    releases the GIL) at a reduced JPEG scale, so ImageNet-1K costs minutes of CPU, not hours."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plada.shared.pool.definition import FINGERPRINTS_FILE
+    from plada.shared.pool.fingerprint import FINGERPRINT_BYTES, file_fingerprint, fingerprints
+
+    n = len(pool)
+    out = np.zeros((n, FINGERPRINT_BYTES), dtype=np.uint8)
+    images = getattr(pool, "images", None)
+    step = 4096
+    if images is not None:
+        for s in range(0, n, step):
+            out[s : s + step] = fingerprints(np.asarray(images[s : s + step]))
+            if progress:
+                progress(min(s + step, n), n)
+    else:
+
+        def one(i: int) -> bytes:
+            try:
+                return file_fingerprint(pool.item_bytes(i))
+            except OSError:
+                return bytes(FINGERPRINT_BYTES)  # an undecodable item: no copy will match it either
+
+        with ThreadPoolExecutor(max_workers=workers or max(2, min(16, os.cpu_count() or 1))) as ex:
+            for s in range(0, n, step):
+                rows = b"".join(ex.map(one, range(s, min(s + step, n))))
+                out[s : s + step] = np.frombuffer(rows, dtype=np.uint8).reshape(-1, FINGERPRINT_BYTES)
+                if progress:
+                    progress(min(s + step, n), n)
+    atomic_write(pool.root / FINGERPRINTS_FILE, lambda f: np.save(f, out))
+    return out

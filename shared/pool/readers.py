@@ -83,6 +83,11 @@ class Pool:
     def item_bytes(self, i: int) -> bytes:
         raise NotImplementedError
 
+    def feature_keys(self, indices: np.ndarray) -> np.ndarray:
+        """What cached features of these items are keyed by: their manifest hashes (an attached copy keys by
+        its own bytes instead, so a re-encoded item never reuses another copy's features)."""
+        return self.manifest.hashes[np.asarray(indices, dtype=np.int64)]
+
     def iter_item_hashes(self, progress: Progress | None = None) -> Iterable[bytes]:
         n = len(self)
         for i in range(n):
@@ -202,7 +207,9 @@ def open_pool(root: Path | str) -> Pool:
     manifest = PoolManifest.load(root / "manifest.npz", name=str(info.get("name", "")))
     if len(manifest) != info.get("n_items") or manifest.pool_id != info.get("pool_id"):
         raise PoolError(f"manifest of {root} does not match its pool.json (edited or truncated?)")
-    kinds: dict[str, type[Pool]] = {"array": ArrayPool, "folder": FolderPool, "tar": TarPool}
+    from plada.shared.pool.attach import AttachedPool  # a client's own copy, attached to a definition
+
+    kinds: dict[str, type[Pool]] = {"array": ArrayPool, "folder": FolderPool, "tar": TarPool, "attached": AttachedPool}
     kind = info.get("kind")
     if kind not in kinds:
         raise PoolError(f"unknown pool kind {kind!r} in {info_path}")
