@@ -134,6 +134,7 @@ class Agent:
                     "n_test": metrics.get("n_test"),
                     "wall_s": float(metrics.get("wall_s", 0.0)),
                     "extra": {"n_items": metrics.get("n_items"), "device": metrics.get("device")},
+                    "coverage": _coverage(metrics),
                 },
             )
         except PladaError as exc:
@@ -172,6 +173,14 @@ class Agent:
             backoff = 1.0 if ok else min(backoff * 2, MAX_BACKOFF_S)
             self._stop.wait(self.config.poll_s if ok else min(backoff, max(self.config.poll_s, 1.0) * 10))
         return done
+
+
+def _coverage(metrics: dict[str, Any]) -> dict[str, int] | None:
+    """The report's view of the run's coverage (an attached copy); None on an identical pool."""
+    cov = metrics.get("coverage")
+    if not cov:
+        return None
+    return {k: int(cov[k]) for k in ("total", "exact", "reencoded", "different", "missing")}
 
 
 def student_label(cfg: TrainConfig, metrics: dict[str, Any]) -> str:

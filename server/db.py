@@ -138,6 +138,7 @@ class ReportRow(Base):
     n_test: Mapped[int | None] = mapped_column(Integer, nullable=True)
     wall_s: Mapped[float] = mapped_column(Float)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the client copy's, if attached
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -53,6 +53,8 @@ def infer_revision(conn: Connection) -> str | None:
     if "pools" not in tables:
         return None
     cols = {t: {c["name"]: c for c in insp.get_columns(t)} for t in tables}
+    if "coverage" in cols.get("reports", {}):
+        return "0007"
     if "task_events" in tables or "owner" in cols.get("tasks", {}):
         return "0006"
     if "tokens" in tables:

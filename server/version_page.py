@@ -182,6 +182,17 @@ nav a{margin-right:10px} .added{border-left:3px solid #2a8a2a;padding-left:6px}
 """
 
 
+def coverage_cell(cov: dict[str, Any] | None) -> str:
+    """What a report says of the client's pool copy: identical, or how much of the payload it held."""
+    if not cov:
+        return "<span class=muted>identical</span>"
+    total = int(cov.get("total") or 0)
+    used = int(cov.get("exact") or 0) + int(cov.get("reencoded") or 0)
+    parts = [f"{k} {int(cov.get(k) or 0):,}" for k in ("reencoded", "missing", "different") if cov.get(k)]
+    share = f"{100 * used / total:.1f} %" if total else "–"
+    return esc(f"{used:,}/{total:,} used ({share})" + (f"; {', '.join(parts)}" if parts else ""))
+
+
 def render_version_page(
     *,
     task: str,
@@ -297,13 +308,13 @@ def render_version_page(
         leakage = "<h2>Leakage audit</h2><p class=muted>no upload image flagged as a duplicate of a pool item</p>"
     rep_rows = "".join(
         f"<tr><td>{esc(r.client_id)}</td><td>{esc(r.student_arch)}</td><td class=num>{r.epochs}</td>"
-        f"<td class=num>{pct(r.accuracy)}</td><td class=num>{num(r.n_test)}</td>"
+        f"<td class=num>{pct(r.accuracy)}</td><td class=num>{num(r.n_test)}</td><td>{coverage_cell(r.coverage)}</td>"
         f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(r.created_at))}</td></tr>"
         for r in reports
     )
     reported = (
         "<h2>Client reports</h2><table id=reports><tr><th>client</th><th>student</th><th>epochs</th>"
-        "<th>accuracy %</th><th>test images</th><th>UTC</th></tr>" + rep_rows + "</table>"
+        "<th>accuracy %</th><th>test images</th><th>pool copy</th><th>UTC</th></tr>" + rep_rows + "</table>"
         if rep_rows
         else "<h2>Client reports</h2><p class=muted>none yet</p>"
     )

@@ -168,6 +168,27 @@ class JobInfo(BaseModel):
     updated_at: datetime
 
 
+class ReportCoverage(_Strict):
+    """How much of the payload a client's own (attached) pool copy held: every item is one of exact, re-encoded
+    (the same picture by its fingerprint), different (another picture under the key: not trained on) or missing."""
+
+    total: int = Field(ge=0, le=2**31 - 1)
+    exact: int = Field(ge=0, le=2**31 - 1)
+    reencoded: int = Field(ge=0, le=2**31 - 1)
+    different: int = Field(ge=0, le=2**31 - 1)
+    missing: int = Field(ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> ReportCoverage:
+        if self.exact + self.reencoded + self.different + self.missing != self.total:
+            raise ValueError("exact + reencoded + different + missing must equal total")
+        return self
+
+    @property
+    def used(self) -> int:
+        return self.exact + self.reencoded
+
+
 class ReportIn(_Strict):
     """What a client posts after training on a version (``plada-client agent`` does it by itself)."""
 
@@ -178,6 +199,9 @@ class ReportIn(_Strict):
     n_test: int | None = Field(None, ge=1, le=2**31 - 1)
     wall_s: float = Field(ge=0.0, le=1e7)
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form, at most 4 KB as JSON")
+    coverage: ReportCoverage | None = Field(
+        None, description="an attached pool copy: how many of the payload's items it held (None: an identical pool)"
+    )
 
     @field_validator("extra")
     @classmethod

@@ -80,6 +80,7 @@ def report_info(task: TaskRow, version: VersionRow, row: ReportRow) -> ReportInf
         n_test=row.n_test,
         wall_s=row.wall_s,
         extra=row.extra or {},
+        coverage=row.coverage or None,
         created_at=ts(row.created_at),
     )
 

@@ -115,7 +115,7 @@ def test_a_first_release_database_is_upgraded_and_served(
 
 def test_every_revision_upgrades_an_empty_database_to_todays_models(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    steps = ["0001", "0002", "0003", "0004", "0005", "0006"]
+    steps = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     assert steps[-1] == migrate.head()
     for i, rev in enumerate(steps):
         before, after = migrate.upgrade(engine, rev)
@@ -125,7 +125,7 @@ def test_every_revision_upgrades_an_empty_database_to_todays_models(tmp_path: Pa
     assert migrate.upgrade(engine) == (migrate.head(), migrate.head())  # idempotent
 
 
-@pytest.mark.parametrize("stop", ["0001", "0002", "0003", "0004", "0006"])
+@pytest.mark.parametrize("stop", ["0001", "0002", "0003", "0004", "0006", "0007"])
 def test_the_revision_of_a_database_without_migrations_is_inferred(tmp_path: Path, stop: str) -> None:
     """Databases made by create_all at each release (no alembic_version): inferred, stamped, upgraded."""
     from sqlalchemy import text
