@@ -142,7 +142,7 @@ def test_a_pinned_key_must_sign_the_definition_under_the_definition_domain(
     sha = hashlib.sha256(data).hexdigest()
     good = key.sign(sha, domain=DEFINITION_DOMAIN)
     assert verify_definition(data, good, trust=key.public, source="t").sha256 == sha
-    with pytest.raises(SignatureError, match="pool definition .* does not verify"):
+    with pytest.raises(SignatureError, match=r"pool definition .* does not verify"):
         verify_definition(data, key.sign(sha), trust=key.public, source="t")  # a payload-domain signature
     with pytest.raises(SignatureError, match="unsigned"):
         verify_definition(data, None, trust=key.public, source="t")
@@ -241,7 +241,7 @@ def test_a_class_left_without_items_is_refused(tiny: tuple[Path, Pool], tmp_path
     idx = np.union1d(digits, others)
     labels = np.isin(idx, digits).astype(np.int64)
     payload = Payload(idx, labels, ("other", "digit-ending-0-1"), p.pool_id, len(p), "t", 1)
-    with pytest.raises(CoverageError, match="no item is left for class.*digit-ending-0-1"):
+    with pytest.raises(CoverageError, match=r"no item is left for class.*digit-ending-0-1"):
         usable_items(payload, ap, 0.0)
 
 
