@@ -110,7 +110,7 @@ class Agent:
             log.info("task %s: new version %d (%d items), training", task, payload.version, len(payload))
             split = None
             if task in self.config.eval_splits:
-                split = load_eval_split(self.config.eval_splits[task], list(payload.classes))
+                split = load_eval_split(self.config.eval_splits[task], list(payload.classes), self.pool.image_shape)
             out = self.config.out_dir / task / f"v{payload.version}"
             metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split)
             self._mark_trained(task, sha)

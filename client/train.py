@@ -53,41 +53,12 @@ class TrainConfig:
     min_coverage: float = DEFAULT_MIN_COVERAGE  # attached copies: refuse below this share of usable items
 
 
-def _read_class_zip(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A zip of ``<class>/<image>`` (one optional top folder), the form publishers upload: images at their own
-    size (they must agree), labels by sorted folder name."""
-    import io
-    import zipfile
-    from pathlib import PurePosixPath
-
-    from PIL import Image
-
-    items: list[tuple[str, str]] = []
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for m in zf.infolist():
-                parts = PurePosixPath(m.filename).parts
-                if m.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith(".") or len(parts) < 2:
-                    continue
-                items.append((parts[-2], m.filename))
-            names = sorted({c for c, _ in items})
-            xs, ys = [], []
-            for c, member in sorted(items):
-                with Image.open(io.BytesIO(zf.read(member))) as im:
-                    xs.append(np.asarray(im.convert("RGB")))
-                ys.append(names.index(c))
-    except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise InvalidDataError(f"cannot read evaluation zip {path}: {exc}") from exc
-    if not xs:
-        raise InvalidDataError(f"evaluation zip {path} holds no <class>/<image> members")
-    if len({x.shape for x in xs}) > 1:
-        raise InvalidDataError(f"images in {path} differ in size; resize them to one size first")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), names
-
-
-def load_eval_split(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def load_eval_split(
+    path: Path, classes: list[str], image_shape: tuple[int, int, int] = (224, 224, 3)
+) -> tuple[np.ndarray, np.ndarray]:
     """An ``.npz`` with ``x``, ``y`` and optionally ``classes``, or a ``.zip`` of ``<class>/<image>`` folders
-    (the forms publishing accepts); labels are mapped to the payload's classes by name."""
+    read by the loader publishing uses (``plada.shared.targetdata``: the same checks, photos of any size
+    resized to ``image_shape``, the pool's working shape); labels are mapped to the payload's classes by name."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -103,9 +74,11 @@ def load_eval_split(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndar
                 is_npz = all(n.endswith(".npy") for n in zf.namelist())
         except zipfile.BadZipFile as exc:
             raise InvalidDataError(f"cannot read evaluation split {path}: {exc}") from exc
+    names: list[str] | None = None
     if head[:2] == b"PK" and not is_npz:
-        x, y, names_z = _read_class_zip(path)
-        names: list[str] | None = names_z
+        from plada.shared.targetdata import read_target_data
+
+        x, y = read_target_data(path.read_bytes(), path.name, classes, image_shape)
     else:
         try:
             with np.load(path, allow_pickle=False) as z:

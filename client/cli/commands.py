@@ -195,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"({(payload.sha256 or '')[:12]}…)",
                 file=sys.stderr,
             )
-    split = load_eval_split(Path(args.eval), list(payload.classes)) if args.eval else None
+    split = load_eval_split(Path(args.eval), list(payload.classes), pool.image_shape) if args.eval else None
     metrics = train_student(
         payload, pool, Path(args.out), _train_config(args), eval_split=split, progress=progress_bar("training")
     )

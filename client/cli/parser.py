@@ -255,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         "exact relative path; the path with another extension; the path flattened (a/b.jpg = a_b.jpg); the file "
         "name when unique in the definition. --key rewrites local names first. Each item a payload uses is "
         "checked when training reads it (exact hash, else perceptual fingerprint).",
+        epilog="examples:\n"
+        "  plada-client pool attach --server http://127.0.0.1:8000 --pool photo-v1 ~/tiny-imagenet/train\n"
+        "  plada-client pool attach --definition photo-v1.pooldef --pool photo-v1 --kind parquet ~/hub/photo/data\n"
+        "  plada-client pool attach --server URL --pool photo-v1 --key '^([^_]+)_(.+)$=\\1/\\2' ~/flat-copy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("source", help="your copy: image folder, or a folder of *.tar or *.parquet shards")
     c.add_argument("--pool", required=True, help="the pool's name on the server (e.g. photo-v1)")
@@ -282,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "definition",
         help="download a pool's definition (and its signature, FILE.sig) for an offline attach",
         description="Download a pool's definition (and its signature, FILE.sig) for an offline attach.",
+        epilog="example:\n"
+        "  plada-client pool definition --server http://127.0.0.1:8000 --pool photo-v1 --out photo-v1.pooldef",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _server_args(c)
     c.add_argument("--pool", required=True)

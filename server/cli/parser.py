@@ -27,6 +27,7 @@ SUB_EXAMPLES = {
     "pool index-folder": "plada-server pool index-folder /data/imagenet/train --out pools/in1k --name in1k",
     "pool index-tars": "plada-server pool index-tars /data/imagenet-wds/train --out pools/in1k-wds --name in1k-wds",
     "pool cluster": "plada-server pool cluster pools/in1k --k 256",
+    "pool fingerprint": "plada-server pool fingerprint pools/in1k",
     "pool embed": "plada-server pool embed ~/.cache/plada/world/pools/mini-v1",
     "pool add": "plada-server pool add pools/in1k",
     "pool list": "plada-server pool list",

@@ -200,14 +200,18 @@ def test_photo_world_builder_from_a_folder_of_zips(tmp_path: Path) -> None:
 
 
 def test_eval_split_may_be_a_zip_of_class_folders(tmp_path: Path) -> None:
-    files = {f"split/{c}/{i}.png": _png(i, 16) for c in ("dog", "cat") for i in range(2)}
+    # photos of different sizes, as real collections hold them: resized to the pool's shape, as publishing does
+    files = {f"split/{c}/{i}.png": _png(i, 16 + 8 * i) for c in ("dog", "cat") for i in range(2)}
     (tmp_path / "test.zip").write_bytes(_zip_of(files | {"__MACOSX/split/._x.png": b"junk"}))
-    x, y = load_eval_split(tmp_path / "test.zip", ["cat", "dog"])
-    assert x.shape == (4, 16, 16, 3) and y.tolist() == [0, 0, 1, 1]  # mapped to the payload's class order
+    x, y = load_eval_split(tmp_path / "test.zip", ["cat", "dog"], (20, 20, 3))
+    assert x.shape == (4, 20, 20, 3) and y.tolist() == [1, 1, 0, 0]  # dog first in the zip; the payload says 1
+    from plada.server.uploads import read_target_data
     from plada.shared.errors import InvalidDataError
 
+    data = (tmp_path / "test.zip").read_bytes()
+    assert np.array_equal(read_target_data(data, "test.zip", ["cat", "dog"], (20, 20, 3))[0], x)  # one loader
     (tmp_path / "bad.zip").write_bytes(_zip_of({"cow/1.png": _png(1, 16)}))
-    with pytest.raises(InvalidDataError, match="not in the payload's classes"):
+    with pytest.raises(InvalidDataError, match="'cow' is not one of the spec's classes"):
         load_eval_split(tmp_path / "bad.zip", ["cat", "dog"])
 
 
