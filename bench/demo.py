@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from plada.client import PladaClient, TrainConfig, load_eval_split, train_student
 from plada.server.pipeline.features import build_feature_index, open_feature_index
+from plada.shared.cli import stage_progress
 from plada.shared.datasets.mini import TASKS, build_mini_world, default_world_dir
 from plada.shared.schemas import TaskSpec
 
@@ -87,23 +86,13 @@ def main() -> int:
                 jobs[task] = (client.publish(spec, tdir / "train.npz"), time.perf_counter())
             for task in args.tasks:
                 resp, t0 = jobs[task]
-                bar = tqdm(total=100, desc=f"{task}: server", file=sys.stderr, leave=False)
-
-                def show(j, bar=bar):
-                    bar.n = int(100 * j.progress)
-                    bar.set_postfix_str(j.message[:60], refresh=True)
-
-                client.wait_job(resp.job.id, on_progress=show)
-                bar.close()
+                server_progress = stage_progress(f"{task}: server")
+                client.wait_job(resp.job.id, on_progress=lambda j, p=server_progress: p(j.progress, j.message[:60]))
                 t_server = time.perf_counter()
                 payload = client.fetch(task, resp.version, pool=pool)
                 data = client.cache.get(payload.sha256 or "") or b""
                 info = client.version(task, resp.version)
-                tbar = tqdm(total=1000, desc=f"{task}: student", file=sys.stderr, leave=False)
-
-                def tshow(f, m, tbar=tbar):
-                    tbar.n = int(1000 * f)
-                    tbar.set_postfix_str(m, refresh=True)
+                tshow = stage_progress(f"{task}: student")
 
                 split = load_eval_split(args.world / "tasks" / task / "test.npz", list(payload.classes))
                 m = train_student(
@@ -115,7 +104,6 @@ def main() -> int:
                     payload_bytes=data,
                     progress=tshow,
                 )
-                tbar.close()
                 sel = info.metrics["selection"]
                 rows.append(
                     {

@@ -66,7 +66,8 @@ def usable_items(
     payload: Payload, pool: Pool, min_coverage: float = DEFAULT_MIN_COVERAGE
 ) -> tuple[Payload, Coverage | None]:
     """The payload restricted to the items this copy holds as the server labelled them, and its coverage
-    (None for a byte-identical pool: nothing is checked or dropped)."""
+    (None for a byte-identical pool: nothing is checked or dropped). Refused below ``min_coverage``, or when
+    a class loses every item (the student could never predict it) unless ``min_coverage`` is 0."""
     if not getattr(pool, "attached", False):
         return payload, None
     from plada.shared.pool.attach import DIFFERENT, MISSING, SAME_PICTURE
@@ -88,7 +89,7 @@ def usable_items(
         first_missing=tuple(keys[int(i)] for i in idx[status == MISSING][:5]),
         first_different=tuple(keys[int(i)] for i in idx[status == DIFFERENT][:5]),
     )
-    if cov.fraction < min_coverage or cov.empty_classes:
+    if cov.fraction < min_coverage or (cov.empty_classes and min_coverage > 0):
         raise CoverageError(_refusal(payload, pool, cov, min_coverage))
     if keep.all():
         return payload, cov

@@ -90,6 +90,24 @@ def progress_bar(desc: str, unit: str = "") -> Callable[[float, str], None]:
     return update
 
 
+def stage_progress(desc: str, stream: Any = None) -> Callable[[float, str], None]:
+    """A progress callback that reads well in a log: a bar on a terminal, and off one (piped, CI) one line per
+    stage, where the stage is the message up to its first digit ("teacher: epoch 3/8" → "teacher: epoch"),
+    instead of a bar redrawn with carriage returns into one enormous line."""
+    out = stream if stream is not None else sys.stderr
+    if out.isatty():
+        return progress_bar(desc)
+    last = [""]
+
+    def update(frac: float, msg: str) -> None:
+        stage = re.split(r"\d", msg, maxsplit=1)[0].rstrip(" :,(/-") or "working"
+        if stage != last[0]:
+            last[0] = stage
+            print(f"{desc}: {stage} ({100 * min(max(frac, 0.0), 1.0):.0f} %)", file=out, flush=True)
+
+    return update
+
+
 def counting_bar(desc: str) -> Callable[[int, int], None]:
     """``progress_bar`` for callbacks that count (done, total), e.g. images of a pool."""
     bar = progress_bar(desc)

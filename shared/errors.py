@@ -14,7 +14,6 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     │   ├── PoolMismatchError            pool_mismatch          409
     │   ├── PoolSourceMissingError       pool_source_missing    500
     │   ├── DefinitionError              definition_invalid     422
-    │   │   └── DefinitionMissingError   definition_missing     404
     │   └── CoverageError                coverage_too_low       409
     ├── InvalidSpecError                 invalid_spec           422
     ├── InvalidDataError                 invalid_data           422
@@ -110,12 +109,6 @@ class DefinitionError(PoolError):
     code = "definition_invalid"
     status = 422
     title = "Invalid pool definition"
-
-
-class DefinitionMissingError(DefinitionError):
-    code = "definition_missing"
-    status = 404
-    title = "The pool has no definition to serve"
 
 
 class CoverageError(PoolError):

@@ -29,6 +29,11 @@ def cmd_verify_pool(args: argparse.Namespace) -> int:
     from plada.shared.pool import verify_pool
 
     pool = _open_pool(args.pool)
+    if getattr(pool, "attached", False):
+        raise PoolError(
+            f"{args.pool} is an attached copy of {pool.name}: its items are checked as they are used; for a full "
+            f"pass, rerun 'plada-client pool attach ... --hash' (counts the byte-identical items)"
+        )
     report = verify_pool(pool, progress=counting_bar("verifying"))
     if not report.ok:
         raise PoolError(
@@ -70,6 +75,10 @@ def _preview(args: argparse.Namespace, data: bytes, pool: Any) -> dict[str, Any]
         raise ClientError("--preview and --html draw from the local pool: give --pool DIR")
     payload = decode_payload(data, layout=layout_for(data, pool, getattr(args, "cache", None)))
     check_pool(payload, pool)
+    if getattr(pool, "attached", False):  # an own copy: draw only what it holds as the server labelled it
+        from plada.client.coverage import usable_items
+
+        payload, _ = usable_items(payload, pool, 0.0)
     k = len(payload.classes)
     # a payload with priority tiers says which items its server valued most: those first
     rank = None if payload.tiers is None else -np.asarray(payload.tiers, np.float64)

@@ -242,7 +242,9 @@ def test_a_class_left_without_items_is_refused(tiny: tuple[Path, Pool], tmp_path
     labels = np.isin(idx, digits).astype(np.int64)
     payload = Payload(idx, labels, ("other", "digit-ending-0-1"), p.pool_id, len(p), "t", 1)
     with pytest.raises(CoverageError, match=r"no item is left for class.*digit-ending-0-1"):
-        usable_items(payload, ap, 0.0)
+        usable_items(payload, ap, 0.5)
+    kept, cov = usable_items(payload, ap, 0.0)  # 0: take whatever the copy holds (inspect --preview does)
+    assert cov is not None and cov.empty_classes == ("digit-ending-0-1",) and set(kept.labels.tolist()) == {0}
 
 
 def test_identical_pools_keep_the_fast_path(tiny: tuple[Path, Pool]) -> None:
@@ -297,3 +299,24 @@ def test_a_bad_key_rule_is_one_line() -> None:
         KeyRule("no-separator")
     with pytest.raises(PoolError, match="does not compile"):
         KeyRule("([=x")
+
+
+def test_payload_dataset_and_the_hash_pass_work_on_an_attached_copy(tiny: tuple[Path, Pool], tmp_path: Path) -> None:
+    from plada.client import PayloadDataset
+    from plada.shared.pool.attach import hash_pass
+
+    images, p = tiny
+    gone = copies.delete_fraction(images, tmp_path / "copy", 0.02, seed=4)
+    (tmp_path / "copy" / "animals" / sorted(os.listdir(tmp_path / "copy" / "animals"))[0]).write_bytes(b"junk")
+    attach(definition_of(p), tmp_path / "copy", tmp_path / "att")
+    ap = open_pool(tmp_path / "att")
+    idx = np.arange(len(p))
+    payload = Payload(idx, idx % 3, ("a", "b", "c"), p.pool_id, len(p), "t", 1)
+    ds = PayloadDataset(payload, ap, output="numpy")
+    assert ds.coverage is not None and (ds.coverage.missing, ds.coverage.different) == (len(gone), 1)
+    assert len(ds) == len(p) - len(gone) - 1
+    img, label = ds[0]
+    assert img.shape == p.image_shape and label in (0, 1, 2)
+    counts = hash_pass(ap)
+    assert counts == {"matched": len(p) - len(gone), "identical": len(p) - len(gone) - 1, "not_identical": 1}
+    assert hash_pass(ap) == counts  # resumed from its record: nothing redone, the same answer
