@@ -77,13 +77,15 @@ def progress_bar(desc: str, unit: str = "") -> Callable[[float, str], None]:
         unit=unit,
         file=sys.stderr,
         leave=False,
-        bar_format="{l_bar}{bar}| {postfix}",
+        bar_format="{l_bar}{bar}|",
         disable=not sys.stderr.isatty(),
     )
 
     def update(frac: float, msg: str) -> None:
         bar.n = int(1000 * min(max(frac, 0.0), 1.0))
-        bar.set_postfix_str(msg, refresh=True)
+        # the message goes into the format itself: tqdm's postfix field always starts with ", "
+        bar.bar_format = "{l_bar}{bar}| " + msg.replace("{", "{{").replace("}", "}}")
+        bar.refresh()
         if frac >= 1.0:
             bar.close()
 

@@ -108,7 +108,43 @@ def test_an_imperfect_copy_attaches_trains_and_reports_its_coverage(
     assert (rep["matched"], rep["missing"], rep["extra"]) == (240 - len(gone), len(gone), 0)
     assert rep["rules"] == {"exact": 240 - len(gone)} and rep["definition_sha256"] == sha
 
-    # train from the server on the attached copy: coverage in the metrics, missing items named
+    # the offline form: the definition (and its signature) as files, attached without a server
+    out = cli("pool", "definition", "--server", url, "--pool", "tiny-v1", "--out", str(tmp_path / "tiny.pooldef"))
+    assert out.returncode == 0 and json.loads(out.stdout)["sha256"] == sha, out.stderr
+    off = cli(
+        "pool",
+        "attach",
+        "--definition",
+        str(tmp_path / "tiny.pooldef"),
+        "--pool",
+        "tiny-v1",
+        "--trust",
+        trust,
+        "--out",
+        str(tmp_path / "offline"),
+        str(tmp_path / "copy"),
+    )
+    assert off.returncode == 0 and json.loads(off.stdout)["matched"] == rep["matched"], off.stderr
+    (tmp_path / "tiny.pooldef.sig").write_text(r.headers["x-plada-signature"].replace("ed25519:", "ed25519:0", 1))
+    bad = cli(
+        "pool",
+        "attach",
+        "--definition",
+        str(tmp_path / "tiny.pooldef"),
+        "--pool",
+        "tiny-v1",
+        "--trust",
+        trust,
+        "--out",
+        str(tmp_path / "refused-att"),
+        str(tmp_path / "copy"),
+    )
+    assert bad.returncode == 1 and "signature_invalid" in bad.stderr and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "refused-att").exists()
+
+    # pull and train from the server on the attached copy: coverage in the metrics, missing items named
+    out = cli("pull", "--server", url, "--task", "source", "--pool", str(att), "--out", str(tmp_path / "s.plada"))
+    assert out.returncode == 0 and json.loads(out.stdout)["pool_id"] == tiny.pool_id, out.stderr
     run = tmp_path / "run"
     args = ["train", "--server", url, "--task", "source", "--pool", str(att), "--out", str(run), "--epochs", "2"]
     out = cli(*args, "--trust", trust)
