@@ -77,6 +77,15 @@ def data_list(obj: Any, what: str) -> list[Any]:
     return data
 
 
+def check_server_url(url: str) -> str:
+    """A server's base URL, with a scheme: ``127.0.0.1:8000`` alone would be read as a scheme named 127.0.0.1."""
+    url = url.strip().rstrip("/")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("http", "https"):
+        raise ClientError(f"--server {safe_text(url, 100)!r} has no http:// or https:// in front: use http://{url}")
+    return url
+
+
 def origin(url: str) -> tuple[str, str, int | None]:
     u = httpx.URL(url)
     return (u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme))
@@ -136,7 +145,7 @@ class ApiSession:
         headers = {"User-Agent": "plada-client", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_server_url(base_url) if base_url else ""
         self.retries, self.deadline, self.timeout = retries, deadline, timeout
         self.offline = offline
         self._http = httpx.Client(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from plada.shared.errors import InvalidDataError
 from plada.shared.files import atomic_write, atomic_write_bytes
 from plada.shared.payload import Payload, payload_sha256
 from plada.shared.pool import Pool
+
+log = logging.getLogger("plada.client")
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -149,6 +152,15 @@ def train_student(
         if ckpt.get("payload_sha256") == sha and ckpt.get("config") == asdict(cfg):
             model.load_state_dict(ckpt["model"])
             start_epoch, opt_state = int(ckpt["epoch"]) + 1, ckpt["optimizer"]
+            # said out loud (the CLI's log and any Python caller's stderr): a rerun into the same folder resumes
+            log.warning(
+                "%s: resuming from its checkpoint (epoch %d of %d already trained on this payload and config)%s; "
+                "use another out folder to train from scratch",
+                out_dir,
+                start_epoch,
+                cfg.epochs,
+                ": nothing left to train" if start_epoch >= cfg.epochs else "",
+            )
 
     def on_epoch_end(epoch: int, loss: float, opt: torch.optim.Optimizer) -> None:
         pnn.save_checkpoint(

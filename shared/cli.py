@@ -133,13 +133,22 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     walk(parser)
 
 
-def run_command(prog: str, fn: Callable[[], int], *, explain: Callable[[Exception], str | None] | None = None) -> int:
+def run_command(
+    prog: str,
+    fn: Callable[[], int],
+    *,
+    explain: Callable[[Exception], str | None] | None = None,
+    hint: Callable[[Exception], str | None] | None = None,
+) -> int:
     """Run one command: its exit status, or one stderr line and 1 for any error (130 when interrupted).
-    ``explain`` turns a library's own exception (e.g. a settings error) into that line's text."""
+    ``explain`` turns a library's own exception (e.g. a settings error) into that line's text; ``hint`` gives
+    the next step, appended to the same line after "; "."""
     try:
         return int(fn())
     except PladaError as exc:
-        print(f"{prog}: error: {exc.code}: {safe_text(exc.message)}", file=sys.stderr)
+        step = hint(exc) if hint else None
+        tail = f"; {safe_text(step, 300)}" if step else ""
+        print(f"{prog}: error: {exc.code}: {safe_text(exc.message)}{tail}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

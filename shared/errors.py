@@ -38,6 +38,7 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
         ├── ServerUnavailableError       server_unavailable     -
         ├── ServerResponseError          server_error           -
         ├── OfflineError                 offline_cache_miss     -
+        ├── InputFileError               file_not_found         -
         └── VerificationError            verification_failed    -
             └── SignatureError           signature_invalid      -
 """
@@ -264,6 +265,13 @@ class OfflineError(ClientError):
 
     code = "offline_cache_miss"
     title = "Not in the offline cache"
+
+
+class InputFileError(ClientError):
+    """A file named on the command line (``--data``, ``--spec``, ``--eval``) is not there or not readable."""
+
+    code = "file_not_found"
+    title = "Input file not found"
 
 
 class VerificationError(ClientError):

@@ -55,7 +55,9 @@ class ArchiveLimits:
 DEFAULT_LIMITS = ArchiveLimits()
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_arrays(
+    x: np.ndarray, y: np.ndarray, n_classes: int, names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype != np.uint8:
         raise InvalidDataError(f"x must be uint8 images, got dtype {x.dtype}")
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
@@ -75,10 +77,13 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndar
         )
     counts = np.bincount(y, minlength=n_classes)
     if (counts < MIN_PER_CLASS).any():
-        missing = [int(c) for c in np.flatnonzero(counts < MIN_PER_CLASS)][:10]
+        short = [int(c) for c in np.flatnonzero(counts < MIN_PER_CLASS)][:10]
+        which = (
+            ", ".join(f"{names[c]!r} ({counts[c]})" for c in short) if names is not None else f"class indices {short}"
+        )
         raise InvalidDataError(
-            f"every class needs at least {MIN_PER_CLASS} images (for the server's "
-            f"validation split); too few for class indices {missing}"
+            f"every class needs at least {MIN_PER_CLASS} images (the server keeps some for validation); "
+            f"too few for {which}: add images to those class folders"
         )
     return x, y.astype(np.int64)
 
@@ -157,7 +162,9 @@ def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, limit: int) 
         )
 
 
-def read_npz(data: bytes, n_classes: int, limits: ArchiveLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(
+    data: bytes, n_classes: int, limits: ArchiveLimits = DEFAULT_LIMITS, names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             members = {m.filename: m for m in check_archive(zf, limits)}
@@ -172,7 +179,7 @@ def read_npz(data: bytes, n_classes: int, limits: ArchiveLimits = DEFAULT_LIMITS
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
         raise InvalidDataError(f"data is not a readable .npz file: {exc}") from exc
-    return _check_arrays(x, y, n_classes)
+    return _check_arrays(x, y, n_classes, names)
 
 
 def _nfc(name: str) -> str:
@@ -259,9 +266,14 @@ def read_zip(
     data: bytes, classes: list[str], image_shape: tuple[int, int, int], limits: ArchiveLimits = DEFAULT_LIMITS
 ) -> tuple[np.ndarray, np.ndarray]:
     """``<class>/<image>`` members, decoded to the pool's image shape. Class folders match the spec's class
-    names after Unicode NFC normalisation (macOS writes decomposed names into zips)."""
+    names after Unicode NFC normalisation (macOS writes decomposed names into zips); a class name with '/'
+    matches the folder named with '_' in its place."""
     h, w, c = image_shape
     index = {_nfc(name): i for i, name in enumerate(classes)}
+    for i, name in enumerate(classes):  # a folder cannot hold '/': "T-shirt/top" is the folder "T-shirt_top"
+        alias = _nfc(name.replace("/", "_"))
+        if "/" in name and alias not in index:
+            index[alias] = i
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -270,7 +282,11 @@ def read_zip(
         members = _image_members(check_archive(zf, limits), set(index))
         for _m, folder in members:
             if folder not in index:
-                raise InvalidDataError(f"zip folder {folder!r} is not one of the spec's classes")
+                listed = ", ".join(repr(c) for c in classes[:20]) + (", …" if len(classes) > 20 else "")
+                raise InvalidDataError(
+                    f"zip folder {folder!r} is not one of the spec's classes ({listed}); name each folder as its "
+                    "class ('/' in a class name becomes '_' in its folder name)"
+                )
         total = 0  # headers first: the whole decode is bounded before any image is decoded
         for m, _folder in members:
             with zf.open(m) as f, _open_image(f, m.filename) as im:
@@ -288,7 +304,7 @@ def read_zip(
         ys = [index[folder] for _m, folder in members]
     if not xs:
         raise InvalidDataError("zip holds no images")
-    return _check_arrays(np.stack(xs), np.asarray(ys, dtype=np.int64), len(classes))
+    return _check_arrays(np.stack(xs), np.asarray(ys, dtype=np.int64), len(classes), classes)
 
 
 def read_target_data(
@@ -330,5 +346,5 @@ def _read_target_data(
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise InvalidDataError(f"data {filename!r} is a damaged archive: {exc}") from exc
     if names and all(n.endswith(".npy") for n in names):
-        return read_npz(data, len(classes), limits)
+        return read_npz(data, len(classes), limits, classes)
     return read_zip(data, classes, image_shape, limits)

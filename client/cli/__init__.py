@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from plada.client.cli import commands
 from plada.client.cli.commands import read_spec
+from plada.client.cli.hints import hint_text
 from plada.client.cli.parser import build_parser
 from plada.shared.cli import run_command
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.OUT.json = bool(args.json)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return run_command("plada-client", lambda: args.fn(args))
+    return run_command("plada-client", lambda: args.fn(args), hint=lambda exc: hint_text(exc, args))
 
 
 if __name__ == "__main__":

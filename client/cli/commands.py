@@ -138,8 +138,11 @@ def _client(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from plada.client.cache import offline_mode
+
     pool = _open_pool(args.pool)
-    with _client(args, cache_dir=args.cache, trust=_trusted(args)) as client:
+    online = bool(args.server) and not offline_mode()  # as train: offline, or no --server, reads the cache
+    with _client(args, cache_dir=args.cache, trust=_trusted(args), offline=not online) as client:
         payload = client.fetch(args.task, args.version, pool=pool)
         data = client.cache.get(payload.sha256 or "")
         if data is None:
@@ -204,12 +207,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"({(payload.sha256 or '')[:12]}…)",
                 file=sys.stderr,
             )
-    split = load_eval_split(Path(args.eval), list(payload.classes), pool.image_shape) if args.eval else None
-    metrics = train_student(
-        payload, pool, Path(args.out), _train_config(args), eval_split=split, progress=progress_bar("training")
-    )
+    evals = _input_file(args.eval, "--eval") if args.eval else None
+    split = load_eval_split(evals, list(payload.classes), pool.image_shape) if evals else None
+    try:
+        metrics = train_student(
+            payload, pool, Path(args.out), _train_config(args), eval_split=split, progress=progress_bar("training")
+        )
+    except KeyboardInterrupt:
+        print(f"plada-client: {_interrupted(Path(args.out))}", file=sys.stderr)
+        return 130
     OUT.emit(metrics)
     return 0
+
+
+def _interrupted(out: Path) -> str:
+    """What Ctrl-C during training leaves: the last finished epoch's checkpoint, and how to go on."""
+    from plada.client.train import CHECKPOINT
+
+    ckpt = out / CHECKPOINT
+    if not ckpt.is_file():
+        return f"interrupted before the first epoch ended; nothing saved in {out}"
+    try:
+        import torch
+
+        epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception:  # a checkpoint we cannot read is still the one a rerun resumes from, or replaces
+        return f"interrupted; checkpoint in {ckpt}; rerun the same command to resume"
+    return f"interrupted after epoch {epoch}; checkpoint saved in {ckpt}; rerun the same command to resume"
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -337,11 +361,23 @@ def read_spec(text: str) -> Any:
         raise InvalidSpecError(f"{source} is not valid JSON: {exc}") from exc
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+def _input_file(path: str, flag: str) -> Path:
+    """A file the user named: a clear ``file_not_found`` (with the folder it was looked for in) instead of a
+    traceback, before any network call."""
+    from plada.shared.errors import InputFileError
 
+    p = Path(path).expanduser()
+    if not p.is_file():
+        where = "is a folder, not a file" if p.is_dir() else f"does not exist (looked in {p.resolve().parent})"
+        raise InputFileError(f"{flag} {path}: {where}")
+    return p
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    data = _input_file(args.data, "--data")
     spec = read_spec(args.spec)
     with _client(args) as client:
-        resp = client.publish(spec, Path(args.data))
+        resp = client.publish(spec, data)
         if args.wait:
             bar = progress_bar(f"publishing {resp.task} v{resp.version}")
             client.wait_job(resp.job.id, on_progress=lambda j: bar(j.progress, j.message))

@@ -168,10 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=commands.cmd_inspect)
     p = add(
         "pull",
-        "download, verify and cache a task's payload",
+        "download, verify and cache a task's payload (offline or without --server: write the cached one)",
         "plada-client pull --server http://127.0.0.1:8000 --task fashion --pool POOL --out fashion.plada",
     )
-    _server_args(p)
+    _server_args(p, required=False)
     p.add_argument("--task", required=True)
     p.add_argument("--version", default="latest")
     p.add_argument("--pool", required=True, help="local pool folder (must match the payload's pool_id)")
@@ -236,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         "plada-client import fashion-v3.plada --pool POOL",
     )
     p.add_argument("file")
-    p.add_argument("--pool", help="check it against this pool (pool_id, coding layout) before accepting it")
+    p.add_argument(
+        "--pool",
+        help="the payload's pool: checks it (pool_id, coding layout) and is needed to decode payloads coded in the "
+        "pool's group order (most are)",
+    )
     p.add_argument("--cache", help="cache folder (default $PLADA_CACHE or ~/.cache/plada)")
     _trust_arg(p)
     p.set_defaults(fn=commands.cmd_import)

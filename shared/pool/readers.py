@@ -195,8 +195,14 @@ def open_pool(root: Path | str) -> Pool:
     root = Path(root).expanduser()
     info_path = root / "pool.json"
     if not info_path.is_file():
+        if not root.exists():
+            raise PoolError(f"pool folder {root} does not exist")
+        inner = sorted(p.name for p in root.iterdir() if (p / "pool.json").is_file()) if root.is_dir() else []
+        if inner:
+            raise PoolError(f"{root} is a folder of pools, not a pool: use {root / inner[0]}")
         raise PoolError(
-            f"{root} is not a plada pool (no pool.json); build one with 'plada-server pool build mini-v1 --out DIR'"
+            f"{root} is not a plada pool (no pool.json); build one with 'plada-server pool build mini-v1 --out DIR' "
+            "or attach your own copy with 'plada-client pool attach'"
         )
     try:
         info = json.loads(info_path.read_text())
