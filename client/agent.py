@@ -114,6 +114,17 @@ class Agent:
             out = self.config.out_dir / task / f"v{payload.version}"
             metrics = train_student(payload, self.pool, out, self.config.train, eval_split=split)
             self._mark_trained(task, sha)
+            acc = metrics.get("test_accuracy")
+            cov = metrics.get("coverage")
+            log.info(
+                "task %s v%d: trained in %.0f s (%s)%s; run in %s",
+                task,
+                payload.version,
+                float(metrics.get("wall_s", 0.0)),
+                f"test accuracy {100 * acc:.1f} %" if acc is not None else "no --eval split: no accuracy",
+                f", {cov['used']:,} of {cov['total']:,} items in the local copy" if cov else "",
+                out,
+            )
         if self.config.report:
             self._report(task, payload.version, metrics)
         if on_result:
@@ -137,6 +148,7 @@ class Agent:
                     "coverage": _coverage(metrics),
                 },
             )
+            log.info("task %s v%d: reported to the server", task, version)
         except PladaError as exc:
             log.warning("task %s v%d: could not report the result: %s", task, version, exc.message)
 

@@ -73,6 +73,49 @@ def _walk(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, str]]
     return out
 
 
+ERRORS_MD = [
+    "## Errors and what to do next",
+    "",
+    "Each error is one line, `plada-client: error: CODE: message`, and where there is one, the next step after",
+    "`; ` (tests/e2e/test_newcomer_errors.py holds each of these):",
+    "",
+    "| mistake | what the line says |",
+    "|---|---|",
+    "| a wrong or revoked `--token` | `server_error: server answered 401 unauthorized: unknown or revoked token; check "
+    "the token with 'plada-server token list' on the server, or create one with 'plada-server token create --scope "
+    "publish --owner TEAM'` |",
+    "| `--task fashon` | `server_error: server answered 404 task_not_found: no task named 'fashon'; did you mean "
+    "'fashion'? ('plada-client tasks --server URL' lists them)` (only tasks your token can see are suggested) |",
+    "| a class folder with one image | `server_error: server answered 422 invalid_data: every class needs at least 2 "
+    "images (the server keeps some for validation); too few for 'dog/puppy' (1): add images to those class "
+    "folders` |",
+    "| a zip folder that is not a class | `… invalid_data: zip folder 'cow' is not one of the spec's classes ('cat', "
+    "'dog/puppy'); name each folder as its class ('/' in a class name becomes '_' in its folder name)` |",
+    "| `--pool` that does not exist | `pool_invalid: pool folder /x/missing does not exist` |",
+    "| `--pool` naming the folder of pools | `pool_invalid: /x/world/pools is a folder of pools, not a pool: use "
+    "/x/world/pools/mini-v1` |",
+    "| no server running | `server_unavailable: cannot reach http://127.0.0.1:19010: ConnectError; is 'plada-server "
+    "serve' running at http://127.0.0.1:19010?` |",
+    "| `--server 127.0.0.1:19010` | `client_error: --server '127.0.0.1:19010' has no http:// or https:// in front: use "
+    "http://127.0.0.1:19010` |",
+    "| a missing `--data` (or `--eval`) file | `file_not_found: --data nope.npz: does not exist (looked in /x/work)` |",
+    "| a wrong `--trust` key | `signature_invalid: payload 3f2a…: signed by key 9c1e…, not by the pinned key 77d0…; "
+    "the server's key is printed by 'plada-server key show' on the server and served at URL/v1/signing-key; pin "
+    "that one with --trust or PLADA_TRUST` |",
+    "| `import FILE` without `--pool` | `payload_needs_pool: …; add --pool DIR, the pool the payload was made for "
+    "(e.g. ~/.cache/plada/world/pools/mini-v1)` |",
+    "| an attached copy missing too much | `coverage_too_low: payload fashion v3 uses 3,500 items; the copy at /x "
+    "holds 3,010 of them (86.0 %), below --min-coverage 90 %: 490 missing (first: …); attach a fuller copy, or "
+    "lower --min-coverage knowingly` |",
+    "| Ctrl-C during `train` (exit 130) | `plada-client: interrupted after epoch 5; checkpoint saved in "
+    "runs/fashion/checkpoint.pt; rerun the same command to resume` |",
+    "",
+    "`train --out DIR` resumes from DIR's checkpoint when the payload and the options are the same (the log says "
+    "`resuming from its checkpoint`); another DIR trains from scratch.",
+    "",
+]
+
+
 def cli_md() -> str:
     from plada.client.cli import build_parser as client_parser
     from plada.server.cli import build_parser as server_parser
@@ -88,6 +131,7 @@ def cli_md() -> str:
         "**2** a usage error (argparse); **130** interrupted (Ctrl-C). Every command takes `--json` for",
         "machine-readable output; long steps show progress bars on a terminal (never when stderr is piped).",
         "",
+        *ERRORS_MD,
     ]
     for prog, parser in (("plada-server", server_parser()), ("plada-client", client_parser())):
         for name, text in _walk(parser, prog):

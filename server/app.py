@@ -33,6 +33,7 @@ from plada.server.auth import RateLimiter
 from plada.server.blobs import BlobStore
 from plada.server.dashboard import render_dashboard
 from plada.server.db import init_db, make_engine
+from plada.server.html import FAVICON_ICO
 from plada.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from plada.server.metrics import Metrics, RequestMetrics
 from plada.server.pools import register_pools
@@ -200,6 +201,10 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus text format: requests by route and status with latencies, payload bytes served, the job
         queue, finished jobs and their durations, busy workers' heartbeats (server/metrics.py)."""
         return Response(app.state.metrics.render(), media_type=METRICS_TYPE)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(FAVICON_ICO, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard(session: SessionDep) -> HTMLResponse:

@@ -4,6 +4,7 @@ number formats, and the accuracy-against-bytes SVG plot. Self-contained: no CDN,
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from typing import Any
@@ -96,3 +97,11 @@ def accuracy_plot(points: list[tuple[str, float, float, str]], *, width: int = 4
         out.append(f'<text x="{lx + 12}" y="{top + 12}" font-size="10">{esc(text)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+# The pages' icon (a 32 px "P" tile), so a browser's automatic /favicon.ico is not a 404 in every console.
+FAVICON_ICO = base64.b64decode(
+    "AAABAAEAICAAAAAAIADYAAAAFgAAAIlQTkcNChoKAAAADUlIRFIAAAAgAAAAIAgGAAAAc3p69AAAAJ9JREFUeJxjYBhgwIhNUDX59X9aWHZ7ri"
+    "iGfUz0shyX2UyEFNDaEUy4JOjlCCZ6W47uCIw0QG/AQoyiW3NESDZYLeUNUeoGPARGHTDgDiAqEWIDyImMnEQKA0M3BCjxNTIY8BAYdQBVcgElYM"
+    "BDYNQBow4YdQBR5QC18jw2wMTAgL3HQmsAs5MJXYCelqM4gF6OQLcDIxHS0hEDEdUEAQAdAi68ah76+gAAAABJRU5ErkJggg=="
+)

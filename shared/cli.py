@@ -40,6 +40,7 @@ class Output:
         if self.json:
             print(json.dumps(obj, indent=2, default=str))
             return
+        obj = readable_times(obj)
         if isinstance(obj, list):
             if not obj:
                 print("(none)")
@@ -53,6 +54,23 @@ class Output:
             return
         for k, v in obj.items():
             print(f"{safe_text(k)}: {cell(v)}")
+
+
+def readable_times(obj: Any) -> Any:
+    """Human output shows times as ISO 8601 (UTC): values of keys named ``at`` or ``*_at`` that are epoch
+    seconds (``--json`` keeps the numbers)."""
+    from datetime import UTC, datetime
+
+    if isinstance(obj, list):
+        return [readable_times(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        if (k == "at" or str(k).endswith("_at")) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            v = datetime.fromtimestamp(float(v), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        out[k] = readable_times(v)
+    return out
 
 
 def cell(v: Any) -> str:

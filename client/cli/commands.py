@@ -237,7 +237,19 @@ def _interrupted(out: Path) -> str:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-
+    if args.task:
+        with _client(args) as client:
+            t = client.task(args.task)
+        OUT.emit(
+            {
+                "task": t.name,
+                "pool": t.pool_name,
+                "latest": t.latest_version,
+                "updated": t.updated_at.isoformat(timespec="seconds"),
+                "classes": t.classes if OUT.json else " | ".join(t.classes),
+            }
+        )
+        return 0
     with _client(args) as client:
         rows = [
             {
@@ -381,10 +393,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if args.wait:
             bar = progress_bar(f"publishing {resp.task} v{resp.version}")
             client.wait_job(resp.job.id, on_progress=lambda j: bar(j.progress, j.message))
-            OUT.emit(client.version(resp.task, resp.version).model_dump(mode="json"))
+            info = client.version(resp.task, resp.version).model_dump(mode="json")
+            OUT.emit(info if OUT.json else version_summary(info))
         else:
             OUT.emit(resp.model_dump(mode="json"))
     return 0
+
+
+def version_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What a person reads after a publish: the full metrics document is ``--json``'s."""
+    m = info.get("metrics") or {}
+    val, sel, teacher = m.get("validation") or {}, m.get("selection") or {}, m.get("teacher") or {}
+
+    def pct(v: Any) -> str | None:
+        return f"{100 * v:.1f} %" if isinstance(v, int | float) else None
+
+    return {
+        "task": info.get("task"),
+        "version": info.get("version"),
+        "status": info.get("status"),
+        "items": info.get("n_items"),
+        "bytes": info.get("size_bytes"),
+        "recipe": val.get("chosen") or sel.get("label"),
+        "teacher_acc (server val)": pct(teacher.get("val_accuracy")),
+        "predicted_client_acc (server val)": pct(val.get("predicted_client_accuracy")),
+        "warnings": "; ".join(str(w) for w in m.get("warnings") or []) or "none",
+        "sha256": info.get("sha256"),
+        "details": "--json prints the whole metrics document",
+    }
 
 
 def _trusted(args: argparse.Namespace) -> Any:

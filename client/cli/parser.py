@@ -144,8 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pool", help="pool folder")
     p.set_defaults(fn=commands.cmd_verify_pool)
-    p = add("tasks", "list the server's tasks", "plada-client tasks --server http://127.0.0.1:8000")
+    p = add(
+        "tasks",
+        "list the server's tasks (--task NAME: one task with its class names, e.g. to name zip folders)",
+        "plada-client tasks --server http://127.0.0.1:8000 --task fashion",
+    )
     _server_args(p)
+    p.add_argument("--task", help="show this task alone, with its classes")
     p.set_defaults(fn=commands.cmd_tasks)
     p = add(
         "versions",

@@ -48,6 +48,7 @@ from plada.server.pipeline.validate import (
     probe_proxy_accuracy,
     proxy_accuracy,
     resolve_proxy,
+    undecided_warning,
 )
 from plada.shared.errors import InvalidSpecError
 from plada.shared.payload import Payload, encode_payload, payload_floor, payload_sha256
@@ -297,6 +298,7 @@ def finish(
     t3 = time.perf_counter()
     cand, payload, data, predicted = chosen.candidate, chosen.payload, chosen.data, chosen.val_accuracy
     warnings = far_ood_warnings(predicted, out, proxy.kind, pool.name, k, prep.domain)
+    warnings += undecided_warning(trials, len(prep.va))
     timing = {
         "teacher_scoring_audit": round(prep.seconds, 3),
         "select_encode": round(t2 - t1, 3),

@@ -175,6 +175,24 @@ ATYPICAL_PARTLY, ATYPICAL_FAR = 0.25, 0.5
 # pool's domain): above 0.25 (5×) the task is partly outside the domain, above 0.5 (most of it) far outside.
 
 
+def undecided_warning(trials: list[Trial], n_val: int) -> list[str]:
+    """When the validation split is too small to tell the best candidate from the next one (the runner-up's
+    accuracy lies inside the best's 95 % interval, and that interval is over 10 points wide), the choice is
+    close to a coin toss: say so. Wide only: on ~1,000 images (±3 points) close candidates are close in fact."""
+    scored = sorted((t for t in trials if t.val_accuracy is not None), key=lambda t: -t.val_accuracy)
+    if len(scored) < 2 or n_val <= 0:
+        return []
+    best, runner = scored[0], scored[1]
+    lo, hi = wilson_interval(best.val_accuracy, n_val)
+    if runner.val_accuracy < lo or hi - lo <= 0.10:
+        return []
+    return [
+        f"validation has {n_val} images (95 % interval {100 * lo:.0f}-{100 * hi:.0f} % around the best recipe's "
+        f"{100 * best.val_accuracy:.1f} %): it cannot tell '{best.candidate.label}' from '{runner.candidate.label}' "
+        f"({100 * runner.val_accuracy:.1f} %); the choice is close to a guess: upload more images per class"
+    ]
+
+
 def far_ood_warnings(
     predicted: float | None,
     out: TeacherOutput,
