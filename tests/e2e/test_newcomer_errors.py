@@ -230,3 +230,10 @@ def test_ctrl_c_during_training_says_how_to_resume(stack: LocalStack, tmp_path: 
     assert last.startswith("plada-client: interrupted after epoch "), err
     assert f"checkpoint saved in {run / 'checkpoint.pt'}; rerun the same command to resume" in last
     assert out == ""
+
+
+def test_the_pages_have_an_icon(stack: LocalStack) -> None:
+    import httpx
+
+    r = httpx.get(f"{stack.url}/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/x-icon" and r.content[:4] == b"\0\0\1\0"

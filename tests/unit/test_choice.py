@@ -222,3 +222,19 @@ def test_a_candidates_options_reach_its_selector(two_domain_pool: Pool) -> None:
     res = finish(prep, spec, version=1, candidates=[default, k1])
     kept = {b.candidate.label: set(b.payload.indices.tolist()) for b in res.built}
     assert list(kept) == ["knn", "knn (k=1)"] and kept["knn"] != kept["knn (k=1)"]
+
+
+def test_a_validation_split_too_small_to_choose_says_so() -> None:
+    import numpy as np
+
+    from plada.server.pipeline.validate import Candidate, Trial, undecided_warning
+
+    def trial(label: str, acc: float) -> Trial:
+        return Trial(Candidate(label), np.arange(3), 10, acc)
+
+    close = [trial("energy", 0.71), trial("random", 0.66)]
+    (w,) = undecided_warning(close, 24)
+    assert "validation has 24 images" in w and "cannot tell 'energy' from 'random'" in w and "more images" in w
+    assert undecided_warning(close, 1000) == []  # ±3 points: close candidates are close in fact
+    assert undecided_warning([trial("energy", 0.9), trial("random", 0.4)], 24) == []  # clearly apart
+    assert undecided_warning(close[:1], 24) == []

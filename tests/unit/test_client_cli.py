@@ -198,3 +198,14 @@ def test_training_from_a_file_checks_its_signature_when_a_key_is_pinned(
     r = run("train", "--payload", str(payload), "--pool", str(pool.root), "--out", str(out), "--trust", key)
     assert r.returncode == 1 and "signature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_human_output_shows_times_as_iso_8601(capsys: pytest.CaptureFixture[str]) -> None:
+    from plada.shared.cli import Output
+
+    Output().emit([{"id": 1, "last_used_at": 1797000000.0, "created_at": None}])
+    Output().emit({"history": [{"at": 1797000000, "action": "created"}]})
+    out = capsys.readouterr().out
+    assert "2026-12-11T14:40:00Z" in out and "1.797e+09" not in out
+    Output(as_json=True).emit({"at": 1797000000})
+    assert '"at": 1797000000' in capsys.readouterr().out  # --json keeps the number
