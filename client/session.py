@@ -219,6 +219,9 @@ class ApiSession:
         request = self._http.build_request(method, url, **kw)
         if not credentials:  # another origin (a CDN) never sees this server's token
             request.headers.pop("Authorization", None)
+        # plada speaks bearer tokens, never cookies: a cookie some answer set (httpx keeps a jar and matches
+        # hosts without ports) must not travel to a blob host on the same host, nor anywhere else
+        request.headers.pop("Cookie", None)
         resp = self._http.send(request, stream=True)
         try:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()

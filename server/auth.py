@@ -47,7 +47,14 @@ def create_token(*, session: Session, name: str, scope: str, owner: str | None =
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
     plain = PREFIX + secrets.token_urlsafe(32)
-    owner = check_owner(owner if owner is not None else re.sub(r"[^A-Za-z0-9._@-]", "-", name[:128]) or "token")
+    if owner is None:  # the owner defaults to the name only when the name is one as it is: never rewritten
+        if not re.match(OWNER_PATTERN, name):
+            raise ValueError(
+                f"the name {name[:60]!r} is not an owner name (1-128 letters, digits and . _ @ -): give --owner "
+                "(the team whose tasks this token may publish)"
+            )
+        owner = name
+    owner = check_owner(owner)
     row = TokenRow(name=name[:128], scope=scope, token_hash=hash_token(plain), owner=owner)
     session.add(row)
     session.flush()

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from plada.server import repo
+from plada.server.archs import unknown_arch
 from plada.server.auth import LOCAL, Caller
 from plada.server.db import JobRow, TaskRow, VersionRow
 from plada.server.pipeline.selection import list_selectors
@@ -45,6 +46,8 @@ def parse_spec(raw: str) -> TaskSpec:
         raise InvalidSpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError:
         raise InvalidSpecError("spec JSON is nested too deeply") from None
+    except ValueError as exc:  # Python refuses integers of more than 4,300 digits: the spec's fault, not a 500
+        raise InvalidSpecError(f"spec holds a number Python will not read: {exc}") from None
     if _depth(obj) > MAX_SPEC_DEPTH:
         raise InvalidSpecError(f"spec JSON is nested more than {MAX_SPEC_DEPTH} levels deep")
     try:
@@ -95,6 +98,9 @@ def publish(
 ) -> tuple[TaskRow, VersionRow, JobRow]:
     """Validate spec, pool and data; then store the upload and commit task/version/job in one transaction."""
     spec = parse_spec(spec_json)
+    why = unknown_arch(spec.teacher.arch, settings.data_dir / "cache")
+    if why:
+        raise InvalidSpecError(f"invalid spec: teacher.arch: {why}", errors=[{"loc": ["teacher", "arch"], "msg": why}])
     with factory() as s:
         pool = repo.resolve_pool(session=s, ref=spec.pool_id)
         h, w, c = upload_shape(pool.info["image_shape"], Path(pool.path), spec)

@@ -32,7 +32,7 @@ def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo:
     task = session.get(TaskRow, row.task_ref)
     if task is not None and not may_see(task.access, caller):
         raise JobNotFoundError(f"no job {job_id}")
-    return job_info(session, row)
+    return job_info(session, row, admin=caller.is_admin)
 
 
 @router.delete("/{job_id}", response_model=JobInfo, summary="Cancel a queued or running job")
@@ -47,4 +47,4 @@ def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobInfo
     require_owner(caller, task.name, task.owner, "cancel a job of")
     jobs.cancel_job(session, row, by=caller.actor)
     session.commit()
-    return job_info(session, row)
+    return job_info(session, row, admin=caller.is_admin)

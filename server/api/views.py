@@ -85,10 +85,14 @@ def report_info(task: TaskRow, version: VersionRow, row: ReportRow) -> ReportInf
     )
 
 
-def job_info(session: Session, row: JobRow, context: dict[str, Any] | None = None) -> JobInfo:
-    """``context`` (task name, version number) from ``repo.job_contexts`` when formatting a list."""
+def job_info(session: Session, row: JobRow, context: dict[str, Any] | None = None, *, admin: bool = False) -> JobInfo:
+    """``context`` (task name, version number) from ``repo.job_contexts`` when formatting a list. Who cancelled a
+    job (a token's id, name and owner) is for admins: everyone else reads that it was cancelled."""
     ctx = context if context is not None else repo.job_context(session=session, job=row)
-    err = ErrorInfo(code=row.error_code, message=row.error_message or "") if row.error_code else None
+    message = row.error_message or ""
+    if row.error_code == "job_cancelled" and not admin:
+        message = "cancelled by the task's owner or an admin"
+    err = ErrorInfo(code=row.error_code, message=message) if row.error_code else None
     return JobInfo(
         id=row.id,
         task=ctx["task"],

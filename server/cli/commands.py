@@ -248,7 +248,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             try:
                 row, plain = auth.create_token(session=s, name=args.name, scope=args.scope, owner=args.owner)
             except ValueError as exc:
-                raise PladaError(f"--owner {args.owner!r}: {exc}") from exc
+                raise PladaError(f"--owner {args.owner!r}: {exc}" if args.owner is not None else str(exc)) from exc
             out: Any = {
                 "id": row.id,
                 "name": row.name,
@@ -317,7 +317,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     with factory.begin() as s:
         if args.job_command == "cancel":
             row = jobs.cancel_job(s, repo.get_job(session=s, job_id=args.id), by="plada-server job cancel")
-            out: Any = job_info(s, row).model_dump(mode="json")
+            out: Any = job_info(s, row, admin=True).model_dump(mode="json")  # the server's shell is an admin
         else:
             rows = repo.list_jobs(session=s, limit=args.limit, active_only=not args.all)
             ctx = repo.job_contexts(session=s, jobs=rows)

@@ -200,6 +200,23 @@ def test_bad_owner_names_are_refused_by_the_cli(api_stack: LocalStack, owner: st
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
+def test_a_token_name_is_never_rewritten_into_an_owner(api_stack: LocalStack) -> None:
+    def create(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "plada.server.cli", "--json", "token", "create", "--scope", "publish", *extra],
+            env=api_stack._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = create("--name", "team/a")  # once silently the owner "team-a", who may publish to team-a's tasks
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "give --owner" in out.stderr, out.stderr
+    out = create("--name", "team/a", "--owner", "team-b")
+    assert out.returncode == 0 and json.loads(out.stdout)["owner"] == "team-b"
+    assert json.loads(create("--name", "team-c").stdout)["owner"] == "team-c"  # a name that is an owner as it is
+
+
 def test_specs_that_can_never_succeed_are_refused_at_post(api_stack: LocalStack) -> None:
     """U+1D160 becomes three code points (12 UTF-8 bytes) under NFC: 1,500 such class names fit the spec
     (400 KB) but not a payload header (1.2 MB > 1 MiB). Refused at POST with 422, not after three worker
@@ -214,6 +231,8 @@ def test_specs_that_can_never_succeed_are_refused_at_post(api_stack: LocalStack)
         SPEC | {"teacher": {"epochs": 10**40}},
         "[" * 50_000 + "]" * 50_000,
         json.dumps(SPEC)[:-1] + ', "teacher": ' + '{"a": ' * 20 + "1" + "}" * 21,
+        json.dumps(SPEC)[:-1] + ', "teacher": {"seed": ' + "9" * 5000 + "}}",  # past Python's 4,300 digits
+        SPEC | {"teacher": {"arch": "no_such_arch"}},  # refused at POST, not after three worker attempts
     ):
         assert_problem(_post(api_stack, bad, GOOD), 422, "invalid_spec")
     assert _counts(api_stack) == before
@@ -338,6 +357,9 @@ def test_a_queued_job_is_cancelled_by_its_owner_only(api_stack: LocalStack) -> N
     done = httpx.delete(url, headers=_h(owner))
     assert done.status_code == 200 and done.json()["state"] == "cancelled"
     assert done.json()["error"]["code"] == "job_cancelled"
+    anon = httpx.get(url).json()  # who cancelled (token id, name, owner) is for admins only
+    assert anon["error"]["message"] == "cancelled by the task's owner or an admin"
+    assert "team-cancel" not in json.dumps(anon) and "token" not in anon["error"]["message"]
     version = httpx.get(f"{api_stack.url}/v1/tasks/to-cancel/versions/1").json()
     assert version["status"] == "cancelled" and version["sha256"] is None
     assert_problem(httpx.delete(url, headers=_h(owner)), 409, "job_finished")

@@ -540,3 +540,23 @@ def test_a_long_poll_extends_the_read_timeout_by_the_wait(server: Hostile, tiny:
         assert c.fetch("t", pool=tiny).version == 1
         assert c.fetch("t", pool=tiny, wait=5).version == 1  # held 2.5 s, answered 304: from the cache
     assert seen[-1].endswith("?wait=5")
+
+
+def test_no_cookie_travels_to_a_blob_host_on_the_same_host(
+    server: Hostile, cdn: Hostile, tiny: Pool, tmp_path: Path
+) -> None:
+    """httpx keeps cookies and matches hosts without ports: a cookie the API set went to the blob host on
+    another port of 127.0.0.1. plada speaks bearer tokens only: no cookie is ever sent."""
+    data, seen = make_payload(tiny, version=2), []
+    sha = payload_sha256(data)
+    location = f"{cdn.url}/plada/blobs/sha256/ab/x"
+
+    def api(h: BaseHTTPRequestHandler) -> None:
+        send(h, 307, b"", ETag=f'"{sha}"', X_Plada_Version="2", Location=location, Set_Cookie="sid=secret; Path=/")
+
+    server.routes["/v1/tasks/t/payload"] = api
+    cdn.routes["/plada/blobs/sha256/ab/x"] = blob_route(data, seen)
+    with PladaClient(server.url, cache_dir=tmp_path / "c", blob_base_url=f"{cdn.url}/plada/blobs/") as c:
+        assert c.fetch("t", pool=tiny).version == 2
+        assert c.fetch("t", pool=tiny, wait=0).version == 2  # a second call: the jar holds the cookie by now
+    assert seen and all("cookie" not in {k.lower() for k in hdrs} for hdrs in seen), seen
