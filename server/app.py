@@ -20,6 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plada.server import __version__
@@ -186,6 +187,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
         # only a request body can nest deeply enough (JSON bodies are capped at 64 KiB by BodyLimit)
         return problem(422, "validation_error", "Invalid request", "the JSON body is nested too deeply")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(req: Request, _exc: ClientDisconnect) -> Response:
+        # a client that hangs up mid-upload is not a server failure: one line, no traceback, nothing to answer
+        log.info("client went away during %s %s", req.method, req.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -97,6 +97,23 @@ def test_refused_publishers_are_refused_before_the_body_is_read(api_stack: Local
         assert sock.recv(4096).decode(errors="replace").startswith("HTTP/1.1 413")
 
 
+def test_a_client_that_hangs_up_mid_upload_is_no_server_error(api_stack: LocalStack) -> None:
+    host, port = api_stack.url.removeprefix("http://").split(":")
+    log = api_stack.data_dir / "logs" / "server.log"
+    before = log.read_text() if log.is_file() else ""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_stack.token()}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 3000000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'--xyz\r\nContent-Disposition: form-data; name="data"; filename="d.npz"\r\n\r\n')
+        sock.sendall(b"x" * 200_000)
+    time.sleep(1.5)
+    assert httpx.get(f"{api_stack.url}/healthz").status_code == 200
+    new = (log.read_text() if log.is_file() else "")[len(before) :]
+    assert "unhandled error" not in new and "Traceback" not in new, new[-2000:]
+
+
 def test_a_streamed_body_over_the_limit_is_cut_off(api_stack: LocalStack) -> None:
     """No Content-Length (chunked): the body is counted while it streams and refused once past the limit."""
     limit = 3_000_000  # the api_stack's PLADA_MAX_UPLOAD_BYTES
