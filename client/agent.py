@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -177,8 +178,14 @@ class Agent:
                     ok = False
                     log.error("task %s: refused payload: %s: %s", task, exc.code, safe_text(exc.message))
                 except Exception as exc:  # never exit on one bad round (training bugs included): log, back off
-                    ok = False
-                    log.exception("task %s: round failed: %s", task, type(exc).__name__)
+                    ok = False  # one line (the answer may be hostile); PLADA_DEBUG=1 adds the traceback
+                    log.error(
+                        "task %s: round failed: %s: %s",
+                        task,
+                        type(exc).__name__,
+                        safe_text(str(exc), 300),
+                        exc_info=bool(os.environ.get("PLADA_DEBUG")),
+                    )
             rounds += 1
             if max_rounds is not None and rounds >= max_rounds:
                 break

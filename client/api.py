@@ -90,6 +90,28 @@ class Download:
     signature: str | None = None  # the server's X-Plada-Signature
 
 
+def read_layout_npy(data: bytes, max_items: int, *, what: str) -> np.ndarray:
+    """A server's layout as a 1-D integer ``.npy`` of at most ``max_items``: the header is read and checked
+    before any array is allocated (a header may claim terabytes), and an ``.npz`` or anything else is refused
+    with one line."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(buf, max_header_size=10_000)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise VerificationError(f"{what} is not a readable .npy array") from exc
+    if len(shape) != 1 or not np.issubdtype(dtype, np.integer) or not 0 < shape[0] <= max_items:
+        raise VerificationError(f"{what} is not a 1-D integer array of at most {max_items:,} items")
+    try:
+        groups = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VerificationError(f"{what} is not a readable .npy array") from exc
+    if not isinstance(groups, np.ndarray) or groups.shape != shape:
+        raise VerificationError(f"{what} is not a 1-D integer array")
+    return groups
+
+
 class PladaClient(ApiSession):
     """The HTTP API as Python: list tasks and versions, fetch verified payloads through a local cache, publish.
 
@@ -158,12 +180,7 @@ class PladaClient(ApiSession):
         resp = self._request(
             "GET", f"/v1/pools/{urllib.parse.quote(pool, safe='')}/layout", max_bytes=max_items * 8 + 4096
         )
-        try:
-            groups = np.load(io.BytesIO(resp.content), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise VerificationError(f"layout of pool {safe_text(pool, 80)} is not a readable .npy array") from exc
-        if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer):
-            raise VerificationError(f"layout of pool {safe_text(pool, 80)} is not a 1-D integer array")
+        groups = read_layout_npy(resp.content, max_items, what=f"layout of pool {safe_text(pool, 80)}")
         return groups, resp.headers.get("X-Plada-Layout-Id", "")
 
     def pool_definition(self, pool: str) -> LoadedDefinition:

@@ -270,16 +270,16 @@ def cmd_versions(args: argparse.Namespace) -> int:
     with _client(args) as client:
         rows = []
         for v in client.versions(args.task):
-            val = v.metrics.get("validation", {})
+            m = _obj(v.metrics)  # a server's metrics are free-form: any level may be missing or odd
             rows.append(
                 {
                     "version": v.version,
                     "status": v.status,
                     "bytes": v.size_bytes,
                     "items": v.n_items,
-                    "selection": v.metrics.get("selection", {}).get("label"),
-                    "predicted_acc": val.get("predicted_client_accuracy"),
-                    "reported_acc": v.metrics.get("reports", {}).get("mean_accuracy"),
+                    "selection": _obj(m.get("selection")).get("label"),
+                    "predicted_acc": _obj(m.get("validation")).get("predicted_client_accuracy"),
+                    "reported_acc": _obj(m.get("reports")).get("mean_accuracy"),
                     "sha256": v.sha256,
                 }
             )
@@ -400,10 +400,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def version_summary(info: dict[str, Any]) -> dict[str, Any]:
     """What a person reads after a publish: the full metrics document is ``--json``'s."""
-    m = info.get("metrics") or {}
-    val, sel, teacher = m.get("validation") or {}, m.get("selection") or {}, m.get("teacher") or {}
+    m = _obj(info.get("metrics"))
+    val, sel, teacher = _obj(m.get("validation")), _obj(m.get("selection")), _obj(m.get("teacher"))
 
     def pct(v: Any) -> str | None:
         return f"{100 * v:.1f} %" if isinstance(v, int | float) else None
@@ -417,7 +421,8 @@ def version_summary(info: dict[str, Any]) -> dict[str, Any]:
         "recipe": val.get("chosen") or sel.get("label"),
         "teacher_acc (server val)": pct(teacher.get("val_accuracy")),
         "predicted_client_acc (server val)": pct(val.get("predicted_client_accuracy")),
-        "warnings": "; ".join(str(w) for w in m.get("warnings") or []) or "none",
+        "warnings": "; ".join(str(w) for w in (m.get("warnings") if isinstance(m.get("warnings"), list) else []))
+        or "none",
         "sha256": info.get("sha256"),
         "details": "--json prints the whole metrics document",
     }

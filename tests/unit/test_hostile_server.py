@@ -6,6 +6,7 @@ that keeps going, and a cache that is safe under concurrency."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -560,3 +561,40 @@ def test_no_cookie_travels_to_a_blob_host_on_the_same_host(
         assert c.fetch("t", pool=tiny).version == 2
         assert c.fetch("t", pool=tiny, wait=0).version == 2  # a second call: the jar holds the cookie by now
     assert seen and all("cookie" not in {k.lower() for k in hdrs} for hdrs in seen), seen
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"PK\x03\x04" + b"\0" * 60,  # an .npz (np.load hands back an NpzFile, which has no .ndim)
+        _npy(np.arange(3, dtype="<i4")).replace(b"(3,)", b"(1099511627776,)"),  # a header claiming 8 TiB
+        _npy(np.zeros((2, 2), dtype="<i4")),
+        _npy(np.arange(3, dtype="<f4")),
+        b"\x93NUMPY\x01\x00\xff\xff{'descr': '<i4', " + b"x" * 100,
+    ],
+    ids=["npz", "8-TiB-header", "2-D", "floats", "truncated"],
+)
+def test_hostile_layouts_are_one_line_refusals(server: Hostile, body: bytes, tmp_path: Path) -> None:
+    server.routes["/v1/pools/p/layout"] = lambda h: send(h, 200, body, "application/octet-stream")
+    with PladaClient(server.url, cache_dir=tmp_path / "c", retries=0) as c, pytest.raises(VerificationError) as e:
+        c.pool_layout("p", max_items=1000)
+    assert "layout of pool p" in e.value.message and "\n" not in e.value.message
+
+
+def test_odd_version_metrics_still_print(server: Hostile, capsys: pytest.CaptureFixture[str]) -> None:
+    row = {
+        "task": "t",
+        "version": 1,
+        "status": "ready",
+        "created_at": "2026-01-01T00:00:00Z",
+        "metrics": {"validation": [1, 2], "selection": "x", "reports": None},
+    }
+    server.routes["/v1/tasks/t/versions"] = lambda h: send(h, 200, json.dumps({"data": [row], "count": 1}).encode())
+    r = cli(capsys, "versions", "--server", server.url, "--task", "t")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stdout.startswith("version"), r.stderr
