@@ -139,6 +139,8 @@ class ReportRow(Base):
     wall_s: Mapped[float] = mapped_column(Float)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the client copy's, if attached
+    # who wrote it first ("owner:TEAM" or "token:ID"): only they (or an admin) may replace it
+    reporter: Mapped[str | None] = mapped_column(String(160), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -222,12 +222,15 @@ def job_context(*, session: Session, job: JobRow) -> dict[str, Any]:
     return {"task": task.name, "version": version.number}
 
 
-def add_report(*, session: Session, version: VersionRow, report: ReportIn) -> ReportRow:
+def add_report(
+    *, session: Session, version: VersionRow, report: ReportIn, reporter: str | None = None, admin: bool = False
+) -> ReportRow:
     """Insert or replace this client's report on this version (one per client and version: a client that
-    retrains or re-posts cannot flood the table or outvote the others)."""
+    retrains or re-posts cannot flood the table or outvote the others). A report belongs to the ``reporter``
+    that first wrote it (client ids are public): another one gets 403, an admin may replace it."""
     if version.status != "ready":
         raise VersionNotReadyError(f"version {version.number} is {version.status}; only ready versions take reports")
-    fields = report.model_dump()
+    fields = report.model_dump() | {"reporter": reporter}
     for _ in range(2):  # a concurrent first report by the same client wins the insert: update it instead
         row = session.scalar(
             select(ReportRow).where(ReportRow.version_ref == version.id, ReportRow.client_id == report.client_id)
@@ -236,6 +239,13 @@ def add_report(*, session: Session, version: VersionRow, report: ReportIn) -> Re
             row = ReportRow(version_ref=version.id, **fields)
             session.add(row)
         else:
+            if row.reporter is not None and row.reporter != reporter and not admin:
+                raise ForbiddenError(
+                    f"client {report.client_id!r} already reported on version {version.number} with another token; "
+                    "report under your own --client-id"
+                )
+            if row.reporter is not None:
+                fields["reporter"] = row.reporter  # an admin's correction keeps the report its owner's
             for k, v in fields.items():
                 setattr(row, k, v)
             row.created_at = now()

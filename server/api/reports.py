@@ -34,7 +34,8 @@ def create_report(
     request.app.state.report_limiter.hit(caller.token_id or (request.client.host if request.client else "?"))
     t = readable_task(session, task, caller)
     v = repo.get_version(session=session, task=t, number=version)
-    row = repo.add_report(session=session, version=v, report=report)
+    reporter = f"owner:{caller.owner}" if caller.owner else f"token:{caller.token_id}"
+    row = repo.add_report(session=session, version=v, report=report, reporter=reporter, admin=caller.is_admin)
     session.commit()
     return report_info(t, v, row)
 

@@ -305,6 +305,30 @@ def test_reports_are_one_per_client_paginated_and_rate_limited(tmp_path: Path, w
         assert int(r.headers["Retry-After"]) >= 1
 
 
+def test_a_report_belongs_to_whoever_wrote_it_first(tmp_path: Path, world_dir: Path) -> None:
+    """Client ids are public: team B's token must not replace team A's "alice-lab" report (same report id)."""
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l") as st:
+        st.start_server()
+        assert _post(st, SPEC | {"name": "rep"}, GOOD).status_code == 202
+        db = sqlite3.connect(st.data_dir / "plada.db")
+        with db:
+            db.execute("UPDATE versions SET status = 'ready', sha256 = ?", ("0" * 64,))
+        db.close()
+        url = f"{st.url}/v1/tasks/rep/versions/1/reports"
+        base = {"client_id": "alice-lab", "student_arch": "smallcnn", "epochs": 1, "wall_s": 1.0}
+        team_a, team_b = _h(st.token("read", "team-a")), _h(st.token("read", "team-b"))
+        assert httpx.post(url, json=base | {"accuracy": 0.91}, headers=team_a).status_code == 201
+        r = httpx.post(url, json=base | {"accuracy": 0.05}, headers=team_b)
+        assert_problem(r, 403, "forbidden")
+        assert "report under your own --client-id" in r.json()["detail"]
+        assert [x["accuracy"] for x in httpx.get(url).json()["data"]] == [0.91]
+        assert httpx.post(url, json=base | {"accuracy": 0.93}, headers=team_a).status_code == 201  # its own: fine
+        assert httpx.post(url, json=base | {"client_id": "bob-lab", "accuracy": 0.5}, headers=team_b).status_code == 201
+        assert httpx.post(url, json=base | {"accuracy": 0.9}, headers=_h(st.token("admin"))).status_code == 201
+        rows = {x["client_id"]: x["accuracy"] for x in httpx.get(url).json()["data"]}
+        assert rows == {"alice-lab": 0.9, "bob-lab": 0.5} and "reporter" not in httpx.get(url).text
+
+
 def test_the_dashboard_stays_small_with_thousands_of_reports_and_dozens_of_jobs(
     tmp_path: Path, world_dir: Path
 ) -> None:
