@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         "answer with X-Accel-Redirect and the proxy sends the bytes; empty = the API sends them itself",
         pattern=r"^(/[A-Za-z0-9_./-]*/)?$",
     )
+    front_cache_s: int = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="behind nginx: how long the front may serve a public version's bytes from its own cache before "
+        "it asks the API again (X-Accel-Expires); bounds how long a task gated after being public stays readable "
+        "through the front",
+    )
     blob_base_url: str = Field(
         "",
         description="where public payload bytes are also served (a CDN or bucket mirroring blob_dir, e.g. "

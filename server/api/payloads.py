@@ -47,6 +47,11 @@ def _payload_response(
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     how = _delivery(request, t.access, immutable)
+    settings = request.app.state.settings
+    if settings.accel_redirect and immutable and t.access == "public":
+        # the front keeps these bytes only briefly (nginx consumes this header): gating the task later must
+        # reach plada's own front within PLADA_FRONT_CACHE_S, even though the bytes were public once
+        headers["X-Accel-Expires"] = str(settings.front_cache_s)
     if how != "bytes":
         blobs: BlobStore = request.app.state.blobs
         if not blobs.has(row.sha256):

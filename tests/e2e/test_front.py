@@ -84,3 +84,52 @@ def test_payloads_through_the_front(tmp_path: Path, world_dir: Path, pool: Pool)
         finally:
             front.stop()
             time.sleep(0.1)
+
+
+def test_the_front_keeps_the_apis_promises(tmp_path: Path, world_dir: Path) -> None:
+    """Polls through the front: a conditional GET is a 304 with no body (nginx used to drop If-None-Match when
+    caching and send the full payload); a long-poll is held; a task gated after being public stops being
+    served by the front's cache (PLADA_FRONT_CACHE_S); /metrics is not served to the outside."""
+    import io
+
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), y=np.arange(40) % 2)
+    env = {"PLADA_ACCEL_REDIRECT": "/_blobs/", "PLADA_FRONT_CACHE_S": "1"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        st.start_worker()
+        front = NginxFront(tmp_path / "nginx", st.url.removeprefix("http://"), st.data_dir / "blobs")
+        try:
+            url = front.start()
+            with PladaClient(url, token=st.token()) as c:
+                assert c.wait_job(c.publish(two_class_spec("poll"), buf.getvalue(), filename="d.npz").job.id).state == (
+                    "succeeded"
+                )
+            first = httpx.get(f"{url}/v1/tasks/poll/payload")
+            assert first.status_code == 200 and first.content
+            etag = {"If-None-Match": first.headers["etag"]}
+            for path in ("payload", "versions/1/payload"):
+                for _ in range(5):  # each poll: 304 and never a body
+                    r = httpx.get(f"{url}/v1/tasks/poll/{path}", headers=etag)
+                    assert r.status_code == 304 and r.content == b"", (path, r.status_code, len(r.content))
+            t0 = time.monotonic()
+            held = httpx.get(f"{url}/v1/tasks/poll/payload", params={"wait": 3}, headers=etag, timeout=30)
+            assert held.status_code == 304 and time.monotonic() - t0 >= 2.5  # held, not answered from a cache
+            assert httpx.get(f"{url}/v1/tasks/poll/versions/1/payload").status_code == 200
+            assert httpx.get(f"{url}/v1/tasks/poll/versions/1/payload").headers["x-cache"] == "HIT"
+            # the owner gates the task: within PLADA_FRONT_CACHE_S the front no longer serves its old versions
+            with PladaClient(url, token=st.token()) as c:
+                spec = two_class_spec("poll", access="token")
+                assert c.wait_job(c.publish(spec, buf.getvalue(), filename="d.npz").job.id).state == "succeeded"
+            time.sleep(1.5)
+            for v in (1, 2):
+                assert httpx.get(f"{url}/v1/tasks/poll/versions/{v}/payload").status_code == 404
+            read = {"Authorization": f"Bearer {st.token('read')}"}
+            assert httpx.get(f"{url}/v1/tasks/poll/versions/1/payload", headers=read).status_code == 200
+            # metrics are scraped from inside, never through the front
+            assert httpx.get(f"{url}/metrics").status_code == 404
+            assert httpx.get(f"{st.url}/metrics").status_code == 200
+        finally:
+            front.stop()
+            time.sleep(0.1)
