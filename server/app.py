@@ -135,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + (1 << 20))
     app.state.publish_limiter = RateLimiter(settings.publish_rate_per_min, 60.0)
     app.state.report_limiter = RateLimiter(settings.report_rate_per_min, 60.0, what="reports")
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads, per_holder=settings.max_uploads_per_token)
     app.state.payload_cache = PayloadBytesCache()
     assert settings.blob_dir is not None
     app.state.blobs = BlobStore(settings.blob_dir)

@@ -36,6 +36,19 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         4, ge=1, le=1024, description="uploads received and checked at once per API process; more get 429"
     )
+    max_uploads_per_token: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="of those, at most this many for one token (or owner): one publisher cannot hold every slot",
+    )
+    upload_deadline_s: float = Field(
+        300.0,
+        gt=0.0,
+        le=86_400.0,
+        description="a publish's whole body must arrive within this many seconds (408 upload_timeout): a body "
+        "trickled in a few bytes at a time cannot hold a slot for as long as its sender likes",
+    )
     upload_retention_s: float = Field(
         86400.0,
         ge=0.0,

@@ -21,6 +21,7 @@ prints one line. Misuse by a caller (wrong argument types, impossible options) s
     │   └── UnsafeArchivePathError       unsafe_archive_path    422
     ├── TaskConflictError                task_conflict          409
     ├── PayloadTooLargeError             payload_too_large      413
+    ├── UploadTimeoutError               upload_timeout         408
     ├── NotFoundError                    not_found              404
     │   ├── UnknownPoolError             unknown_pool           404
     │   ├── LayoutNotFoundError          layout_not_found       404
@@ -159,6 +160,14 @@ class PayloadTooLargeError(PladaError):
     code = "payload_too_large"
     status = 413
     title = "Upload too large"
+
+
+class UploadTimeoutError(PladaError):
+    """A publish whose body did not arrive within ``PLADA_UPLOAD_DEADLINE_S``."""
+
+    code = "upload_timeout"
+    status = 408
+    title = "The upload took too long"
 
 
 class NotFoundError(PladaError):

@@ -20,6 +20,7 @@ from plada.shared.errors import (
     PayloadTooLargeError,
     RateLimitedError,
     TaskNotFoundError,
+    UploadTimeoutError,
 )
 from plada.shared.schemas import (
     PublishResponse,
@@ -89,26 +90,46 @@ def _form_error(field: str, msg: str) -> RequestValidationError:
 
 
 class UploadSlots:
-    """At most ``n`` uploads received and checked at once per process. A publish waits up to ``wait_s`` for a
-    slot *before its body is read*, then gets 429: parallel uploads cannot fill memory or the disk."""
+    """At most ``n`` uploads received and checked at once per process, and at most ``per_holder`` of them for
+    one token (or owner): one publisher trickling bodies cannot hold every slot. A publish waits up to
+    ``wait_s`` for a slot *before its body is read*, then gets 429: parallel uploads cannot fill memory or the
+    disk."""
 
-    def __init__(self, n: int, wait_s: float = 10.0) -> None:
+    def __init__(self, n: int, wait_s: float = 10.0, per_holder: int | None = None) -> None:
         self.n, self.wait_s = n, wait_s
+        self.per_holder = per_holder if per_holder is not None else n
         self._sem: asyncio.Semaphore | None = None  # made on first use, inside the server's event loop
+        self._held: dict[str, int] = {}
 
-    async def take(self) -> None:
+    async def take(self, holder: str = "") -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.n)
+        if self._held.get(holder, 0) >= self.per_holder:
+            raise RateLimitedError(
+                f"this token already has {self.per_holder} uploads in flight (PLADA_MAX_UPLOADS_PER_TOKEN); "
+                "retry when one has finished",
+                retry_after=5,
+            )
+        self._held[holder] = self._held.get(holder, 0) + 1
         try:
             await asyncio.wait_for(self._sem.acquire(), self.wait_s)
         except TimeoutError:
+            self._drop(holder)
             raise RateLimitedError(
                 f"{self.n} uploads are already being processed (PLADA_MAX_CONCURRENT_UPLOADS); retry shortly",
                 retry_after=5,
             ) from None
 
-    def release(self) -> None:
+    def _drop(self, holder: str) -> None:
+        left = self._held.get(holder, 0) - 1
+        if left > 0:
+            self._held[holder] = left
+        else:
+            self._held.pop(holder, None)
+
+    def release(self, holder: str = "") -> None:
         assert self._sem is not None
+        self._drop(holder)
         self._sem.release()
 
 
@@ -130,15 +151,23 @@ async def create_task(
     require(caller, "publish", "publishing")
     request.app.state.publish_limiter.hit(caller.token_id or (request.client.host if request.client else "?"))
     slots: UploadSlots = request.app.state.upload_slots
-    await slots.take()
+    holder = caller.owner or str(caller.token_id or (request.client.host if request.client else "?"))
+    await slots.take(holder)
     try:
-        spec, filename, raw = await _publish_form(request, settings.max_upload_bytes)
+        try:  # the whole body within the deadline: a trickling sender is cut off, its slot freed
+            spec, filename, raw = await asyncio.wait_for(
+                _publish_form(request, settings.max_upload_bytes), settings.upload_deadline_s
+            )
+        except TimeoutError:
+            raise UploadTimeoutError(
+                f"the upload did not arrive within {settings.upload_deadline_s:g} s (PLADA_UPLOAD_DEADLINE_S)"
+            ) from None
         # parsing up to PLADA_MAX_UPLOAD_BYTES and the SQLite commit must not block the event loop
         task, version, job = await run_in_threadpool(
             publish, factory, settings, spec_json=spec, data=raw, filename=filename, caller=caller
         )
     finally:
-        slots.release()
+        slots.release(holder)
     with factory() as s:
         info = job_info(s, repo.get_job(session=s, job_id=job.id))
     base = f"/v1/tasks/{task.name}"

@@ -133,3 +133,65 @@ def test_the_front_keeps_the_apis_promises(tmp_path: Path, world_dir: Path) -> N
         finally:
             front.stop()
             time.sleep(0.1)
+
+
+def _trickle(url: str, token: str, results: list[tuple[str, float]], stop_after: float = 25.0) -> None:
+    """A publish whose body arrives 10 bytes every 0.3 s (as a hostile sender would), through the front."""
+    import select
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    t0 = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        head = (
+            f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'--xyz\r\nContent-Disposition: form-data; name="data"; filename="d.npz"\r\n\r\n')
+        answer = b""
+        while time.monotonic() - t0 < stop_after:
+            ready, _, _ = select.select([sock], [], [], 0.3)
+            if ready:
+                answer = sock.recv(4096)
+                break
+            try:
+                sock.sendall(b"x" * 10)
+            except OSError:
+                break
+        results.append((answer.split(b"\r\n", 1)[0].decode(errors="replace"), time.monotonic() - t0))
+
+
+def test_one_publisher_cannot_hold_every_upload_slot(tmp_path: Path, world_dir: Path) -> None:
+    """Four bodies trickled by one token: two get a slot (PLADA_MAX_UPLOADS_PER_TOKEN), two are refused at
+    once; another owner's publish goes through meanwhile; the two trickling bodies are cut at
+    PLADA_UPLOAD_DEADLINE_S (408), through the shipped front."""
+    import io
+    import threading
+
+    rng = np.random.default_rng(2)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), y=np.arange(40) % 2)
+    env = {"PLADA_ACCEL_REDIRECT": "/_blobs/", "PLADA_UPLOAD_DEADLINE_S": "8"}
+    with LocalStack(data_dir=tmp_path / "d", pools_dir=world_dir / "pools", log_dir=tmp_path / "l", env=env) as st:
+        st.start_server()
+        front = NginxFront(tmp_path / "nginx", st.url.removeprefix("http://"), st.data_dir / "blobs")
+        try:
+            url = front.start()
+            hoarder = st.token("publish", "team-a")
+            results: list[tuple[str, float]] = []
+            threads = [threading.Thread(target=_trickle, args=(url, hoarder, results)) for _ in range(4)]
+            for t in threads:
+                t.start()
+                time.sleep(0.2)
+            t0 = time.monotonic()
+            with PladaClient(url, token=st.token("publish", "team-b")) as c:
+                resp = c.publish(two_class_spec("other-team"), buf.getvalue(), filename="d.npz")
+            assert resp.version == 1 and time.monotonic() - t0 < 7  # no wait for a slot (that is 10 s, then 429)
+            for t in threads:
+                t.join(timeout=30)
+            statuses = sorted(r[0] for r in results)
+            assert statuses == ["HTTP/1.1 408 Request Timeout"] * 2 + ["HTTP/1.1 429 Too Many Requests"] * 2, results
+            assert all(7.5 < s < 16 for line, s in results if " 408 " in line), results  # cut at the deadline
+        finally:
+            front.stop()
+            time.sleep(0.1)
