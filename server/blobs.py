@@ -10,7 +10,9 @@ bytes in the database; the API moves such a payload here the first time it is re
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
 from pathlib import Path
 
 from plada.shared.files import atomic_write_bytes
@@ -40,16 +42,28 @@ class BlobStore:
         return sha
 
     def get(self, sha: str) -> bytes | None:
-        """The bytes, or None when absent or damaged (a damaged blob is removed, so it is rewritten)."""
+        """The bytes, or None when absent or damaged. A damaged blob is kept as evidence under
+        ``quarantine/`` (never deleted: someone must find out what damaged it) and the caller decides."""
         path = self.path(sha)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         if hashlib.sha256(data).hexdigest() != sha:
-            path.unlink(missing_ok=True)
+            self.quarantine(sha)
             return None
         return data
+
+    def quarantine(self, sha: str) -> Path | None:
+        """Move a damaged blob to ``quarantine/<sha>.<time>`` (the evidence stays; the name is free again)."""
+        src = self.path(sha)
+        dst = self.root / "quarantine" / f"{sha}.{time.time_ns()}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            return None
+        return dst
 
     def has(self, sha: str) -> bool:
         return self.path(sha).is_file()

@@ -72,7 +72,8 @@ def _task_section(
         n_rep, _n_acc, mean_acc = sums.get(v.id, (0, 0, None))
         warn = " ".join(m.get("warnings", []))
         rows.append(
-            f"<tr><td>{_version_link(task.name, v)}</td><td>{esc(v.status)}</td><td class=num>{num(v.size_bytes)}</td>"
+            f"<tr><td>{_version_link(task.name, v)}</td><td>{_status(v.status)}</td>"
+            f"<td class=num>{num(v.size_bytes)}</td>"
             f"<td class=num>{num(v.n_items)}</td><td>{esc(sel.get('label', '–'))}</td>"
             f"<td class=num>{pct(m.get('teacher', {}).get('val_accuracy'))}</td>"
             f"<td class=num{interval_title(val.get('predicted_interval_95'))}>"
@@ -101,6 +102,12 @@ def _task_section(
         f'<h3 id="task-{esc(task.name)}">{esc(task.name)} <span class=muted>({len(task.classes)} classes)</span></h3>'
         f'<div class="task"><div>{table}</div><div>{accuracy_plot(points)}</div></div>'
     )
+
+
+def _status(status: str) -> str:
+    if status == "broken":  # its payload blob was lost or damaged: never served again, latest skips it
+        return "<strong title='payload lost or damaged on the server; kept in the blob quarantine'>broken</strong>"
+    return esc(status)
 
 
 def render_dashboard(session: Session, *, version: str) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plada.server.db import JobRow, now
+from plada.server.db import JobRow, VersionRow, now
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("plada.request")
@@ -46,6 +46,11 @@ class Metrics:
         self.payload_bytes = Counter(
             "plada_payload_bytes_served", "payload bytes sent (200 answers)", registry=self.registry
         )
+        self.broken_versions = Counter(
+            "plada_versions_marked_broken",
+            "versions found with a missing or damaged payload blob by this process (marked broken)",
+            registry=self.registry,
+        )
         self.registry.register(_JobCollector(factory))
 
     def render(self) -> bytes:
@@ -66,6 +71,7 @@ class _JobCollector(Collector):
             "plada_worker_last_heartbeat_timestamp_seconds", "a busy worker's last heartbeat", labels=["worker"]
         )
         lease = GaugeMetricFamily("plada_worker_lease_seconds_left", "a busy worker's lease left", labels=["worker"])
+        versions = GaugeMetricFamily("plada_versions", "versions by status (broken: payload lost)", labels=["status"])
         counts: dict[str, tuple[int, float]] = {}
         with self.factory() as s:
             q = select(JobRow.state, func.count(JobRow.id), func.sum(JobRow.updated_at - JobRow.created_at))
@@ -73,6 +79,11 @@ class _JobCollector(Collector):
                 counts[str(state)] = (int(n), float(total or 0.0))
             q2 = select(JobRow.worker_id, func.max(JobRow.updated_at), func.max(JobRow.lease_until))
             busy = s.execute(q2.where(JobRow.state == "running").group_by(JobRow.worker_id)).all()
+            by_status = dict(
+                s.execute(select(VersionRow.status, func.count(VersionRow.id)).group_by(VersionRow.status)).all()
+            )
+        for st in ("pending", "ready", "failed", "cancelled", "broken"):
+            versions.add_metric([st], int(by_status.get(st, 0)))
         for state in ("queued", "running"):
             depth.add_metric([state], counts.get(state, (0, 0.0))[0])
         for state in ("succeeded", "failed", "cancelled"):
@@ -83,7 +94,7 @@ class _JobCollector(Collector):
         for worker, last, until in busy:
             beat.add_metric([str(worker)], float(last or 0.0))
             lease.add_metric([str(worker)], max(0.0, float(until or t) - t))
-        yield from (depth, done, dur, beat, lease)
+        yield from (depth, done, dur, beat, lease, versions)
 
 
 class RequestMetrics:

@@ -201,6 +201,21 @@ def ready_version(*, session: Session, task: TaskRow, number: int | None) -> Ver
     return row
 
 
+def mark_broken(*, session: Session, task: TaskRow, version: VersionRow) -> int | None:
+    """A version whose payload bytes are gone or damaged: ``broken`` (never served again; the evidence is kept
+    by the blob store), and ``latest`` points to the newest version still ready (None if none). Returns it."""
+    version.status = "broken"
+    newest = session.scalar(
+        select(func.max(VersionRow.number)).where(
+            VersionRow.task_ref == task.id, VersionRow.status == "ready", VersionRow.id != version.id
+        )
+    )
+    if task.latest_version == version.number:
+        task.latest_version = newest
+    session.flush()
+    return newest
+
+
 def payload_bytes(*, session: Session, version_id: int) -> bytes:
     data = session.scalar(select(VersionRow.payload).where(VersionRow.id == version_id))
     if data is None:

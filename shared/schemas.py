@@ -152,7 +152,7 @@ class ErrorInfo(BaseModel):
 
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-VersionStatus = Literal["pending", "ready", "failed", "cancelled"]
+VersionStatus = Literal["pending", "ready", "failed", "cancelled", "broken"]  # broken: its payload blob was damaged
 
 
 class JobInfo(BaseModel):

@@ -4,12 +4,15 @@ versions; bytes from the per-process cache, the front (X-Accel-Redirect) or a bl
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from plada.server import repo
@@ -17,12 +20,15 @@ from plada.server.api.deps import SessionDep, VersionNumber, readable_task
 from plada.server.api.hot import HotPath
 from plada.server.auth import Caller, may_see
 from plada.server.blobs import BlobStore
+from plada.server.db import VersionRow
 from plada.shared.errors import (
     TaskNotFoundError,
+    VersionNotReadyError,
 )
 from plada.shared.payload import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+log = logging.getLogger("plada.server")
 
 
 MAX_WAIT_S = 60.0  # long-polls are held at most this long (proxies time out idle requests beyond a minute)
@@ -54,8 +60,8 @@ def _payload_response(
         headers["X-Accel-Expires"] = str(settings.front_cache_s)
     if how != "bytes":
         blobs: BlobStore = request.app.state.blobs
-        if not blobs.has(row.sha256):
-            blobs.put(repo.payload_bytes(session=session, version_id=row.id))  # a pre-blob-store version
+        if not blobs.has(row.sha256):  # a pre-blob-store version keeps its bytes in its row
+            blobs.put(_stored_bytes(request, session, t, row))
         return _hand_off(request, how, t.name, row.number, row.sha256, headers, row.size_bytes or 0)
     headers["Content-Disposition"] = f'attachment; filename="{t.name}-v{row.number}.plada"'
     cache: PayloadBytesCache = request.app.state.payload_cache
@@ -63,11 +69,29 @@ def _payload_response(
     if data is None:
         data = request.app.state.blobs.get(row.sha256)
         if data is None:  # published before the blob store: its bytes are in the row; move them to a blob
-            data = repo.payload_bytes(session=session, version_id=row.id)
+            data = _stored_bytes(request, session, t, row)
             request.app.state.blobs.put(data)
         cache.put(row.sha256, data)
     request.app.state.metrics.payload_bytes.inc(len(data))
     return Response(content=data, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _stored_bytes(request: Request, session: SessionDep, task: Any, row: Any) -> bytes:
+    """A version's bytes from its row (versions from before the blob store). None there either, and the blob
+    missing or damaged (kept in quarantine by the store): the version is **broken** — marked so, never served
+    again, ``latest`` moved to the newest version still ready — and this request gets a 409 saying so."""
+    data = session.scalar(select(VersionRow.payload).where(VersionRow.id == row.id))
+    if data is not None and hashlib.sha256(data).hexdigest() == row.sha256:
+        return bytes(data)
+    number = row.number
+    newest = repo.mark_broken(session=session, task=task, version=row)
+    session.commit()
+    request.app.state.metrics.broken_versions.inc()
+    log.error("task %s v%d is broken: its payload blob %s is missing or damaged", task.name, number, row.sha256)
+    raise VersionNotReadyError(
+        f"version {number} of {task.name!r} is broken: its payload was lost or damaged on the server (kept for "
+        f"inspection); " + (f"latest is now version {newest}" if newest else "no other version is ready")
+    )
 
 
 def _payload_headers(
