@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plada.server import repo
 from plada.server.api.deps import CallerDep, FactoryDep, SessionDep, SettingsDep, readable_task
 from plada.server.api.hot import HotPath
+from plada.server.api.publish_form import read_publish_form
 from plada.server.api.views import job_info, task_info, ts
 from plada.server.auth import may_see, require, require_owner
 from plada.server.publishing import publish
 from plada.shared.errors import (
-    PayloadTooLargeError,
     RateLimitedError,
     TaskNotFoundError,
     UploadTimeoutError,
@@ -31,9 +31,6 @@ from plada.shared.schemas import (
 )
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-
-
-_CHUNK = 1 << 20
 
 
 _PUBLISH_BODY = {
@@ -59,78 +56,78 @@ _PUBLISH_BODY = {
 }
 
 
-async def _publish_form(request: Request, limit: int) -> tuple[str, str, bytes]:
-    """(spec JSON, file name, data bytes) from the multipart body, read only now that the caller is known."""
-    try:  # the app's BodyLimit middleware stops the body at PLADA_MAX_UPLOAD_BYTES (+1 MiB of form framing)
-        form = await request.form(max_files=1, max_fields=2)
-    except StarletteHTTPException as exc:  # the multipart parser's own complaints (bad framing, too many parts)
-        if exc.status_code == 413:
-            raise
-        raise _form_error("body", f"not a valid multipart form: {exc.detail}") from exc
+def _early_owner_check(factory: Any, spec_json: str, caller: Any) -> None:
+    """The ownership decision as soon as the spec is in, before the data part is read: a publish to another
+    owner's task is refused without spooling its body. Anything else about the spec is checked after."""
     try:
-        spec, data = form.get("spec"), form.get("data")
-        if not isinstance(spec, str):
-            raise _form_error("spec", "Field required (text: the TaskSpec as JSON)")
-        if data is None or isinstance(data, str):
-            raise _form_error("data", "Field required (a file: .npz or .zip)")
-        chunks, total = [], 0
-        while chunk := await data.read(_CHUNK):
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLargeError(f"upload exceeds {limit} bytes (PLADA_MAX_UPLOAD_BYTES)")
-            chunks.append(chunk)
-        return spec, data.filename or "", b"".join(chunks)
-    finally:
-        await form.close()
-
-
-def _form_error(field: str, msg: str) -> RequestValidationError:
-    """The same 422 ``validation_error`` FastAPI gives for a malformed request."""
-    return RequestValidationError([{"loc": ("body", field), "msg": msg, "type": "value_error"}])
+        obj = json.loads(spec_json)
+        name = obj.get("name") if isinstance(obj, dict) else None
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(name, str):
+        return
+    with factory() as s:
+        try:
+            task = repo.get_task(session=s, name=name)
+        except TaskNotFoundError:
+            return
+        require_owner(caller, task.name, task.owner, "publish a new version of")
 
 
 class UploadSlots:
     """At most ``n`` uploads received and checked at once per process, and at most ``per_holder`` of them for
     one token (or owner): one publisher trickling bodies cannot hold every slot. A publish waits up to
-    ``wait_s`` for a slot *before its body is read*, then gets 429: parallel uploads cannot fill memory or the
-    disk."""
+    ``wait_s`` for its slots *before its body is read*, then gets 429: parallel uploads cannot fill memory or
+    the disk, and one publisher's queue never blocks another's."""
 
     def __init__(self, n: int, wait_s: float = 10.0, per_holder: int | None = None) -> None:
         self.n, self.wait_s = n, wait_s
         self.per_holder = per_holder if per_holder is not None else n
         self._sem: asyncio.Semaphore | None = None  # made on first use, inside the server's event loop
-        self._held: dict[str, int] = {}
+        self._mine: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
 
     async def take(self, holder: str = "") -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.n)
-        if self._held.get(holder, 0) >= self.per_holder:
+        mine = self._mine.setdefault(holder, asyncio.Semaphore(self.per_holder))
+        self._users[holder] = self._users.get(holder, 0) + 1
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        try:
+            await asyncio.wait_for(mine.acquire(), self.wait_s)
+        except TimeoutError:
+            self._forget(holder)
             raise RateLimitedError(
                 f"this token already has {self.per_holder} uploads in flight (PLADA_MAX_UPLOADS_PER_TOKEN); "
                 "retry when one has finished",
                 retry_after=5,
-            )
-        self._held[holder] = self._held.get(holder, 0) + 1
+            ) from None
         try:
-            await asyncio.wait_for(self._sem.acquire(), self.wait_s)
+            await asyncio.wait_for(self._sem.acquire(), max(0.0, deadline - asyncio.get_running_loop().time()))
         except TimeoutError:
-            self._drop(holder)
+            mine.release()
+            self._forget(holder)
             raise RateLimitedError(
                 f"{self.n} uploads are already being processed (PLADA_MAX_CONCURRENT_UPLOADS); retry shortly",
                 retry_after=5,
             ) from None
 
-    def _drop(self, holder: str) -> None:
-        left = self._held.get(holder, 0) - 1
+    def _forget(self, holder: str) -> None:
+        """Drop a holder's semaphore once nobody uses it (tokens come and go; the table must not grow)."""
+        left = self._users.get(holder, 0) - 1
         if left > 0:
-            self._held[holder] = left
+            self._users[holder] = left
         else:
-            self._held.pop(holder, None)
+            self._users.pop(holder, None)
+            self._mine.pop(holder, None)
 
     def release(self, holder: str = "") -> None:
         assert self._sem is not None
-        self._drop(holder)
         self._sem.release()
+        mine = self._mine.get(holder)
+        if mine is not None:
+            mine.release()
+        self._forget(holder)
 
 
 @router.post(
@@ -156,7 +153,12 @@ async def create_task(
     try:
         try:  # the whole body within the deadline: a trickling sender is cut off, its slot freed
             spec, filename, raw = await asyncio.wait_for(
-                _publish_form(request, settings.max_upload_bytes), settings.upload_deadline_s
+                read_publish_form(
+                    request,
+                    settings.max_upload_bytes,
+                    lambda text: run_in_threadpool(_early_owner_check, factory, text, caller),
+                ),
+                settings.upload_deadline_s,
             )
         except TimeoutError:
             raise UploadTimeoutError(

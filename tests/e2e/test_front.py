@@ -162,9 +162,10 @@ def _trickle(url: str, token: str, results: list[tuple[str, float]], stop_after:
 
 
 def test_one_publisher_cannot_hold_every_upload_slot(tmp_path: Path, world_dir: Path) -> None:
-    """Four bodies trickled by one token: two get a slot (PLADA_MAX_UPLOADS_PER_TOKEN), two are refused at
-    once; another owner's publish goes through meanwhile; the two trickling bodies are cut at
-    PLADA_UPLOAD_DEADLINE_S (408), through the shipped front."""
+    """Four bodies trickled by one token: two get a slot (PLADA_MAX_UPLOADS_PER_TOKEN), two wait for one of
+    that token's; another owner's publish goes through meanwhile; trickling bodies are cut at
+    PLADA_UPLOAD_DEADLINE_S (408), and the waiting two then get their turn (and are cut too), through the
+    shipped front."""
     import io
     import threading
 
@@ -189,9 +190,11 @@ def test_one_publisher_cannot_hold_every_upload_slot(tmp_path: Path, world_dir: 
             assert resp.version == 1 and time.monotonic() - t0 < 7  # no wait for a slot (that is 10 s, then 429)
             for t in threads:
                 t.join(timeout=30)
-            statuses = sorted(r[0] for r in results)
-            assert statuses == ["HTTP/1.1 408 Request Timeout"] * 2 + ["HTTP/1.1 429 Too Many Requests"] * 2, results
-            assert all(7.5 < s < 16 for line, s in results if " 408 " in line), results  # cut at the deadline
+            assert len(results) == 4, results
+            first, later = sorted(results, key=lambda r: r[1])[:2], sorted(results, key=lambda r: r[1])[2:]
+            assert all(" 408 " in line and 7.5 < t < 13 for line, t in first), results  # cut at the deadline
+            # the two that waited for their token's slot: cut in their turn, or 429 if the wait ran out first
+            assert all((" 408 " in line and t > 14) or " 429 " in line for line, t in later), results
         finally:
             front.stop()
             time.sleep(0.1)

@@ -114,6 +114,29 @@ def test_a_client_that_hangs_up_mid_upload_is_no_server_error(api_stack: LocalSt
     assert "unhandled error" not in new and "Traceback" not in new, new[-2000:]
 
 
+def test_a_publish_to_another_owners_task_is_refused_before_its_data_is_read(api_stack: LocalStack) -> None:
+    """The spec part comes first (plada-client and httpx send it so): the owner check runs as soon as it is in,
+    so a 3 MB data part that never arrives does not delay the 403 (it used to be read, and spooled, first)."""
+    owner = api_stack.token("publish", "team-own")
+    assert _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=owner).status_code == 202
+    host, port = api_stack.url.removeprefix("http://").split(":")
+    spec = json.dumps(SPEC | {"name": "owned"})
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_stack.token('publish', 'team-x')}"
+            "\r\nContent-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 3000000\r\n\r\n"
+        )
+        form = (
+            f'--xyz\r\nContent-Disposition: form-data; name="spec"\r\n\r\n{spec}\r\n'
+            '--xyz\r\nContent-Disposition: form-data; name="data"; filename="d.npz"\r\n\r\n'
+        )
+        sock.sendall(head.encode() + form.encode() + b"x" * 1000)
+        t0 = time.monotonic()
+        answer = sock.recv(4096).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 403"), answer[:300]
+        assert time.monotonic() - t0 < 5
+
+
 def test_a_streamed_body_over_the_limit_is_cut_off(api_stack: LocalStack) -> None:
     """No Content-Length (chunked): the body is counted while it streams and refused once past the limit."""
     limit = 3_000_000  # the api_stack's PLADA_MAX_UPLOAD_BYTES
