@@ -404,6 +404,10 @@ def _obj(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def version_summary(info: dict[str, Any]) -> dict[str, Any]:
     """What a person reads after a publish: the full metrics document is ``--json``'s."""
     m = _obj(info.get("metrics"))
@@ -421,8 +425,7 @@ def version_summary(info: dict[str, Any]) -> dict[str, Any]:
         "recipe": val.get("chosen") or sel.get("label"),
         "teacher_acc (server val)": pct(teacher.get("val_accuracy")),
         "predicted_client_acc (server val)": pct(val.get("predicted_client_accuracy")),
-        "warnings": "; ".join(str(w) for w in (m.get("warnings") if isinstance(m.get("warnings"), list) else []))
-        or "none",
+        "warnings": "; ".join(str(w) for w in _list(m.get("warnings"))) or "none",
         "sha256": info.get("sha256"),
         "details": "--json prints the whole metrics document",
     }
@@ -439,7 +442,7 @@ def cmd_pool_attach(args: argparse.Namespace) -> int:
     from plada.client.cache import default_cache_dir
     from plada.client.definitions import check_pool_name, read_definition_file
     from plada.shared.errors import DefinitionError
-    from plada.shared.pool import KeyRule, attach, open_pool
+    from plada.shared.pool import AttachedPool, KeyRule, attach, open_pool
     from plada.shared.pool.attach import hash_pass
 
     name = check_pool_name(args.pool)
@@ -471,7 +474,9 @@ def cmd_pool_attach(args: argparse.Namespace) -> int:
     if d.fingerprints is None:
         result["note"] = "the definition has no fingerprints: only byte-identical items can be used"
     if args.hash:
-        result["hash_pass"] = hash_pass(open_pool(out), progress=counting_bar("hashing"))
+        attached = open_pool(out)
+        assert isinstance(attached, AttachedPool)  # attach() just wrote it
+        result["hash_pass"] = hash_pass(attached, progress=counting_bar("hashing"))
     if not OUT.json:
         result["groups_missing"] = (
             ", ".join(f"{g['group']} {g['missing']}/{g['of']}" for g in report.groups_missing) or "none"

@@ -21,7 +21,6 @@ Everything is importable from here.
 from plada.shared.pool.attach import AttachedPool, AttachReport, KeyRule, attach
 from plada.shared.pool.build import (
     FALLBACK_IMAGE_SIZE,
-    IMAGE_SUFFIXES,
     fingerprint_pool,
     index_image_folder,
     index_tar_shards,
@@ -49,6 +48,7 @@ from plada.shared.pool.readers import (
     open_pool,
     verify_pool,
 )
+from plada.shared.pool.sources import IMAGE_SUFFIXES
 
 __all__ = [
     "FALLBACK_IMAGE_SIZE",

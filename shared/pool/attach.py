@@ -180,13 +180,12 @@ def attach(
     compact[kept] = np.arange(len(kept), dtype=np.int32)
     names = KeyTable.from_strings([listing.names[j] for j in order])
     cols = as_arrays(listing, order)
-    atomic_write(
-        out / ATTACHMENT_FILE,
-        lambda f: np.savez(f, loc=compact, names_utf8=np.frombuffer(names.blob, dtype=np.uint8), **cols),
-    )
+    arrays: dict[str, Any] = {"loc": compact, "names_utf8": np.frombuffer(names.blob, dtype=np.uint8), **cols}
+    atomic_write(out / ATTACHMENT_FILE, lambda f: np.savez(f, **arrays))
     definition.manifest.save(out / "manifest.npz")
-    if definition.fingerprints is not None:
-        atomic_write(out / FINGERPRINTS_FILE, lambda f: np.save(f, definition.fingerprints))
+    fps = definition.fingerprints
+    if fps is not None:
+        atomic_write(out / FINGERPRINTS_FILE, lambda f: np.save(f, fps))
     else:
         (out / FINGERPRINTS_FILE).unlink(missing_ok=True)
     report = _report(definition, listing, loc, how, out, t1 - t0, t2 - t1)
@@ -336,8 +335,8 @@ class AttachedPool(Pool):
         from PIL import Image
 
         h, w, c = self.image_shape
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("L" if c == 1 else "RGB")
+        with Image.open(io.BytesIO(data)) as src:
+            im = src.convert("L" if c == 1 else "RGB")
             if im.size != (w, h):
                 im = im.resize((w, h), Image.Resampling.BILINEAR)
             return np.asarray(im).reshape(h, w, c)

@@ -151,7 +151,7 @@ def read_definition_header(data: bytes, *, max_bytes: int = MAX_DEFINITION_BYTES
         raise DefinitionError("pool definition has no items")
     if not (0 < h <= 65536 and 0 < w <= 65536 and c in (1, 3)):
         raise DefinitionError(f"pool definition image shape {header['image_shape']} is not an image shape")
-    return header
+    return dict(header)
 
 
 def decode_definition(

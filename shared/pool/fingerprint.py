@@ -28,7 +28,7 @@ def _dct_matrix(n: int) -> np.ndarray:
     i = np.arange(n)[None, :]
     d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
     d[0] /= np.sqrt(2.0)
-    return d
+    return np.asarray(d, dtype=np.float64)
 
 
 _D = _dct_matrix(_SIDE)[:_LOW]  # only the 8 lowest frequencies are ever used
@@ -87,4 +87,4 @@ def distance(a: np.ndarray | bytes, b: np.ndarray | bytes) -> np.ndarray:
     """Hamming distance in bits between fingerprints (rows of (n, 8) uint8, or single 8-byte values)."""
     x = np.frombuffer(a, dtype=np.uint8) if isinstance(a, bytes) else np.asarray(a, dtype=np.uint8)
     y = np.frombuffer(b, dtype=np.uint8) if isinstance(b, bytes) else np.asarray(b, dtype=np.uint8)
-    return _POPCOUNT[np.bitwise_xor(x, y)].sum(axis=-1).astype(np.int64)
+    return np.asarray(_POPCOUNT[np.bitwise_xor(x, y)].sum(axis=-1), dtype=np.int64)

@@ -206,7 +206,7 @@ class SourceReader:
         if self.kind == "tar":
             with open(self.root / self.containers[container], "rb") as f:
                 return os.pread(f.fileno(), b, a)
-        return self._parquet(container, a)[b]
+        return bytes(self._parquet(container, a)[b])
 
     def _parquet(self, container: int, rg: int) -> list[Any]:
         key = (container, rg)

@@ -118,9 +118,9 @@ def test_a_publish_to_another_owners_task_is_refused_before_its_data_is_read(api
     """The spec part comes first (plada-client and httpx send it so): the owner check runs as soon as it is in,
     so a 3 MB data part that never arrives does not delay the 403 (it used to be read, and spooled, first)."""
     owner = api_stack.token("publish", "team-own")
-    assert _post(api_stack, SPEC | {"name": "owned"}, GOOD, token=owner).status_code == 202
+    assert _post(api_stack, SPEC | {"name": "owned-early"}, GOOD, token=owner).status_code == 202
     host, port = api_stack.url.removeprefix("http://").split(":")
-    spec = json.dumps(SPEC | {"name": "owned"})
+    spec = json.dumps(SPEC | {"name": "owned-early"})
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         head = (
             f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_stack.token('publish', 'team-x')}"
