@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -178,14 +177,9 @@ class Agent:
                     ok = False
                     log.error("task %s: refused payload: %s: %s", task, exc.code, safe_text(exc.message))
                 except Exception as exc:  # never exit on one bad round (training bugs included): log, back off
-                    ok = False  # one line (the answer may be hostile); PLADA_DEBUG=1 adds the traceback
-                    log.error(
-                        "task %s: round failed: %s: %s",
-                        task,
-                        type(exc).__name__,
-                        safe_text(str(exc), 300),
-                        exc_info=bool(os.environ.get("PLADA_DEBUG")),
-                    )
+                    ok = False  # one line (the answer may be hostile); the traceback at debug level only
+                    log.error("task %s: round failed: %s: %s", task, type(exc).__name__, safe_text(str(exc), 300))
+                    log.debug("task %s: the failed round's traceback", task, exc_info=True)
             rounds += 1
             if max_rounds is not None and rounds >= max_rounds:
                 break
