@@ -209,3 +209,21 @@ def test_human_output_shows_times_as_iso_8601(capsys: pytest.CaptureFixture[str]
     assert "2026-12-11T14:40:00Z" in out and "1.797e+09" not in out
     Output(as_json=True).emit({"at": 1797000000})
     assert '"at": 1797000000' in capsys.readouterr().out  # --json keeps the number
+
+
+def test_a_progress_bar_on_a_terminal_shows_its_message_without_a_stray_comma(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from plada.shared.cli import progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    monkeypatch.setattr("sys.stderr", err)
+    bar = progress_bar("training")
+    bar(0.3, "epoch 7/30 loss {0.300}")
+    bar(1.0, "done")
+    text = err.getvalue()
+    assert "| epoch 7/30 loss {0.300}" in text and "| ," not in text, text
