@@ -30,7 +30,7 @@ def next_step(exc: PladaError, args: argparse.Namespace) -> str | None:
         return TOKEN_HINT
     if code == "task_not_found" and getattr(args, "server", None):
         return _closest_task(args)
-    if code == "server_unavailable" and "cannot reach" in exc.message:
+    if code == "server_unavailable":
         return f"is 'plada-server serve' running at {server}?"
     if code == "signature_invalid":
         return (
