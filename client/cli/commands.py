@@ -386,8 +386,8 @@ def _input_file(path: str, flag: str) -> Path:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    data = _input_file(args.data, "--data")
     spec = read_spec(args.spec)
+    data = _input_file(args.data, "--data")
     with _client(args) as client:
         resp = client.publish(spec, data)
         if args.wait:
