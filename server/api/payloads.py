@@ -53,11 +53,6 @@ def _payload_response(
     if if_none_match and etag in {v.strip() for v in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     how = _delivery(request, t.access, immutable)
-    settings = request.app.state.settings
-    if settings.accel_redirect and immutable and t.access == "public":
-        # the front keeps these bytes only briefly (nginx consumes this header): gating the task later must
-        # reach plada's own front within PLADA_FRONT_CACHE_S, even though the bytes were public once
-        headers["X-Accel-Expires"] = str(settings.front_cache_s)
     if how != "bytes":
         blobs: BlobStore = request.app.state.blobs
         if not blobs.has(row.sha256):  # a pre-blob-store version keeps its bytes in its row
@@ -100,6 +95,11 @@ def _payload_headers(
     headers = {"ETag": f'"{sha}"', "X-Plada-Version": str(number), "X-Plada-Task": task}
     if signature:
         headers["X-Plada-Signature"] = signature
+    settings = request.app.state.settings
+    if settings.accel_redirect and immutable and access == "public":
+        # the front keeps these bytes only briefly (nginx consumes this header): gating the task later must
+        # reach plada's own front within PLADA_FRONT_CACHE_S, even though the bytes were public once
+        headers["X-Accel-Expires"] = str(settings.front_cache_s)
     # a token-gated payload must never be kept by a shared cache (a CDN would hand it to anyone)
     headers["Cache-Control"] = (
         f"{'public' if access == 'public' else 'private'}, max-age=31536000, immutable"
