@@ -40,7 +40,7 @@ from plada.shared.files import atomic_write, atomic_write_bytes
 from plada.shared.pool.definition import FINGERPRINTS_FILE, PoolDefinition
 from plada.shared.pool.fingerprint import MATCH_DISTANCE, distance, file_fingerprint
 from plada.shared.pool.manifest import POOL_FORMAT, POOL_FORMAT_VERSION, KeyTable, PoolManifest, item_hash
-from plada.shared.pool.readers import Pool
+from plada.shared.pool.readers import Pool, decode_image
 from plada.shared.pool.sources import Listing, SourceReader, as_arrays, list_source
 
 EXACT, SAME_PICTURE, DIFFERENT, MISSING = 0, 1, 2, 3
@@ -332,14 +332,7 @@ class AttachedPool(Pool):
         return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 16)
 
     def _decode(self, data: bytes) -> np.ndarray:
-        from PIL import Image
-
-        h, w, c = self.image_shape
-        with Image.open(io.BytesIO(data)) as src:
-            im = src.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(im).reshape(h, w, c)
+        return decode_image(io.BytesIO(data), self.image_shape)
 
     def batch(self, indices: np.ndarray) -> np.ndarray:
         h, w, c = self.image_shape

@@ -98,6 +98,18 @@ class Pool:
             progress(n, n)
 
 
+def decode_image(source: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file (a path or a file object) as uint8 (H, W, C) in the pool's working shape: converted to
+    grey or RGB and resized bilinearly (PIL returns a copy when the size already matches). Every file-backed
+    reader decodes through here, so a folder, a tar shard and an attached copy give the same pixels."""
+    from PIL import Image
+
+    h, w, c = shape
+    with Image.open(source) as im:
+        arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR))
+    return arr.reshape(h, w, c)
+
+
 class ArrayPool(Pool):
     """Small pools stored as one memory-mapped uint8 array (the mini world)."""
 
@@ -136,15 +148,9 @@ class FolderPool(Pool):
     decode_bound = True  # readers should decode in parallel (shared.nn.pool_batches)
 
     def batch(self, indices: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        h, w, c = self.image_shape
-        mode = "L" if c == 1 else "RGB"
-        out = np.empty((len(indices), h, w, c), dtype=np.uint8)
+        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
         for j, i in enumerate(np.asarray(indices, dtype=np.int64)):
-            with Image.open(self._path(int(i))) as im:
-                arr = np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
-            out[j] = arr.reshape(h, w, c)
+            out[j] = decode_image(self._path(int(i)), self.image_shape)
         return out
 
     def _path(self, i: int) -> Path:
@@ -178,15 +184,9 @@ class TarPool(Pool):
     def batch(self, indices: np.ndarray) -> np.ndarray:
         import io
 
-        from PIL import Image
-
-        h, w, c = self.image_shape
-        mode = "L" if c == 1 else "RGB"
-        out = np.empty((len(indices), h, w, c), dtype=np.uint8)
+        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
         for j, i in enumerate(np.asarray(indices, dtype=np.int64)):
-            with Image.open(io.BytesIO(self.item_bytes(int(i)))) as im:
-                arr = np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
-            out[j] = arr.reshape(h, w, c)
+            out[j] = decode_image(io.BytesIO(self.item_bytes(int(i))), self.image_shape)
         return out
 
 

@@ -11,6 +11,7 @@ SOURCE (a link out of the tree, an absolute or ``..`` tar member) is refused wit
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -59,29 +60,34 @@ def list_source(source: Path, kind: str | None = None) -> Listing:
     return lister(source)
 
 
-def _list_folder(root: Path) -> Listing:
-    """os.scandir, no Path objects (a 1.28M-file tree lists in seconds). Links are followed only while they
-    stay inside the tree."""
-    out = Listing("folder", root, [], [], [], [])
-    real_root = os.path.realpath(root)
+def walk_images(source: Path, refused: list[str] | None = None) -> Iterator[str]:
+    """Relative posix paths of image files under ``source``, streamed with os.scandir (no Path objects: a
+    1.28M-file tree is listed in seconds). Hidden files and folders are skipped. With ``refused`` (a client's
+    copy), links that leave ``source`` are not followed but reported there, one line each; without it (the
+    server indexing its own pool) every link is followed."""
+    real_root = os.path.realpath(source)
     stack = [""]
     while stack:
         rel = stack.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as it:
+        with os.scandir(os.path.join(source, rel) if rel else source) as it:
             for e in it:
                 if e.name.startswith("."):
                     continue
                 r = f"{rel}/{e.name}" if rel else e.name
-                if e.is_symlink():
+                if refused is not None and e.is_symlink():
                     target = os.path.realpath(e.path)
                     if os.path.commonpath([real_root, target]) != real_root:
-                        out.refused.append(f"refusing {r}: a link out of the copy's folder (to {target})")
+                        refused.append(f"refusing {r}: a link out of the copy's folder (to {target})")
                         continue
                 if e.is_dir(follow_symlinks=True):
                     stack.append(r)
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
-                    out.names.append(r)
-    out.names.sort()
+                    yield r
+
+
+def _list_folder(root: Path) -> Listing:
+    out = Listing("folder", root, [], [], [], [])
+    out.names = sorted(walk_images(root, out.refused))
     n = len(out.names)
     out.container, out.a, out.b = [-1] * n, [0] * n, [0] * n
     return out
