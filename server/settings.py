@@ -76,7 +76,12 @@ class Settings(BaseSettings):
     ray_address: str = Field("", description="Ray cluster address for executor=ray ('' starts a local Ray)")
     ray_actors: int = Field(2, ge=1, le=4096, description="CPU model actors when the Ray cluster has no GPUs")
     logits_ram_bytes: int = Field(
-        2 << 30, ge=0, description="pool logits above this size (as float32) spill to a memory-mapped float16 file"
+        512 << 20, ge=0, description="pool logits above this size (as float32) spill to a memory-mapped float16 file"
+    )
+    block_bytes: int = Field(
+        64 << 20,
+        ge=1 << 20,
+        description="pool-wide passes read the pool's features and logits in blocks of this size (as float32)",
     )
     scratch_dir: Path | None = Field(
         None, description="where spilled logits are mapped (the file is unlinked at once); default: system temp"
@@ -171,6 +176,7 @@ class Settings(BaseSettings):
             ray_address=self.ray_address,
             ray_actors=self.ray_actors,
             logits_ram_bytes=self.logits_ram_bytes,
+            block_bytes=self.block_bytes,
             scratch_dir=self.scratch_dir,
             weights_dir=self.weights_dir,
             onnx=self.onnx,

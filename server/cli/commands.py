@@ -236,6 +236,24 @@ def cmd_pool_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool_compress(args: argparse.Namespace) -> int:
+    from plada.server.pipeline.compress import compress_index, replace_with
+    from plada.shared.pool import open_pool
+
+    pool = open_pool(Path(args.dir))
+    if args.replace and args.index != "default":
+        raise PladaError("--replace makes the compressed index the default: compress --index default")
+    index = compress_index(
+        pool, args.index, args.name, dim=args.dim, sample=args.sample, progress=progress_bar("compressing")
+    )
+    name = index.name
+    if args.replace:
+        replace_with(pool, name, keep_as=args.keep_as)
+        name = "default"
+    OUT.emit({"pool": pool.name, "index": name, **{k: v for k, v in index.info.items() if k != "name"}})
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from plada.server import auth
     from plada.server.db import init_db, make_engine

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from plada.server.pipeline import blocks
 from plada.shared.pool import Pool
 
 
@@ -49,7 +50,13 @@ def pixel_clusters(
 
 
 def feature_strata(
-    features: np.ndarray, *, k: int = 64, sample: int = 20_000, iters: int = 15, seed: int = 0
+    features: np.ndarray,
+    *,
+    k: int = 64,
+    sample: int = 20_000,
+    iters: int = 15,
+    seed: int = 0,
+    stream: blocks.Streaming = blocks.LOCAL,
 ) -> np.ndarray:
     """k-means cluster id per row of ``features`` (cosine geometry), fitted on a sample: the strata that the
     diversity option spreads picks over. Plain numpy so it runs wherever the pool features do."""
@@ -57,19 +64,24 @@ def feature_strata(
     k = max(1, min(k, n))
     rng = np.random.default_rng(seed)
 
-    def unit(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float32)
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-8)
-
-    z = unit(features[np.sort(rng.choice(n, size=min(sample, n), replace=False))])
+    z = _unit(blocks.take(features, np.sort(rng.choice(n, size=min(sample, n), replace=False))))
     centers = z[rng.choice(len(z), size=k, replace=False)]
     for _ in range(iters):
         assign = np.argmax(z @ centers.T, axis=1)
         for j in range(k):
             members = z[assign == j]
             centers[j] = members.mean(0) if len(members) else z[rng.integers(len(z))]
-        centers = unit(centers)
+        centers = _unit(centers)
     out = np.empty(n, dtype=np.int32)
-    for s in range(0, n, 65_536):
-        out[s : s + 65_536] = np.argmax(unit(features[s : s + 65_536]) @ centers.T, axis=1)
+    for s, a in stream.map(features, blocks.block_fn(_assign, centers)):
+        out[s : s + len(a)] = a
     return out
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-8)
+
+
+def _assign(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return np.argmax(_unit(block) @ centers.T, axis=1).astype(np.int32)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # the web app imports Settings, and so this module: it must not pay for torch
     import torch
 
+    from plada.server.pipeline.blocks import Streaming
+
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[Executor, ...] = ("local", "ray")
 
@@ -26,10 +28,17 @@ class RunConfig:
     executor: Executor = "local"  # where the pool pass runs: DataLoader workers here, or Ray Data actors
     ray_address: str = ""  # '' starts a local Ray
     ray_actors: int = 2  # CPU model actors when the cluster has no GPUs
-    logits_ram_bytes: int = 2 << 30  # pool logits above this (as float32) spill to a float16 memory map
+    logits_ram_bytes: int = 512 << 20  # pool logits above this (as float32) spill to a float16 memory map
+    block_bytes: int = 64 << 20  # pool-wide passes hold one block of this size (float32), not the pool
     scratch_dir: Path | None = None  # where spilled logits are mapped (None: the system temp folder)
     weights_dir: Path | None = None  # local pretrained weights (then weights packages); never downloaded
     onnx: bool = True  # frozen pretrained bodies through ONNX Runtime on the CPU when it is installed
+
+    def streaming(self) -> Streaming:
+        """How pool-wide passes over features and logits run: blocks of ``block_bytes``, here or on Ray."""
+        from plada.server.pipeline.blocks import Streaming
+
+        return Streaming(self.block_bytes, self.executor, self.ray_address)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

@@ -9,14 +9,13 @@ runs the model. Results come back by id, so the output is the local executor's, 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from plada.server.pipeline import blocks
 from plada.server.pipeline.config import RunConfig
 from plada.shared import nn as pnn
 from plada.shared.pool import Pool, open_pool
@@ -55,17 +54,6 @@ def predict_pool(
     return out.result()
 
 
-def _spill(n: int, k: int, scratch_dir: str | None) -> np.ndarray:
-    """An (n, k) float16 array on disk, unlinked at once: the mapping lives as long as the array, and a crash
-    leaves no file behind. In ``scratch_dir`` (None: the system temp folder)."""
-    fd, path = tempfile.mkstemp(prefix="plada-logits-", suffix=".npy", dir=scratch_dir)
-    os.close(fd)
-    try:
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
-    finally:
-        os.unlink(path)
-
-
 class _Outputs:
     """Pool-sized outputs filled by item id: logits in RAM (float32) or, past ``config.logits_ram_bytes``
     (ImageNet-21K × 100 classes would need 5.7 GB), spilled to a float16 memory map; features float16."""
@@ -80,7 +68,7 @@ class _Outputs:
             k = z.shape[1]
             big = self.n * k * 4 > self.config.logits_ram_bytes
             scratch = str(self.config.scratch_dir) if self.config.scratch_dir else None
-            self.logits = _spill(self.n, k, scratch) if big else np.empty((self.n, k), np.float32)
+            self.logits = blocks.spill((self.n, k), np.float16, scratch) if big else np.empty((self.n, k), np.float32)
         self.logits[ids] = z
         if f is not None:
             if self.features is None:

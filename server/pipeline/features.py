@@ -36,11 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from plada.server.pipeline import blocks as bm
 from plada.server.pipeline.config import RunConfig
 from plada.shared import nn as pnn
 from plada.shared.errors import PoolError
 from plada.shared.files import atomic_write, atomic_write_bytes
 from plada.shared.pool import Pool
+from plada.shared.probe import LinearProbe
 
 INDEX_DIR = "features"
 DEFAULT_INDEX = "default"
@@ -54,7 +56,8 @@ _BACKBONES: dict[tuple[str, str, str], nn.Module] = {}  # (index folder, model i
 class FeatureIndex:
     root: Path
     info: dict[str, Any]
-    features: np.ndarray  # (N, D) float16, memory-mapped
+    features: np.ndarray  # (N, D) float16, or (N, d) int8 when compressed; memory-mapped
+    projection: np.ndarray | None = None  # (D, d) float32 when compressed (``compress.compress_index``)
 
     @property
     def name(self) -> str:
@@ -67,6 +70,47 @@ class FeatureIndex:
     @property
     def dim(self) -> int:
         return int(self.features.shape[1])
+
+    @property
+    def index_id(self) -> str:
+        """What the stored rows depend on: the backbone, and the compression when there is one (cache keys)."""
+        c = self.info.get("compression")
+        return self.model_id + (f":{c['kind']}{self.dim}:{c['scale']:.6g}" if c else "")
+
+    @property
+    def compressed(self) -> bool:
+        return self.projection is not None
+
+    @property
+    def scale(self) -> float:
+        """A stored int8 row times ``scale`` is the projected feature (1 when not compressed)."""
+        return float(self.info["compression"]["scale"]) if self.compressed else 1.0
+
+    def project(self, f: np.ndarray) -> np.ndarray:
+        """Backbone features (the upload's) into the stored rows' space: ``f · P / scale``, not rounded. Every
+        cosine, probe and classifier on stored rows sees the upload the same way (a global scale changes no
+        cosine and no standardised probe)."""
+        f = np.asarray(f, dtype=np.float32)
+        return f if self.projection is None else (f @ self.projection) / np.float32(self.scale)
+
+    def lift(self, probe: LinearProbe) -> LinearProbe:
+        """A probe fitted on full backbone features, rewritten to act on stored rows: on ``x̂ = scale · z Pᵀ``
+        (the row's reconstruction) it is ``z · (scale · P · W/sd) + b'``. The teacher keeps all 1,280 dimensions of
+        the upload's features; only the pool side is approximated."""
+        if self.projection is None:
+            return probe
+        w = probe.weight / probe.sd[:, None]
+        b = probe.bias - (probe.mu / probe.sd) @ probe.weight
+        d = self.projection.shape[1]
+        return LinearProbe(
+            mu=np.zeros(d, np.float32),
+            sd=np.ones(d, np.float32),
+            weight=(self.scale * self.projection.T.astype(np.float64) @ w).astype(np.float32),
+            bias=b.astype(np.float32),
+            temperature=probe.temperature,
+            l2=probe.l2,
+            info=probe.info,
+        )
 
     @property
     def pretrained(self) -> bool:
@@ -114,9 +158,15 @@ class FeatureIndex:
             model = pnn.for_cpu_inference(model, self.input_size, onnx=onnx)
         return model
 
-    def embed(self, x: np.ndarray, *, device: torch.device, onnx: bool = True, batch_size: int = 256) -> np.ndarray:
+    def embed(self, x: np.ndarray, *, device: torch.device, onnx: bool = True, batch_size: int = 64) -> np.ndarray:
         """Features of images that are not in the pool (the publisher's), made exactly like the pool's: same
-        backbone, same input size (uploads of any size are resized straight to it, never via the pool's)."""
+        backbone, same input size (uploads of any size are resized straight to it, never via the pool's), in
+        the stored rows' space (projected when the index is compressed)."""
+        return self.project(self.embed_full(x, device=device, onnx=onnx, batch_size=batch_size))
+
+    def embed_full(self, x: np.ndarray, *, device: torch.device, onnx: bool = True, batch_size: int = 64) -> np.ndarray:
+        """The backbone's own features (all dimensions, before any compression). Batches of 64: ONNX Runtime's
+        arena grows with the batch (~2 GB of activations at 256 images of 224 px), the throughput does not."""
         model = self.backbone(device, onnx=onnx)
         h, w, c = self.info["image_shape"]
         z, feats = pnn.predict(
@@ -156,7 +206,12 @@ def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | No
     feats = np.load(d / "features.npy", mmap_mode="r", allow_pickle=False)
     if feats.shape[0] != len(pool):
         raise PoolError(f"feature index {name!r} has {feats.shape[0]} rows, pool {pool.name} has {len(pool)} items")
-    return FeatureIndex(root=d, info=info, features=feats)
+    projection = None
+    if info.get("compression"):
+        projection = np.load(d / "projection.npy", allow_pickle=False).astype(np.float32)
+        if projection.shape[1] != feats.shape[1]:
+            raise PoolError(f"feature index {name!r}: its projection does not match its {feats.shape[1]} columns")
+    return FeatureIndex(root=d, info=info, features=feats, projection=projection)
 
 
 def default_backbone(pool: Pool, weights_dir: Path | None = None) -> str | None:
@@ -265,7 +320,7 @@ def build_pretrained_index(
         "device": str(device),
         "runtime": "onnxruntime" if isinstance(runner, pnn.OrtBackbone) else "torch",
     }
-    index = _write_index(pool, name, parts, weights, info)
+    index = write_index(pool, name, parts, weights, info)
     shutil.rmtree(partial, ignore_errors=True)
     if calibrate:
         from plada.server.pipeline.leakage import calibrate_near_duplicates
@@ -285,11 +340,17 @@ def build_pretrained_index(
     return index
 
 
-def _write_index(
-    pool: Pool, name: str, feats: np.ndarray | list[np.ndarray], weights: bytes, info: dict[str, Any]
+def write_index(
+    pool: Pool,
+    name: str,
+    feats: np.ndarray | list[np.ndarray],
+    weights: bytes,
+    info: dict[str, Any],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> FeatureIndex:
     """Into a temporary folder, then renamed into place: an interrupted build leaves no index behind. ``feats``
-    may come as row blocks (memory-mapped), copied one at a time into the memory-mapped output."""
+    may come as row blocks (memory-mapped), copied one at a time into the memory-mapped output (their dtype:
+    float16, or int8 when compressed); ``extra`` arrays are saved beside it (``<key>.npy``)."""
     final = index_dir(pool, name)
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")  # unique per writer
     shutil.rmtree(tmp, ignore_errors=True)
@@ -298,13 +359,21 @@ def _write_index(
         blocks = feats if isinstance(feats, list) else [feats]
         rows = sum(len(b) for b in blocks)
         dim = int(blocks[0].shape[1]) if blocks else 0
-        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
+        dtype = blocks[0].dtype if blocks and blocks[0].dtype == np.int8 else np.float16
+        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=(rows, dim))
         at = 0
-        for b in blocks:
-            out[at : at + len(b)] = b
+        for b in blocks:  # a block at a time, pages handed back as they go: RSS stays one block, not the index
+            step = max(1, bm.BLOCK_BYTES // max(1, dim * 4))
+            for s in range(0, len(b), step):
+                part = b[s : s + step]
+                out[at + s : at + s + len(part)] = part
+                bm.release(part)
+                bm.release(out[at + s : at + s + len(part)])
             at += len(b)
         out.flush()
         del out
+        for key, arr in (extra or {}).items():
+            atomic_write(tmp / f"{key}.npy", functools.partial(np.save, arr=arr))
         atomic_write_bytes(tmp / "backbone.pt", weights)
         atomic_write_bytes(tmp / "index.json", json.dumps(info, indent=2).encode())
         if final.exists():
@@ -390,4 +459,4 @@ def build_feature_index(
         "trained_on": {"groups": n_groups, "items": len(sample), "epochs": epochs, "seed": seed},
         "seconds": {"train": round(t1 - t0, 1), "embed": round(time.perf_counter() - t1, 1)},
     }
-    return _write_index(pool, name, feats, weights, info)
+    return write_index(pool, name, feats, weights, info)

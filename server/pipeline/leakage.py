@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from plada.server.pipeline.blocks import LOCAL, Streaming, take
 from plada.server.pipeline.scoring import nearest
 from plada.shared.pool import ArrayPool, Pool, item_hash
 
@@ -42,6 +43,16 @@ class LeakageReport:
         }
 
 
+MIN_COSINE = 0.995  # near duplicate without pixels to compare, where the index has no calibrated threshold
+
+
+def compares_pixels(pool: Pool, x: np.ndarray) -> bool:
+    """Whether the audit can compare the upload's pixels with pool items' (array pools, same shape): then it
+    needs every upload image's nearest pool item, not only the ones above a cosine."""
+    xs = x if x.ndim == 4 else x[..., None]
+    return isinstance(pool, ArrayPool) and xs.shape[1:] == tuple(pool.image_shape) and xs.dtype == np.uint8
+
+
 def _as_void(h: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(h).view(np.dtype((np.void, h.shape[1])))[:, 0]
 
@@ -53,17 +64,19 @@ def audit_leakage(
     pool_features: np.ndarray | None,
     target_features: np.ndarray | None,
     max_pixel_diff: float = 0.02,
-    min_cosine: float = 0.995,
+    min_cosine: float = MIN_COSINE,
+    stream: Streaming = LOCAL,
+    nearest_pool: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LeakageReport:
-    """Flag pool items duplicating any of ``x`` (the publisher's images, all of them)."""
+    """Flag pool items duplicating any of ``x`` (the publisher's images, all of them). ``nearest_pool``: each
+    image's nearest pool item (similarities, indices; ``scoring.survey``'s), when a pass already found them."""
     n = len(x)
     flagged_pool: list[np.ndarray] = []
     exact_mask = np.zeros(n, dtype=bool)
     methods: list[str] = []
     examples: list[dict[str, Any]] = []
-    h, w, c = pool.image_shape
     xs = x if x.ndim == 4 else x[..., None]
-    same_shape = isinstance(pool, ArrayPool) and xs.shape[1:] == (h, w, c) and xs.dtype == np.uint8
+    same_shape = compares_pixels(pool, x)
     if same_shape:
         methods.append("exact hash")
         th = np.frombuffer(b"".join(item_hash(np.ascontiguousarray(r).tobytes()) for r in xs), np.uint8)
@@ -81,7 +94,7 @@ def audit_leakage(
     near_mask = np.zeros(n, dtype=bool)
     nn_sim = None
     if pool_features is not None and target_features is not None and len(target_features) == n:
-        sims, idx = nearest(pool_features, target_features, k=1)
+        sims, idx = nearest_pool or nearest(pool_features, target_features, k=1, stream=stream)
         nn_sim = sims[:, 0]
         nn_idx = idx[:, 0]
         if same_shape:
@@ -119,24 +132,47 @@ def audit_leakage(
 
 
 _SELF_SIMS: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+SELF_SAMPLE = 1000  # pool rows whose nearest other item describes the pool's own density
+
+
+def self_sample(n: int, *, sample: int, seed: int) -> np.ndarray:
+    """The sorted random pool rows ``nearest_other`` measures."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+
+
+def own_similarity(rows: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """From each sampled row's two nearest pool items: the cosine to the nearest item other than itself."""
+    return np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])
+
+
+def cached_self_sims(cache_key: str | None, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    return _SELF_SIMS.get((cache_key, sample, seed)) if cache_key is not None else None
+
+
+def remember_self_sims(cache_key: str | None, sample: int, seed: int, rows: np.ndarray, own: np.ndarray) -> None:
+    if cache_key is not None:
+        _SELF_SIMS[(cache_key, sample, seed)] = (rows, own)
 
 
 def nearest_other(
-    pool_features: np.ndarray, *, sample: int, seed: int, cache_key: str | None = None
+    pool_features: np.ndarray,
+    *,
+    sample: int,
+    seed: int,
+    cache_key: str | None = None,
+    stream: Streaming = LOCAL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A sorted random sample of pool rows and each one's cosine to its nearest *other* pool item.
 
     A property of the pool's features alone: with ``cache_key`` (a feature index's id) it is computed once per
     process, not once per publish (on ImageNet-21K it is a search of the whole pool)."""
-    key = (cache_key, sample, seed) if cache_key is not None else None
-    if key is not None and key in _SELF_SIMS:
-        return _SELF_SIMS[key]
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(pool_features), size=min(sample, len(pool_features)), replace=False))
-    sims, idx = nearest(pool_features, np.asarray(pool_features[rows], dtype=np.float32), k=2)
-    own = np.where(idx[:, 0] == rows, sims[:, 1], sims[:, 0])  # the nearest item other than itself
-    if key is not None:
-        _SELF_SIMS[key] = (rows, own)
+    hit = cached_self_sims(cache_key, sample, seed)
+    if hit is not None:
+        return hit
+    rows = self_sample(len(pool_features), sample=sample, seed=seed)
+    sims, idx = nearest(pool_features, take(pool_features, rows), k=2, stream=stream)
+    own = own_similarity(rows, sims, idx)
+    remember_self_sims(cache_key, sample, seed, rows, own)
     return rows, own
 
 
@@ -144,17 +180,20 @@ def domain_typicality(
     pool_features: np.ndarray,
     target_sims: np.ndarray,
     *,
-    sample: int = 1000,
+    sample: int = SELF_SAMPLE,
     quantile: float = 0.05,
     seed: int = 0,
     cache_key: str | None = None,
+    stream: Streaming = LOCAL,
+    own: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How typical the upload looks *to the pool*: each upload image's cosine to its nearest pool item, against
     the same statistic of pool items among themselves (a sample, nearest other item). ``atypical_share`` is the
     share of upload images less similar to the pool than all but ``quantile`` of the pool's own items are —
     around ``quantile`` for a task drawn from the pool's domain, near 1 for one far outside it (textures
     against a pool of objects). A statistical test with generic constants, not a threshold fitted to tasks."""
-    _, own = nearest_other(pool_features, sample=sample, seed=seed, cache_key=cache_key)
+    if own is None:  # (``own``: the pool's self-similarity sample, when a survey pass measured it already)
+        _, own = nearest_other(pool_features, sample=sample, seed=seed, cache_key=cache_key, stream=stream)
     floor = float(np.quantile(own, quantile))
     return {
         "upload_nearest_pool_cosine_median": round(float(np.median(target_sims)), 4),

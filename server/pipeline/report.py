@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from plada.server.pipeline.records import Built, Prepared
 from plada.server.pipeline.validate import ProxyConfig, Trial, wilson_interval
 from plada.shared.payload import encode_payload, payload_sha256, read_header
 from plada.shared.schemas import TaskSpec
-
-if TYPE_CHECKING:
-    from plada.server.pipeline.run import Built, Prepared
 
 
 def build_metrics(
@@ -66,7 +64,7 @@ def build_metrics(
             "split": "server validation (the publisher's held-out images; never the client's test data)",
             "n_val": len(va),
             "proxy_student": (
-                {"arch": "probe", "features": out.feature_source}
+                {"arch": "probe", "features": out.feature_source, "max_samples": proxy.max_samples}
                 if proxy.kind == "probe"
                 else {"arch": "smallcnn", "epochs": proxy.epochs, "max_samples": proxy.max_samples}
             ),

@@ -8,35 +8,29 @@ winning payload. The worker wraps it with the database; benchmarks call it direc
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from plada.server.pipeline import scoring
-from plada.server.pipeline.clusters import feature_strata
 from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import open_feature_index
-from plada.server.pipeline.leakage import LeakageReport, audit_leakage, domain_typicality
+from plada.server.pipeline.leakage import (
+    MIN_COSINE,
+    SELF_SAMPLE,
+    audit_leakage,
+    cached_self_sims,
+    compares_pixels,
+    domain_typicality,
+    remember_self_sims,
+    self_sample,
+)
 from plada.server.pipeline.preview import PER_CLASS, build_preview, preview_bytes
 from plada.server.pipeline.progress import SCORE, TEACHER, VALIDATE, StageProgress, scaled
+from plada.server.pipeline.records import Built, PipelineResult, Prepared
 from plada.server.pipeline.report import build_metrics
-from plada.server.pipeline.selection import (
-    ScoreInputs,
-    create_selector,
-    diversified_order,
-    largest_fitting,
-    select,
-)
-from plada.server.pipeline.teacher import (
-    TeacherOutput,
-    from_cache,
-    run_teacher,
-    stratified_split,
-    to_cache,
-)
+from plada.server.pipeline.selection import ScoreInputs, largest_fitting, select
+from plada.server.pipeline.teacher import from_cache, run_teacher, stratified_split, to_cache
 from plada.server.pipeline.teacher_cache import TeacherCache, teacher_key
 from plada.server.pipeline.validate import (
     Candidate,
@@ -56,55 +50,6 @@ from plada.shared.pool import Pool
 from plada.shared.schemas import TaskSpec
 
 
-@dataclass(frozen=True)
-class PipelineResult:
-    payload: Payload
-    data: bytes
-    sha256: str
-    metrics: dict[str, Any]
-    built: list[Built] = field(default_factory=list)  # every candidate's payload (the benchmark trains on them)
-    attachments: dict[str, bytes] = field(default_factory=dict)  # sha256 → bytes: the preview and what it names
-
-
-@dataclass
-class Prepared:
-    """Everything before the budget is applied: the teacher's view of the pool, the split, the audit. One
-    ``Prepared`` serves any number of budgets and candidate sets (the benchmark reuses it)."""
-
-    pool: Pool
-    x: np.ndarray
-    y: np.ndarray
-    tr: np.ndarray
-    va: np.ndarray
-    teacher: TeacherOutput
-    labels: np.ndarray
-    leak: LeakageReport
-    inputs: ScoreInputs
-    seconds: float
-    domain: dict[str, Any] | None = None  # how typical the upload looks to the pool (leakage.domain_typicality)
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    strata: np.ndarray | None = None
-    proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
-
-    def scores_of(self, cand: Candidate) -> np.ndarray:
-        """The candidate's relevance scores, computed once per selector *and options* (a kNN with k = 1 is
-        not the default kNN)."""
-        key = cand.selector + json.dumps(cand.options, sort_keys=True, default=str) if cand.options else cand.selector
-        if key not in self.scores:
-            self.scores[key] = np.asarray(create_selector(cand.selector, **cand.options)(self.inputs), np.float64)
-        return self.scores[key]
-
-    def order_of(self, cand: Candidate, count: int, eligible: np.ndarray) -> np.ndarray:
-        sc = self.scores_of(cand)
-        if cand.diversity > 0 and self.teacher.pool_features is not None:
-            if self.strata is None:
-                self.strata = feature_strata(self.teacher.pool_features, seed=self.inputs.seed)
-            order = diversified_order(sc, self.labels, self.strata, count, breadth=cand.diversity)
-        else:
-            order = np.argsort(sc, kind="stable")
-        return order if eligible.all() else order[eligible[order]]
-
-
 def prepare(
     pool: Pool,
     x: np.ndarray,
@@ -114,18 +59,20 @@ def prepare(
     config: RunConfig | None = None,
     progress: StageProgress | None = None,
     cache: TeacherCache | None = None,
+    index_name: str | None = None,
 ) -> Prepared:
     """Split, teacher, pool logits and features, leakage audit. With a ``cache``, a teacher already trained
-    on the same upload with the same options over the same pool is reused (no training, no pool pass)."""
+    on the same upload with the same options over the same pool is reused (no training, no pool pass).
+    ``index_name`` names the pool's feature index (default: its ``default`` one; a benchmark compares others)."""
     report = progress or (lambda _f, _m: None)
     config = config or RunConfig()
     t0 = time.perf_counter()
     tr, va = stratified_split(y, spec.teacher.val_fraction, spec.teacher.seed)
-    index = open_feature_index(pool)
+    index = open_feature_index(pool, index_name)
     out = None
     key = ""
     if cache is not None:
-        key = teacher_key(x, y, spec.teacher, pool.pool_id, index.model_id if index else "", len(spec.classes))
+        key = teacher_key(x, y, spec.teacher, pool.pool_id, index.index_id if index else "", len(spec.classes))
         hit = cache.get(key)
         if hit is not None:
             out = from_cache(*hit, index)
@@ -135,39 +82,50 @@ def prepare(
         if cache is not None:
             cache.put(key, *to_cache(out, index))
     report(TEACHER + SCORE, "leakage audit")
-    cos = index.near_duplicate_cosine if index is not None and out.pool_features is index.features else None
+    stream = config.streaming()
+    pool_f, target_f = out.pool_features, out.target_features
+    from_index = index is not None and pool_f is index.features
+    cos = index.near_duplicate_cosine if index is not None and from_index else None
+    self_key = f"{pool.pool_id}:{index.index_id}" if from_index and index is not None else None
+    sv, own = None, None
+    if pool_f is not None and target_f is not None and len(target_f) == len(x) and len(tr) > 0:
+        # one pass over the pool: the kNN scores, each upload image's nearest pool item and (once per index)
+        # the pool's own nearest-other sample
+        seed = spec.selector.seed
+        hit = cached_self_sims(self_key, SELF_SAMPLE, seed)
+        rows = self_sample(len(pool_f), sample=SELF_SAMPLE, seed=seed) if hit is None else np.zeros(0, np.int64)
+        above = -np.inf if compares_pixels(pool, x) else (cos if cos is not None else MIN_COSINE)
+        sv = scoring.survey(pool_f, target_f, knn_cols=tr, self_rows=rows, k=5, index_above=above, stream=stream)
+        if hit is None:
+            own = sv.own
+            remember_self_sims(self_key, SELF_SAMPLE, seed, rows, own)
+        else:
+            own = hit[1]
     leak = audit_leakage(
         pool,
         x,
-        pool_features=out.pool_features,
-        target_features=out.target_features,
+        pool_features=pool_f,
+        target_features=target_f,
         **({"min_cosine": cos} if cos is not None else {}),
+        stream=stream,
+        nearest_pool=(sv.near_sims[:, None], sv.near_idx[:, None]) if sv is not None else None,
     )
     domain = None
-    if out.pool_features is not None and leak.nn_similarity is not None:
-        from_index = index is not None and out.pool_features is index.features
+    if pool_f is not None and leak.nn_similarity is not None:
         domain = domain_typicality(
-            out.pool_features,
-            leak.nn_similarity,
-            seed=spec.selector.seed,
-            cache_key=f"{pool.pool_id}:{index.model_id}" if from_index and index is not None else None,
+            pool_f, leak.nn_similarity, seed=spec.selector.seed, cache_key=self_key, stream=stream, own=own
         )
     inputs = ScoreInputs(
         logits=out.logits,
-        features=out.pool_features,
-        target_features=out.target_features[tr] if out.target_features is not None else None,
+        features=pool_f,
+        target_features=target_f[tr] if target_f is not None else None,
         seed=spec.selector.seed,
+        stream=stream,
+        knn=sv.knn if sv is not None else None,
+        knn_k=sv.knn_k if sv is not None else 0,
     )
     labels = scoring.labels(out.logits)
     return Prepared(pool, x, y, tr, va, out, labels, leak, inputs, time.perf_counter() - t0, domain=domain)
-
-
-@dataclass
-class Built:
-    candidate: Candidate
-    payload: Payload
-    data: bytes
-    val_accuracy: float | None = None
 
 
 def run_pipeline(

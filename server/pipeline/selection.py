@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from plada.server.pipeline import scoring
+from plada.server.pipeline import blocks, scoring
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class ScoreInputs:
     features: np.ndarray | None = None  # (N, D)
     target_features: np.ndarray | None = None  # (n, D)
     seed: int = 0
+    stream: blocks.Streaming = blocks.LOCAL  # how pool-wide passes run (block size; here or on Ray)
+    knn: np.ndarray | None = None  # (N,) mean cosine to the knn_k nearest targets, when a survey pass made it
+    knn_k: int = 0
 
 
 Selector = Callable[[ScoreInputs], np.ndarray]
@@ -94,14 +97,18 @@ def _domain(inputs: ScoreInputs, negatives: int = 20_000, steps: int = 300) -> n
     """Density ratio target/pool from a logistic classifier on features: the pool items most like the target
     domain first, whatever the teacher thinks of them (energy cannot tell a confident mistake from a match)."""
     pool_f, tgt_f = _need_features(inputs, "domain")
-    return -scoring.domain_logit(pool_f, tgt_f, negatives=negatives, steps=steps, seed=inputs.seed)
+    return -scoring.domain_logit(
+        pool_f, tgt_f, negatives=negatives, steps=steps, seed=inputs.seed, stream=inputs.stream
+    )
 
 
 @register_selector("knn")
 def _knn(inputs: ScoreInputs, k: int = 5) -> np.ndarray:
     """Mean cosine similarity to the ``k`` nearest target images (faiss when installed): nearest first."""
     pool_f, tgt_f = _need_features(inputs, "knn")
-    return -scoring.knn_similarity(pool_f, tgt_f, k=k)
+    if inputs.knn is not None and inputs.knn_k == max(1, min(k, len(tgt_f))):
+        return -inputs.knn.astype(np.float64)
+    return -scoring.knn_similarity(pool_f, tgt_f, k=k, stream=inputs.stream)
 
 
 def safety_net_quotas(counts: np.ndarray, budget: int, *, alpha: float, share: float) -> np.ndarray:

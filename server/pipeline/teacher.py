@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from plada.server.pipeline import blocks
 from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import FeatureIndex
 from plada.server.pipeline.progress import SCORE, TEACHER, StageProgress
 from plada.shared import nn as pnn
 from plada.shared.errors import InvalidSpecError
 from plada.shared.pool import Pool
-from plada.shared.probe import fit_linear_probe
+from plada.shared.probe import LinearProbe, fit_linear_probe
 from plada.shared.schemas import TaskSpec, TeacherOptions
 
 
@@ -205,6 +206,19 @@ class TeacherOutput:
     pretrained_features: bool = False  # pool/target features come from an ImageNet-pretrained backbone
 
 
+def pool_logits(probe: LinearProbe, feats: np.ndarray, config: RunConfig) -> np.ndarray:
+    """The probe's logits over every pool row, a block at a time: in RAM (float32) up to
+    ``config.logits_ram_bytes``, beyond it in a float16 spill file (ImageNet-21K × 100 classes: 5.7 GB as
+    float32), its pages handed back as each block is written."""
+    n, k = len(feats), probe.n_classes
+    big = n * k * 4 > config.logits_ram_bytes
+    out = blocks.spill((n, k), np.float16, config.scratch_dir) if big else np.empty((n, k), np.float32)
+    for s, z in config.streaming().map(feats, blocks.block_fn(probe.logits)):
+        out[s : s + len(z)] = z
+        blocks.release(out[s : s + len(z)])
+    return out
+
+
 def resolve_teacher_arch(arch: str, index: FeatureIndex | None) -> str:
     """``auto``: a probe on the pool's features when they come from a pretrained backbone (seconds, and as good
     as fine-tuning on small tasks), else the small CNN trained on pixels."""
@@ -245,22 +259,23 @@ def run_teacher(
                 f"teacher 'probe' needs cached features for pool {pool.name}: run 'plada-server pool embed {pool.name}'"
             )
         report(0.0, "teacher: embedding the upload with the pool's backbone")
-        tf = embed(x)
-        probe = fit_linear_probe(tf[tr], y[tr], k, seed=spec.teacher.seed)
+        full = index.embed_full(x, device=device, onnx=config.onnx)  # every dimension, even when compressed
+        probe = fit_linear_probe(full[tr], y[tr], k, seed=spec.teacher.seed)
         report(TEACHER, f"teacher: probe trained (L2 {probe.l2:g}, temperature {probe.temperature:.2f})")
-        logits = probe.logits(index.features)
+        logits = pool_logits(index.lift(probe), index.features, config)
         report(TEACHER + SCORE, "pool scored from cached features")
+        tf = index.project(full)
         return TeacherOutput(
             "probe",
             logits,
             index.features,
             tf,
             _features_source(index),
-            probe.accuracy(tf[va], y[va]),
-            probe.accuracy(tf[tr], y[tr]),
+            probe.accuracy(full[va], y[va]),
+            probe.accuracy(full[tr], y[tr]),
             len(tr),
             len(va),
-            classify=lambda imgs: probe.logits(embed(imgs)),
+            classify=lambda imgs: probe.logits(index.embed_full(imgs, device=device, onnx=config.onnx)),
             details={"l2": probe.l2, "temperature": round(probe.temperature, 4), **probe.info},
             pretrained_features=index.pretrained,
         )

@@ -87,7 +87,7 @@ def test_big_logits_spill_to_memory_mapped_float16(
 ) -> None:
     """Over the RAM budget the pool's logits live in an unlinked float16 memory map (nothing left on disk);
     scores are computed in row chunks and the selection is (nearly) the one from float32 logits in RAM."""
-    from plada.server.pipeline import scoring
+    from plada.server.pipeline import blocks, scoring
     from plada.server.pipeline.teacher import score_pool, train_teacher
     from plada.shared.schemas import TeacherOptions
 
@@ -97,7 +97,8 @@ def test_big_logits_spill_to_memory_mapped_float16(
     spill = RunConfig(logits_ram_bytes=0, scratch_dir=tmp_path)  # type: ignore[arg-type]
     monkeypatch.setattr(scoring, "ROWS", 97)  # many uneven chunks
     spilled, _ = score_pool(teacher, tiny_pool, chunk=512, config=spill)
-    assert isinstance(spilled, np.memmap) and spilled.dtype == np.float16 and in_ram.dtype == np.float32
+    assert blocks.is_mapped(spilled) and not blocks.is_mapped(in_ram)
+    assert spilled.dtype == np.float16 and in_ram.dtype == np.float32
     assert list(tmp_path.iterdir()) == []  # type: ignore[attr-defined]
     np.testing.assert_allclose(spilled.astype(np.float32), in_ram, rtol=2e-3, atol=2e-2)
     assert (scoring.labels(spilled) == in_ram.argmax(1)).mean() > 0.995
