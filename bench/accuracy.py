@@ -35,7 +35,8 @@ import zstandard
 
 from plada.client.train import TrainConfig, train_student
 from plada.server.pipeline.config import RunConfig
-from plada.server.pipeline.run import Prepared, finish, prepare
+from plada.server.pipeline.records import Prepared
+from plada.server.pipeline.run import finish, prepare
 from plada.server.pipeline.validate import Candidate
 from plada.shared import nn as pnn
 from plada.shared.payload import payload_sha256

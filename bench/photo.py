@@ -34,7 +34,8 @@ import torch
 from plada.client.train import TrainConfig, train_student
 from plada.server.pipeline.config import RunConfig
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.run import Built, finish, prepare
+from plada.server.pipeline.records import Built
+from plada.server.pipeline.run import finish, prepare
 from plada.server.pipeline.validate import Candidate
 from plada.shared.datasets.photo import build_photo_world
 from plada.shared.probe import fit_linear_probe
@@ -123,6 +124,11 @@ def main() -> int:
     ap.add_argument("--full-epochs", type=int, default=0, help="also fine-tune a pretrained student on auto's items")
     ap.add_argument("--full-budgets", nargs="+", default=["keep:0.05"])
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per cell")
+    ap.add_argument(
+        "--index",
+        default=None,
+        help="the server's feature index (e.g. a compressed one); clients keep the full features of 'default'",
+    )
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for f in args.table for line in f.read_text().splitlines() if line.startswith("{")]
@@ -146,7 +152,8 @@ def main() -> int:
         x, y = _load(tdir / "train.npz")
         xt, yt = _load(tdir / "test.npz")
         t = time.perf_counter()
-        ft = index.embed(xt, device=device)
+        ft = index.embed(xt, device=device)  # the client's features: full, whatever the server's index
+        fx = index.embed(x, device=device)
         print(f"# {task}: test split embedded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         k = len(classes)
         for seed in args.seeds:
@@ -158,11 +165,10 @@ def main() -> int:
                 teacher={"seed": seed},
             )
             t0 = time.perf_counter()
-            prep = prepare(pool, x, y, base, config=RunConfig(device=device))
-            tf = prep.teacher.target_features
-            assert tf is not None and prep.teacher.classify is not None
+            prep = prepare(pool, x, y, base, config=RunConfig(device=device), index_name=args.index)
+            assert prep.teacher.classify is not None
             teacher_test = float((prep.teacher.classify(xt).argmax(1) == yt).mean())
-            sk_val, sk_test = sklearn_probe(tf[prep.tr], y[prep.tr], [tf[prep.va], ft], [y[prep.va], yt])
+            sk_val, sk_test = sklearn_probe(fx[prep.tr], y[prep.tr], [fx[prep.va], ft], [y[prep.va], yt])
             for bi, budget in enumerate(args.budgets):
                 kind, val = budget.split(":")
                 spec = base.model_copy(
@@ -179,6 +185,7 @@ def main() -> int:
                 chosen = m["validation"]["chosen"]
                 heads = {lab: head_student(index.features, b, k, ft, yt, seed) for lab, b in built.items()}
                 row: dict[str, Any] = {
+                    "index": args.index or "default",
                     "task": task,
                     "seed": seed,
                     "budget": budget,

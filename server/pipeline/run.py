@@ -92,15 +92,15 @@ def prepare(
         # one pass over the pool: the kNN scores, each upload image's nearest pool item and (once per index)
         # the pool's own nearest-other sample
         seed = spec.selector.seed
-        hit = cached_self_sims(self_key, SELF_SAMPLE, seed)
-        rows = self_sample(len(pool_f), sample=SELF_SAMPLE, seed=seed) if hit is None else np.zeros(0, np.int64)
+        known = cached_self_sims(self_key, SELF_SAMPLE, seed)
+        rows = self_sample(len(pool_f), sample=SELF_SAMPLE, seed=seed) if known is None else np.zeros(0, np.int64)
         above = -np.inf if compares_pixels(pool, x) else (cos if cos is not None else MIN_COSINE)
         sv = scoring.survey(pool_f, target_f, knn_cols=tr, self_rows=rows, k=5, index_above=above, stream=stream)
-        if hit is None:
+        if known is None:
             own = sv.own
             remember_self_sims(self_key, SELF_SAMPLE, seed, rows, own)
         else:
-            own = hit[1]
+            own = known[1]
     leak = audit_leakage(
         pool,
         x,

@@ -78,6 +78,7 @@ def _search(d: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     """Top-``k`` inner products of unit rows ``q`` among unit rows ``d`` (one block of each). faiss (a server
     dependency) when importable, a chunked numpy product otherwise."""
     k = min(k, len(d))
+    faiss: Any
     try:
         import faiss
     except ImportError:
