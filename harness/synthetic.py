@@ -53,6 +53,7 @@ def synthetic_pool(
     index_info: dict[str, Any],
     backbone: Path,
     projection: np.ndarray | None = None,
+    full_rows: np.ndarray | None = None,
     name: str = "synthetic",
     seed: int = 0,
     block: int = 1 << 16,
@@ -60,7 +61,10 @@ def synthetic_pool(
     """Write pool ``out`` (``n`` items, ``n_groups`` folders) with a ``default`` feature index whose rows are
     drawn from ``source_rows`` (a real index's rows, in its stored dtype, grouped by ``source_groups``).
     ``index_info`` is the real index's ``index.json`` (backbone, input size, compression); ``backbone`` its
-    weights file; ``projection`` its projection when it is compressed. Rows are written a block at a time."""
+    weights file; ``projection`` its projection when it is compressed. With ``full_rows`` (the full-width rows
+    the compressed ``source_rows`` were made from, same order) the rows are drawn full-width and kept as index
+    ``full`` (float16), and ``default`` holds their compression, as ``pool compress`` would have made it: the
+    two tiers of a compressed pool. Rows are written a block at a time."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     names = wnids(n_groups, seed)
@@ -72,35 +76,54 @@ def synthetic_pool(
     manifest.save(out / "manifest.npz")
     np.save(out / FINGERPRINTS_FILE, rng.integers(0, 256, size=(n, FINGERPRINT_BYTES), dtype=np.uint8))
     dtype = source_rows.dtype
-    src = np.asarray(source_rows, dtype=np.float32)
+    two_tier = full_rows is not None and projection is not None
+    scale = float(index_info["compression"]["scale"]) if two_tier else 1.0
+    src = np.asarray(full_rows if two_tier else source_rows, dtype=np.float32)
     _, src_g = np.unique(source_groups, return_inverse=True)
     means = np.stack([src[src_g == g].mean(0) for g in range(int(src_g.max()) + 1)])
     resid = src - means[src_g]
     base = rng.integers(0, len(means), size=n_groups)
     centres = means[base] + 0.5 * resid[rng.integers(0, len(resid), size=n_groups)]
-    idir = out / INDEX_DIR / "default"
-    shutil.rmtree(idir, ignore_errors=True)
+    idir, fdir = out / INDEX_DIR / "default", out / INDEX_DIR / "full"
+    for d in (idir, fdir):
+        shutil.rmtree(d, ignore_errors=True)
     idir.mkdir(parents=True)
-    feats = np.lib.format.open_memmap(idir / "features.npy", mode="w+", dtype=dtype, shape=(n, src.shape[1]))
+    dim = projection.shape[1] if two_tier and projection is not None else src.shape[1]
+    feats = np.lib.format.open_memmap(idir / "features.npy", mode="w+", dtype=dtype, shape=(n, dim))
+    full = None
+    if two_tier:
+        fdir.mkdir(parents=True)
+        full = np.lib.format.open_memmap(fdir / "features.npy", mode="w+", dtype=np.float16, shape=(n, src.shape[1]))
     for s in range(0, n, block):
         g = groups[s : s + block]
         rows = centres[g] + resid[rng.integers(0, len(resid), size=len(g))]
+        if full is not None and projection is not None:
+            full[s : s + len(g)] = rows.astype(np.float16)
+            blocks.release(full[s : s + len(g)])
+            rows = (rows.astype(np.float16).astype(np.float32) @ projection) / np.float32(scale)
         if dtype == np.int8:
             rows = np.clip(np.rint(rows), -127, 127)
         feats[s : s + len(g)] = rows.astype(dtype)
         blocks.release(feats[s : s + len(g)])
     feats.flush()
     del feats
-    shutil.copyfile(backbone, idir / "backbone.pt")
-    if projection is not None:
-        np.save(idir / "projection.npy", projection)
-    info = {
+    common = {
         **{k: v for k, v in index_info.items() if k not in ("seconds", "images_per_s", "resumed_items")},
-        "name": "default",
         "pool_id": manifest.pool_id,
         "n_items": n,
         "synthetic": {"from": index_info.get("pool_id"), "groups": n_groups, "seed": seed},
     }
+    shutil.copyfile(backbone, idir / "backbone.pt")
+    if projection is not None:
+        np.save(idir / "projection.npy", projection)
+    info = {**common, "name": "default"}
+    if full is not None:
+        full.flush()
+        del full
+        shutil.copyfile(backbone, fdir / "backbone.pt")
+        full_info = {k: v for k, v in common.items() if k not in ("compression", "near_duplicates")}
+        (fdir / "index.json").write_text(json.dumps({**full_info, "name": "full", "dim": int(src.shape[1])}, indent=2))
+        info["compression"] = {**info["compression"], "from": "full"}
     (idir / "index.json").write_text(json.dumps(info, indent=2))
     pool_info = {
         "format": POOL_FORMAT,

@@ -237,7 +237,8 @@ def render_version_page(
         cand_rows.append(
             f"<tr{' class=chosen' if label == val.get('chosen') else ''}><td>{esc(label)}</td>"
             f"<td class=num>{num(c.get('n_kept'))}</td><td class=num>{num(c.get('bytes'))}</td>"
-            f"<td class=num>{pct(c.get('val_accuracy'))}</td><td>{mark}</td></tr>"
+            f"<td class=num>{pct(c.get('val_accuracy'))}{' (screen)' if c.get('screened_out') else ''}</td>"
+            f"<td>{mark}</td></tr>"
         )
     candidates = (
         "<h2>Candidates (server validation)</h2><table id=candidates><tr><th>recipe</th><th>items</th>"

@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser(
         "compress",
         help="a compressed copy of a pretrained feature index: projected to --dim columns, stored as int8 "
-        "(ImageNet-21K: 3.6 GB at 256 instead of 36 GB); read and written a block at a time",
+        "(ImageNet-21K: 3.6 GB at 256 instead of 36 GB), for the passes that compare items (kNN, leakage audit, "
+        "strata); while the full index stays on disk the linear passes (teacher, domain classifier, proxies) "
+        "stream it, which keeps the accuracy; read and written a block at a time",
     )
     p.add_argument("dir", help="pool folder")
     p.add_argument("--index", default="default", help="the index to compress")
@@ -175,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replace",
         action="store_true",
-        help="make the compressed index the pool's default (what publishing uses); the old one is kept as --keep-as",
+        help="make the compressed index the pool's default (what publishing uses); the old one is kept as "
+        "--keep-as (delete it to save its disk at the accuracy cost in docs/benchmarks.md)",
     )
     p.add_argument("--keep-as", default="full", help="with --replace: the name the uncompressed index keeps")
     p.add_argument("--sample", type=int, default=100_000, help="rows the projection is fitted on")

@@ -78,21 +78,34 @@ def iter_rows(
         yield s, rows(arr, s, min(len(arr), s + step), dtype)
 
 
+SPARSE_GAP = 64 << 10  # bytes of file between gathered rows above which read-around is turned off
+
+
 def take(arr: np.ndarray, idx: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     """Rows ``idx`` (any order) as ``dtype``: gathered in sorted order, 1,024 at a time, each run's pages handed
     back at once. (The kernel maps up to 16 neighbouring cached pages at every fault: a sample of 20,000
-    scattered rows would otherwise leave most of a 500 MB index resident until the end.)"""
+    scattered rows would otherwise leave most of a 500 MB index resident until the end.) A sparse gather from
+    a map turns the kernel's read-around off for its duration: each fault on a file not in the page cache
+    otherwise reads ~128 KiB around a 2.5 KiB row (24,000 rows of a 36 GB index on disk: 27.6 s, without
+    read-around 1.5 s)."""
     idx = np.asarray(idx, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     out = np.empty((len(idx), *arr.shape[1:]), dtype=dtype)
-    mapped = is_mapped(arr)
-    step = 1024 if mapped else max(1, len(idx))
-    for s in range(0, len(idx), step):
-        part = order[s : s + step]
-        rows_ = idx[part]
-        out[part] = arr[rows_]
-        if mapped and len(rows_):
-            release(arr[int(rows_.min()) : int(rows_.max()) + 1])
+    mm = _mapping(arr)
+    step = 1024 if mm is not None else max(1, len(idx))
+    sparse = mm if mm is not None and len(idx) > 0 and arr.nbytes / len(idx) > SPARSE_GAP else None
+    if sparse is not None:
+        sparse.madvise(mmap.MADV_RANDOM)
+    try:
+        for s in range(0, len(idx), step):
+            part = order[s : s + step]
+            rows_ = idx[part]
+            out[part] = arr[rows_]
+            if mm is not None and len(rows_):
+                release(arr[int(rows_.min()) : int(rows_.max()) + 1])
+    finally:
+        if sparse is not None and not sparse.closed:
+            sparse.madvise(mmap.MADV_NORMAL)
     return out
 
 

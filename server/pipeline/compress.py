@@ -6,9 +6,14 @@ rows, *uncentred* (the best rank-``dim`` approximation of the rows themselves, s
 survive, the mean direction included); one global scale maps the projected rows to int8 (a global scale changes
 no cosine and no standardised probe, so every consumer reads the int8 rows as they are).
 
-What the compression costs is measured, not assumed (``bench/photo.py --index``, docs/benchmarks.md): the
-teacher keeps the upload's full features and is lifted onto the stored rows (``FeatureIndex.lift``); the
-selectors, the leakage audit and the proxies work in the projected space, the upload projected the same way.
+What the compression costs is measured, not assumed (``bench/photo.py --index``, docs/benchmarks.md). The
+passes that compare items (the survey's kNN scores and leakage search, the domain check, the strata) read the
+projected rows, the upload projected the same way. The *linear* passes (teacher logits, the domain classifier,
+the probe proxies) read the full-width source while it is kept on disk (``FeatureIndex.full``: streamed once or
+twice a publish, gathered for the proxies): a probe standardises its inputs, so the low-variance directions a
+projection drops weigh as much as the rest, and on the projected rows alone the photo world's students lose
+1–3 points (with the source kept: 0.2). Without the source the teacher, fitted on the upload's full features,
+is lifted onto the stored rows (``FeatureIndex.lift``) and everything else reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,8 +138,17 @@ def replace_with(pool: Pool, compressed: str, *, keep_as: str) -> None:
         raise PoolError(f"feature index {keep_as!r} exists already; remove it or choose another --keep-as")
     if d.exists():
         os.replace(d, index_dir(pool, keep_as))
+        _rename(index_dir(pool, keep_as), keep_as)
     os.replace(new, d)
-    info_path = d / "index.json"
-    info = json.loads(info_path.read_text())
-    info["name"] = DEFAULT_INDEX
-    atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+    info = _rename(d, DEFAULT_INDEX)
+    if info["compression"].get("from") == DEFAULT_INDEX:
+        info["compression"]["from"] = keep_as  # the linear passes follow their full-width rows to the new name
+        atomic_write_bytes(d / "index.json", json.dumps(info, indent=2).encode())
+
+
+def _rename(root: Path, name: str) -> dict[str, Any]:
+    """An index folder's ``index.json`` says its name (what metrics and ``pool`` commands show)."""
+    info: dict[str, Any] = json.loads((root / "index.json").read_text())
+    info["name"] = name
+    atomic_write_bytes(root / "index.json", json.dumps(info, indent=2).encode())
+    return info

@@ -19,8 +19,10 @@ photos; a backbone trained from scratch on a pool's folders is a poor substitute
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -58,6 +60,15 @@ class FeatureIndex:
     info: dict[str, Any]
     features: np.ndarray  # (N, D) float16, or (N, d) int8 when compressed; memory-mapped
     projection: np.ndarray | None = None  # (D, d) float32 when compressed (``compress.compress_index``)
+    full: FeatureIndex | None = None  # a compressed index's full-width source, while it is on disk
+
+    @property
+    def linear(self) -> np.ndarray:
+        """The rows the *linear* passes read (teacher logits, the domain classifier, the probe proxies): the
+        full-width source's when it is kept (a probe standardises its inputs, so the low-variance directions a
+        projection drops weigh as much as the rest), else the stored rows. Those passes stream; only the
+        survey (cosines) and the strata read the compressed rows, which stay in the page cache."""
+        return self.full.features if self.full is not None else self.features
 
     @property
     def name(self) -> str:
@@ -75,7 +86,8 @@ class FeatureIndex:
     def index_id(self) -> str:
         """What the stored rows depend on: the backbone, and the compression when there is one (cache keys)."""
         c = self.info.get("compression")
-        return self.model_id + (f":{c['kind']}{self.dim}:{c['scale']:.6g}" if c else "")
+        tier = "+full" if self.full is not None else ""  # the teacher's logits come from other rows then
+        return self.model_id + (f":{c['kind']}{self.dim}:{c['scale']:.6g}{tier}" if c else "")
 
     @property
     def compressed(self) -> bool:
@@ -134,10 +146,23 @@ class FeatureIndex:
         alone takes seconds."""
         key = (str(self.root), self.model_id, f"{device}{'+onnx' if onnx else ''}")
         if key not in _BACKBONES:
-            _BACKBONES[key] = self._load_backbone(device, onnx)
+            _BACKBONES[key] = self.load_backbone(device, onnx)
         return _BACKBONES[key]
 
-    def _load_backbone(self, device: torch.device, onnx: bool) -> nn.Module:
+    @property
+    def onnx_path(self) -> Path:
+        h, w = self.input_size
+        return self.root / f"backbone-{h}x{w}.onnx"
+
+    def load_backbone(self, device: torch.device, onnx: bool) -> nn.Module:
+        """Built afresh (``backbone`` keeps one per process). On the CPU a pretrained backbone runs through ONNX
+        Runtime, and its export is kept beside the weights."""
+        cpu_onnx = self.pretrained and device.type == "cpu" and onnx
+        if cpu_onnx and self.onnx_path.is_file() and importlib.util.find_spec("onnxruntime") is not None:
+            # the export checked against torch when it was written; reading it skips timm, the export and the
+            # check (~5 s of a fresh worker's first publish)
+            mean, std = self.info["norm"]
+            return pnn.OrtBackbone(self.onnx_path.read_bytes(), (tuple(mean), tuple(std)))
         state = torch.load(self.root / "backbone.pt", map_location="cpu", weights_only=True)
         if self.pretrained:
             import timm
@@ -156,6 +181,11 @@ class FeatureIndex:
         model = model.to(device).eval()
         if self.pretrained and device.type == "cpu":
             model = pnn.for_cpu_inference(model, self.input_size, onnx=onnx)
+            if isinstance(model, pnn.OrtBackbone):
+                # beside the weights it was made from (a rebuilt index is a new folder, without it); a read-only
+                # pool folder exports again next time
+                with contextlib.suppress(OSError):
+                    atomic_write_bytes(self.onnx_path, model.onnx_bytes)
         return model
 
     def embed(self, x: np.ndarray, *, device: torch.device, onnx: bool = True, batch_size: int = 64) -> np.ndarray:
@@ -186,8 +216,9 @@ def index_dir(pool: Pool, name: str = DEFAULT_INDEX) -> Path:
     return pool.root / INDEX_DIR / name
 
 
-def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | None:
-    """The pool's feature index ``name`` (default: the only or the ``default`` one), or None if it has none."""
+def open_feature_index(pool: Pool, name: str | None = None, *, full: bool = True) -> FeatureIndex | None:
+    """The pool's feature index ``name`` (default: the only or the ``default`` one), or None if it has none.
+    A compressed index comes with its full-width source when that is on disk (``full=False``: without)."""
     base = pool.root / INDEX_DIR
     if name is None:
         names = sorted(p.name for p in base.iterdir() if (p / "index.json").is_file()) if base.is_dir() else []
@@ -206,12 +237,17 @@ def open_feature_index(pool: Pool, name: str | None = None) -> FeatureIndex | No
     feats = np.load(d / "features.npy", mmap_mode="r", allow_pickle=False)
     if feats.shape[0] != len(pool):
         raise PoolError(f"feature index {name!r} has {feats.shape[0]} rows, pool {pool.name} has {len(pool)} items")
-    projection = None
+    projection, source_index = None, None
     if info.get("compression"):
         projection = np.load(d / "projection.npy", allow_pickle=False).astype(np.float32)
         if projection.shape[1] != feats.shape[1]:
             raise PoolError(f"feature index {name!r}: its projection does not match its {feats.shape[1]} columns")
-    return FeatureIndex(root=d, info=info, features=feats, projection=projection)
+        source = str(info["compression"].get("from", ""))
+        if full and source and source != name and (base / source / "index.json").is_file():
+            source_index = open_feature_index(pool, source)
+            if source_index is not None and (source_index.compressed or source_index.model_id != info.get("model_id")):
+                source_index = None  # not the rows this index was made from (rebuilt since): the stored rows alone
+    return FeatureIndex(root=d, info=info, features=feats, projection=projection, full=source_index)
 
 
 def default_backbone(pool: Pool, weights_dir: Path | None = None) -> str | None:
@@ -301,7 +337,7 @@ def build_pretrained_index(
         )
         atomic_write(path, functools.partial(_save_f16, z))
         parts.append(np.load(path, mmap_mode="r"))  # RAM holds one block at a time, not the pool's features
-    mean, std = model.plada_norm  # type: ignore[misc]  # set by create_model / _load_backbone (a Module attribute)
+    mean, std = model.plada_norm  # type: ignore[misc]  # set by create_model / load_backbone (a Module attribute)
     seconds = time.perf_counter() - t0
     info: dict[str, Any] = {
         "name": name,

@@ -29,6 +29,10 @@ class ScoreInputs:
     stream: blocks.Streaming = blocks.LOCAL  # how pool-wide passes run (block size; here or on Ray)
     knn: np.ndarray | None = None  # (N,) mean cosine to the knn_k nearest targets, when a survey pass made it
     knn_k: int = 0
+    # a compressed index's full-width rows and the training uploads' full features: the domain classifier (a
+    # linear model on standardised features) reads these when they exist
+    fit_features: np.ndarray | None = None
+    fit_targets: np.ndarray | None = None
 
 
 Selector = Callable[[ScoreInputs], np.ndarray]
@@ -97,6 +101,8 @@ def _domain(inputs: ScoreInputs, negatives: int = 20_000, steps: int = 300) -> n
     """Density ratio target/pool from a logistic classifier on features: the pool items most like the target
     domain first, whatever the teacher thinks of them (energy cannot tell a confident mistake from a match)."""
     pool_f, tgt_f = _need_features(inputs, "domain")
+    if inputs.fit_features is not None and inputs.fit_targets is not None:
+        pool_f, tgt_f = inputs.fit_features, inputs.fit_targets
     return -scoring.domain_logit(
         pool_f, tgt_f, negatives=negatives, steps=steps, seed=inputs.seed, stream=inputs.stream
     )

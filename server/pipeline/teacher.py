@@ -204,6 +204,18 @@ class TeacherOutput:
     classify: Callable[[np.ndarray], np.ndarray] | None = None  # images → logits (benchmarks measure the teacher)
     details: dict[str, Any] = field(default_factory=dict)
     pretrained_features: bool = False  # pool/target features come from an ImageNet-pretrained backbone
+    # a compressed index's full-width rows and the upload's full features, for the linear passes (domain
+    # classifier, probe proxies); None: those read pool_features / target_features too
+    fit_features: np.ndarray | None = None
+    fit_targets: np.ndarray | None = None
+
+    @property
+    def linear_pool(self) -> np.ndarray | None:
+        return self.fit_features if self.fit_features is not None else self.pool_features
+
+    @property
+    def linear_targets(self) -> np.ndarray | None:
+        return self.fit_targets if self.fit_features is not None else self.target_features
 
 
 def pool_logits(probe: LinearProbe, feats: np.ndarray, config: RunConfig) -> np.ndarray:
@@ -228,7 +240,11 @@ def resolve_teacher_arch(arch: str, index: FeatureIndex | None) -> str:
 
 
 def _features_source(index: FeatureIndex) -> str:
-    return f"index {index.name} ({index.info['arch']}, model {index.model_id[:12]})"
+    src = f"index {index.name} ({index.info['arch']}, model {index.model_id[:12]})"
+    if index.compressed:
+        tier = f"; linear passes on {index.full.name!r}, full width" if index.full is not None else ""
+        src += f", compressed to {index.dim} columns{tier}"
+    return src
 
 
 def run_teacher(
@@ -262,7 +278,8 @@ def run_teacher(
         full = index.embed_full(x, device=device, onnx=config.onnx)  # every dimension, even when compressed
         probe = fit_linear_probe(full[tr], y[tr], k, seed=spec.teacher.seed)
         report(TEACHER, f"teacher: probe trained (L2 {probe.l2:g}, temperature {probe.temperature:.2f})")
-        logits = pool_logits(index.lift(probe), index.features, config)
+        # on the full-width rows when the compressed index's source is kept, else lifted onto the stored rows
+        logits = pool_logits(probe if index.full is not None else index.lift(probe), index.linear, config)
         report(TEACHER + SCORE, "pool scored from cached features")
         tf = index.project(full)
         return TeacherOutput(
@@ -278,6 +295,8 @@ def run_teacher(
             classify=lambda imgs: probe.logits(index.embed_full(imgs, device=device, onnx=config.onnx)),
             details={"l2": probe.l2, "temperature": round(probe.temperature, 4), **probe.info},
             pretrained_features=index.pretrained,
+            fit_features=index.full.features if index.full is not None else None,
+            fit_targets=full if index.full is not None else None,
         )
     if spec.teacher.pretrained:
         try:  # a missing weights file is the publisher's (or operator's) to fix: no retries
@@ -345,10 +364,13 @@ def to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, 
         "details": out.details,
         "pretrained_features": out.pretrained_features,
         "pool_features": "index" if from_index else ("teacher" if out.pool_features is not None else "none"),
+        "fit_features": "index-full" if out.fit_features is not None else "none",
     }
     arrays = {"logits": np.asarray(out.logits)}
     if out.target_features is not None:
         arrays["target_features"] = out.target_features
+    if out.fit_targets is not None:
+        arrays["fit_targets"] = out.fit_targets
     if out.pool_features is not None and not from_index:
         arrays["pool_features"] = np.asarray(out.pool_features)
     return meta, arrays
@@ -356,6 +378,7 @@ def to_cache(out: TeacherOutput, index: FeatureIndex | None) -> tuple[dict[str, 
 
 def from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: FeatureIndex | None) -> TeacherOutput:
     pool_f = index.features if meta["pool_features"] == "index" and index is not None else arrays.get("pool_features")
+    full = index.full if index is not None and meta.get("fit_features") == "index-full" else None
     return TeacherOutput(
         meta["arch"],
         arrays["logits"],
@@ -368,4 +391,6 @@ def from_cache(meta: dict[str, Any], arrays: dict[str, np.ndarray], index: Featu
         meta["n_val"],
         details=meta["details"] | {"cached": True},
         pretrained_features=meta["pretrained_features"],
+        fit_features=full.features if full is not None else None,
+        fit_targets=arrays.get("fit_targets") if full is not None else None,
     )

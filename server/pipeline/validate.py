@@ -7,6 +7,12 @@ items with the teacher's labels — exactly what a client will do, only shorter 
 publisher's held-out validation images, which neither the teacher nor any selector has seen. The best
 validation accuracy wins; candidates within ``tolerance`` of it are treated as tied and the smallest payload
 among them is shipped. Test data is never looked at: the server has none.
+
+Probe proxies are the client's own probe (cross-validated L2, ten L-BFGS fits). With many classes and many kept
+items that is several seconds a candidate (100 classes × 5,000 items: ~7 s on 2 cores), so above
+``ProxyConfig.screen_above`` the field is *screened* first: one fit per candidate at the teacher's L2 picks the
+winner (``confirm`` = 1; more candidates may be checked), and the client's own probe on it gives the predicted
+accuracy.
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
 FEATURE_SELECTORS = frozenset({"domain", "knn"})
 
 
+# Multiply-adds of one L-BFGS evaluation of a probe proxy (fitted rows × feature columns × classes) above which
+# the field is screened: 1e8 is ~2.5 ms an evaluation on 2 cores, ~3 s a client-identical proxy (more when the
+# labels are hard to separate), ~20 s for six. 10-class tasks on the photo world stay under it (2,000 × 1,280 ×
+# 10); 1 % of ImageNet-1K with full-width rows (12,812 × 1,280 × 10) and 100 classes × 5,000 items are over.
+SCREEN_ABOVE = 1e8
+TOLERANCE = 0.005  # accuracies this close are a tie: the smaller payload wins
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     epochs: int = 6
@@ -80,6 +94,8 @@ class ProxyConfig:
     batch_size: int = 128
     seed: int = 0
     kind: str = "smallcnn"  # or "probe": a linear head on cached pretrained features
+    screen_above: float = SCREEN_ABOVE  # probe proxies only; float("inf") never screens, 0 always does
+    confirm: int = 1  # candidates the client's own probe checks after a screen
 
     def epochs_for(self, n_items: int) -> int:
         return int(min(self.epochs, max(2, round(self.max_samples / max(n_items, 1)))))
@@ -125,19 +141,39 @@ def probe_proxy_accuracy(
     y_val: np.ndarray,
     n_classes: int,
     cfg: ProxyConfig,
+    *,
+    l2: float | None = None,
 ) -> float:
     """A head-only client in miniature: the same linear probe a client fits on the kept items' frozen
     features (``plada-client train --head-only``), scored on the validation images' features. Past
     ``cfg.max_samples`` kept items it is fitted on a class-stratified sample of them (ImageNet-21K at 1 % keeps
-    142,000: six full fits would cost minutes, and the candidates' ranking is what the proxy is for)."""
+    142,000: six full fits would cost minutes, and the candidates' ranking is what the proxy is for). ``l2`` given:
+    the screen, one fit at that L2 (no cross-validation, no temperature: accuracy needs neither)."""
     if len(kept) == 0:
         return 0.0
     kept, labels = np.asarray(kept), np.asarray(labels)
     if len(kept) > cfg.max_samples:
         pick = stratified_sample(labels, cfg.max_samples, cfg.seed)
         kept, labels = kept[pick], labels[pick]
-    probe = fit_linear_probe(blocks.take(pool_features, kept), labels, n_classes, seed=cfg.seed)
+    probe = fit_linear_probe(
+        blocks.take(pool_features, kept), labels, n_classes, l2=l2, calibrate=l2 is None, seed=cfg.seed
+    )
     return probe.accuracy(f_val, y_val)
+
+
+def probe_work(n_items: int, dim: int, n_classes: int, cfg: ProxyConfig) -> float:
+    """Multiply-adds of one L-BFGS evaluation of the probe proxy on ``n_items`` kept items (what a fit costs
+    per iteration; compared with ``cfg.screen_above``)."""
+    return float(min(n_items, cfg.max_samples)) * dim * n_classes
+
+
+def shortlist(screened: list[float], n_bytes: list[int], confirm: int) -> list[int]:
+    """Positions of the candidates the client's probe checks: first the one ``choose`` would pick on the screen
+    (best accuracy, near-ties to the smaller payload), then the next best screens, ``confirm`` in all."""
+    best = max(screened)
+    first = min((i for i, a in enumerate(screened) if a >= best - TOLERANCE), key=lambda i: (n_bytes[i], i))
+    rest = sorted((i for i in range(len(screened)) if i != first), key=lambda i: (-screened[i], i))
+    return sorted([first, *rest][: max(1, confirm)])
 
 
 @dataclass
@@ -147,6 +183,7 @@ class Trial:
     n_bytes: int
     val_accuracy: float
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmed: bool = True  # False: screened out; ``val_accuracy`` is then the screen's, which decides nothing
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -155,6 +192,7 @@ class Trial:
             "n_kept": len(self.kept),
             "bytes": self.n_bytes,
             "val_accuracy": round(self.val_accuracy, 4),
+            **({} if self.confirmed else {"screened_out": True}),
             **self.extra,
         }
 
@@ -171,8 +209,10 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
 
 
-def choose(trials: list[Trial], tolerance: float = 0.005) -> Trial:
-    """Best validation accuracy; near-ties (within ``tolerance``) go to the smaller payload, then list order."""
+def choose(trials: list[Trial], tolerance: float = TOLERANCE) -> Trial:
+    """Best validation accuracy; near-ties (within ``tolerance``) go to the smaller payload, then list order.
+    Only confirmed trials compete (a screen's accuracy is another probe's)."""
+    trials = [t for t in trials if t.confirmed] or trials
     best = max(t.val_accuracy for t in trials)
     tied = [t for t in trials if t.val_accuracy >= best - tolerance]
     return min(tied, key=lambda t: t.n_bytes)
@@ -186,15 +226,11 @@ RETENTION_FLOOR = 0.8  # a student that keeps less than this share of the teache
 ATYPICAL_PARTLY, ATYPICAL_FAR = 0.25, 0.5
 
 
-# Shares of the upload less like the pool than 95 % of the pool's own items (≈ 5 % for a task drawn from the
-# pool's domain): above 0.25 (5×) the task is partly outside the domain, above 0.5 (most of it) far outside.
-
-
 def undecided_warning(trials: list[Trial], n_val: int) -> list[str]:
     """When the validation split is too small to tell the best candidate from the next one (the runner-up's
     accuracy lies inside the best's 95 % interval, and that interval is over 10 points wide), the choice is
     close to a coin toss: say so. Wide only: on ~1,000 images (±3 points) close candidates are close in fact."""
-    scored = sorted((t for t in trials if t.val_accuracy is not None), key=lambda t: -t.val_accuracy)
+    scored = sorted((t for t in trials if t.confirmed), key=lambda t: -t.val_accuracy)
     if len(scored) < 2 or n_val <= 0:
         return []
     best, runner = scored[0], scored[1]

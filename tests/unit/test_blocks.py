@@ -39,6 +39,10 @@ def test_rows_take_and_spill_copy_exactly_and_hand_pages_back(mapped: np.ndarray
     np.testing.assert_array_equal(blocks.rows(mapped, 100, 300), np.asarray(mapped[100:300], np.float32))
     idx = np.array([4_999, 3, 3, 1_000, 0])
     np.testing.assert_array_equal(blocks.take(mapped, idx), np.asarray(mapped[idx], np.float32))
+    sparse = np.array([4_000, 7])  # 80 KB of file a row: read-around off for the gather, then on again
+    assert mapped.nbytes / len(sparse) > blocks.SPARSE_GAP
+    np.testing.assert_array_equal(blocks.take(mapped, sparse), np.asarray(mapped[sparse], np.float32))
+    np.testing.assert_array_equal(blocks.take(mapped, idx), np.asarray(mapped[idx], np.float32))
     got = np.concatenate([b for _, b in blocks.iter_rows(mapped, 64 << 10)])
     np.testing.assert_array_equal(got, np.asarray(mapped, np.float32))
     spilled = blocks.spill((40_000, 256), np.float16, tmp_path)  # 20 MB, unlinked at once

@@ -13,7 +13,14 @@ from plada.server.pipeline.features import build_feature_index, open_feature_ind
 from plada.server.pipeline.leakage import audit_leakage
 from plada.server.pipeline.run import finish, prepare, run_pipeline
 from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
-from plada.server.pipeline.validate import DEFAULT_CANDIDATES, Candidate, Trial, choose, wilson_interval
+from plada.server.pipeline.validate import (
+    DEFAULT_CANDIDATES,
+    Candidate,
+    Trial,
+    choose,
+    shortlist,
+    wilson_interval,
+)
 from plada.shared.errors import InvalidSpecError, PoolError
 from plada.shared.pool import Pool, write_array_pool
 from plada.shared.schemas import TaskSpec
@@ -98,6 +105,18 @@ def test_choose_prefers_accuracy_then_bytes_among_near_ties() -> None:
     ]
     assert choose(trials).candidate.selector == "domain"  # within 0.005 of the best and smaller
     assert choose(trials, tolerance=0.0).candidate.selector == "random"
+
+
+def test_a_screen_shortlists_what_choose_would_pick_then_the_best_screens() -> None:
+    screened, n_bytes = [0.800, 0.803, 0.700, 0.790], [100, 300, 50, 80]
+    assert shortlist(screened, n_bytes, 1) == [0]  # within 0.5 point of the best, and the smaller payload
+    assert shortlist(screened, n_bytes, 2) == [0, 1]
+    assert shortlist(screened, n_bytes, 9) == [0, 1, 2, 3]
+    trials = [
+        Trial(Candidate("energy"), np.arange(3), 10, 0.9, confirmed=False),
+        Trial(Candidate("random"), np.arange(3), 20, 0.5),
+    ]
+    assert choose(trials).candidate.selector == "random"  # a screen's accuracy never competes with the client's probe
 
 
 def test_leakage_audit_finds_exact_and_near_copies(two_domain_pool: Pool) -> None:

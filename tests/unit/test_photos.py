@@ -17,10 +17,10 @@ import torch
 
 from plada.client.train import TrainConfig, load_eval_split, train_student
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.run import run_pipeline
+from plada.server.pipeline.run import finish, prepare, run_pipeline, validate_candidates
 from plada.server.pipeline.teacher import TeacherOutput
 from plada.server.pipeline.teacher_cache import TeacherCache
-from plada.server.pipeline.validate import far_ood_warnings
+from plada.server.pipeline.validate import ProxyConfig, Trial, choose, far_ood_warnings
 from plada.shared import nn as pnn
 from plada.shared.datasets.photo import build_photo_world
 from plada.shared.errors import PoolSourceMissingError
@@ -88,6 +88,24 @@ def test_pretrained_index_matches_embedding_the_pool_again(photo_pool: Pool) -> 
     }
 
 
+def test_the_checked_onnx_export_is_kept_beside_the_weights(photo_pool: Pool) -> None:
+    """A fresh worker's first publish reads the export instead of importing timm, exporting and checking again;
+    what it reads computes what eager torch computes."""
+    index = open_feature_index(photo_pool)
+    assert index is not None
+    index.onnx_path.unlink(missing_ok=True)
+    made = index.load_backbone(CPU, onnx=True)
+    assert isinstance(made, pnn.OrtBackbone) and index.onnx_path.read_bytes() == made.onnx_bytes
+    read = index.load_backbone(CPU, onnx=True)
+    eager = index.load_backbone(CPU, onnx=False)
+    assert isinstance(read, pnn.OrtBackbone) and read.plada_norm == eager.plada_norm
+    x = pnn.to_input(
+        photo_pool.batch(np.arange(4)), size=index.input_size, channels=3, device=CPU, norm=eager.plada_norm
+    )  # type: ignore[arg-type]
+    with torch.no_grad():
+        torch.testing.assert_close(read(x), eager(x), rtol=1e-3, atol=1e-3)
+
+
 def test_default_spec_uses_a_probe_teacher_probe_proxies_and_the_cache(photo_pool: Pool, tmp_path: Path) -> None:
     x, y = _task()
     spec = TaskSpec(name="cat-or-coffee", classes=["cat", "coffee"], pool_id="photos", keep=20 / 60)
@@ -110,6 +128,36 @@ def test_default_spec_uses_a_probe_teacher_probe_proxies_and_the_cache(photo_poo
     # another teacher option is another key
     other = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"seed": 1})})
     assert run_pipeline(photo_pool, x, y, other, version=3, cache=cache).metrics["teacher"]["cached"] is False
+
+
+def test_many_class_validation_screens_then_confirms_with_the_clients_probe(photo_pool: Pool) -> None:
+    """Past ``screen_above`` (forced here: 0) every candidate gets one probe fit at the teacher's L2, and only
+    the ``confirm`` best get the client's own cross-validated probe: those alone compete, and their accuracy
+    is exactly what the unscreened validation measured for them."""
+    x, y = _task()
+    spec = TaskSpec(name="cat-or-coffee", classes=["cat", "coffee"], pool_id="photos", keep=20 / 60)
+    prep = prepare(photo_pool, x, y, spec)
+    full = finish(prep, spec, version=1)
+    plain = {c["label"]: c["val_accuracy"] for c in full.metrics["validation"]["candidates"]}
+    assert all("screen_accuracy" not in c for c in full.metrics["validation"]["candidates"])  # small: no screen
+    events: list[tuple[float, str]] = []
+    proxy = ProxyConfig(kind="probe", screen_above=0, confirm=2)  # the default confirms one
+    trials = validate_candidates(prep, full.built, proxy, lambda f, m: events.append((f, m)), device=CPU)
+    verbs = [m.split(" ")[0] for _f, m in events]  # a payload met before is not fitted again
+    distinct = len({b.data for b in full.built})
+    assert verbs[: verbs.index("validating")] == ["screening"] * distinct and 1 <= verbs.count("validating") <= 2
+    assert [f for f, _m in events] == sorted(f for f, _m in events)  # progress never goes back
+    confirmed = [t for t in trials if t.confirmed]
+    screen = [t.extra["screen_accuracy"] for t in trials]
+    assert len(confirmed) == 2 and max(t.extra["screen_accuracy"] for t in confirmed) == max(screen)
+    on_screen = [Trial(t.candidate, t.kept, t.n_bytes, t.extra["screen_accuracy"]) for t in trials]
+    assert choose(on_screen).candidate.label in {t.candidate.label for t in confirmed}  # the screen picks
+    for t in confirmed:
+        assert t.val_accuracy == pytest.approx(plain[t.candidate.label], abs=1e-4)
+    for t in trials:
+        if not t.confirmed:
+            assert t.summary()["screened_out"] is True and t.val_accuracy == pytest.approx(t.extra["screen_accuracy"])
+    assert choose(trials).confirmed
 
 
 def test_head_only_and_pretrained_clients(photo_pool: Pool, tmp_path: Path) -> None:

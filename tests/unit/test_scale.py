@@ -20,7 +20,8 @@ import torch
 
 from plada.server.pipeline.compress import compress_index, replace_with
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.run import run_pipeline
+from plada.server.pipeline.run import prepare, run_pipeline
+from plada.server.pipeline.validate import Candidate
 from plada.shared.errors import PoolError
 from plada.shared.pool import Pool, index_image_folder, open_pool
 from plada.shared.schemas import TaskSpec
@@ -72,6 +73,18 @@ def test_compressed_index_keeps_the_teacher_and_publishes(photo_pool: Pool) -> N
     probe = fit_linear_probe(f, y, 2)
     recon = small.scale * np.asarray(small.features, np.float32) @ small.projection.T  # type: ignore[union-attr]
     np.testing.assert_allclose(small.lift(probe).logits(small.features), probe.logits(recon), rtol=1e-3, atol=1e-3)
+    # while its full-width source is on disk, the linear passes read it: the teacher's pool logits and the
+    # domain classifier are the uncompressed index's, to float rounding; the survey reads the stored rows
+    assert small.full is not None and small.full.root == full.root and small.linear is small.full.features
+    spec = TaskSpec.model_validate({"name": "cats", "classes": ["cat", "coffee"], "pool_id": "photos", "keep": 0.25})
+    on_full, on_small = prepare(photo_pool, x, y, spec), prepare(photo_pool, x, y, spec, index_name="default-pca32")
+    np.testing.assert_allclose(on_small.teacher.logits, on_full.teacher.logits, rtol=1e-4, atol=1e-4)
+    domain = Candidate("domain")
+    np.testing.assert_allclose(on_small.scores_of(domain), on_full.scores_of(domain), rtol=1e-4, atol=1e-4)
+    survey_rows = on_small.teacher.pool_features
+    assert survey_rows is not None and survey_rows.dtype == np.int8 and survey_rows.shape == (len(photo_pool), 32)
+    assert "full width" in on_small.teacher.feature_source
+    assert small.index_id != open_feature_index(photo_pool, "default-pca32", full=False).index_id  # type: ignore[union-attr]
     with pytest.raises(PoolError, match="already compressed"):
         compress_index(photo_pool, "default-pca32", dim=8)
     with pytest.raises(PoolError, match="--dim must be"):
@@ -80,8 +93,7 @@ def test_compressed_index_keeps_the_teacher_and_publishes(photo_pool: Pool) -> N
     replace_with(photo_pool, "default-pca32", keep_as="full")
     pool = open_pool(photo_pool.root)
     index = open_feature_index(pool)
-    assert index is not None and index.compressed and open_feature_index(pool, "full") is not None
-    spec = TaskSpec.model_validate({"name": "cats", "classes": ["cat", "coffee"], "pool_id": "photos", "keep": 0.25})
+    assert index is not None and index.compressed and index.full is not None and index.full.name == "full"
     res = run_pipeline(pool, x, y, spec, version=1)
     assert len(res.payload) == 30 and res.metrics["teacher"]["arch"] == "probe"
     with pytest.raises(PoolError, match="exists already"):
@@ -159,3 +171,31 @@ def test_publish_memory_does_not_follow_the_pool(photo_pool: Pool, tmp_path: Pat
     print(f"publish peak RSS growth (MB) {grew} for index MB {index_mb}")
     assert extra_rows_mb > 360
     assert grew[200_000] - grew[50_000] < 0.25 * extra_rows_mb, (grew, index_mb)
+
+
+def test_a_two_tier_synthetic_pool_is_what_compress_would_make(photo_pool: Pool, tmp_path: Path) -> None:
+    """The scale bench's two tiers: full-width float16 rows kept as index ``full``, and ``default`` their
+    projection to int8, so the publish streams the linear passes from the one and surveys the other."""
+    from harness.synthetic import synthetic_pool
+
+    src = open_feature_index(photo_pool)
+    assert src is not None
+    if not src.compressed:  # run alone, before the test that makes the compressed default
+        src = compress_index(photo_pool, name="tiers-pca16", dim=16, calibrate=False)
+    assert src.full is not None and src.projection is not None
+    pool = synthetic_pool(
+        tmp_path / "two-tier",
+        5_000,
+        40,
+        source_rows=np.asarray(src.features),
+        source_groups=np.asarray(photo_pool.manifest.groups),
+        index_info=src.info,
+        backbone=src.root / "backbone.pt",
+        projection=src.projection,
+        full_rows=np.asarray(src.full.features),
+    )
+    index = open_feature_index(pool)
+    assert index is not None and index.compressed and index.full is not None and index.full.name == "full"
+    rows = np.asarray(index.full.features, np.float32)
+    assert rows.shape == (5_000, 1280) and index.features.shape == (5_000, src.dim)
+    np.testing.assert_allclose(index.features, np.clip(index.project(rows), -127, 127), atol=0.51)
