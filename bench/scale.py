@@ -13,11 +13,17 @@ in its own process so that its peak RSS (``getrusage``) is its own:
 3. ``--client``: what a client does with the result: decode the definition, derive the layout, decode the
    1 % payload.
 
-The index is read from the page cache (it was just written: the "cached index" of the goals).
+The index is read from the page cache (it was just written: the "cached index" of the goals). With
+``--two-tier`` the rows are drawn full-width from the photo world's full index and written twice: as index
+``full`` (1,280 float16 columns: 36 GB at 14.2M, more than this machine's RAM, so its passes read the disk)
+and as ``default``, their compression (256 int8 columns), which is how ``pool compress --replace`` leaves a
+pool: the survey reads ``default``, the teacher's logits, the domain classifier and the proxies read ``full``.
 
     python bench/scale.py --photo .cache/photo --work /work/scale --sizes 1281167 14197122 \\
         --out bench/results/scale-cpu.json
     python bench/scale.py --table bench/results/scale-cpu.json
+    python bench/scale.py --photo .cache/photo --work /work/scale --sizes 1281167 14197122 --two-tier \
+        --out bench/results/scale-two-tier-cpu.json
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ SIZES = {1_281_167: 1_000, 14_197_122: 21_841}  # ImageNet-1K train, ImageNet-21
 
 
 def pool_dir(args: argparse.Namespace, n: int) -> Path:
-    return args.work / f"synthetic-{n}-{args.source_index}"
+    return args.work / f"synthetic-{n}-{args.source_index}{'-2tier' if args.two_tier else ''}"
 
 
 def peak_rss_mb() -> float:
@@ -80,9 +86,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         index_info=src.info,
         backbone=src.root / "backbone.pt",
         projection=src.projection,
+        full_rows=np.asarray(src.full.features) if args.two_tier and src.full is not None else None,
         name=f"synthetic-{n}",
         seed=args.seed,
     )
+    if args.two_tier and src.full is None:
+        raise SystemExit(f"--two-tier needs {args.source_index!r} compressed with its full-width source kept")
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     data = encode_definition(definition_of(pool))
@@ -94,6 +103,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "definition_bytes": len(data),
         "definition_encode_s": round(time.perf_counter() - t1, 1),
         "index_bytes": (pool.root / "features" / "default" / "features.npy").stat().st_size,
+        "full_bytes": full.stat().st_size
+        if (full := pool.root / "features" / "full" / "features.npy").is_file()
+        else 0,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -230,7 +242,7 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
 def _child(flag: str, value: Any, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, flag, str(value), "--photo", str(args.photo), "--work", str(args.work)]
     cmd += ["--task", args.task, "--block-mb", str(args.block_mb), "--logits-ram-mb", str(args.logits_ram_mb)]
-    cmd += ["--source-index", args.source_index, "--keep", str(args.keep)]
+    cmd += ["--source-index", args.source_index, "--keep", str(args.keep)] + (["--two-tier"] if args.two_tier else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{flag} {value} failed:\n{proc.stderr[-3000:]}")
@@ -250,7 +262,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         k1, k01 = p["keep_main"], p["keep_tenth"]
         out.append(
             f"| {g['n']:,} ({g['groups']:,}) | {g['index_bytes'] / 2**30:.2f} GiB "
-            f"({g['n'] * 1280 * 2 / 2**30:.1f} GiB) | **{p['publish_s']:.0f}** | "
+            f"({g['n'] * 1280 * 2 / 2**30:.1f} GiB{', kept' if g.get('full_bytes') else ''}) | "
+            f"**{p['publish_s']:.0f}** | "
             f"{st['upload_embed_probe_fit']:.0f} / {st['pool_logits']:.0f} / {st['leakage_audit_domain']:.0f} / "
             f"{st['select_encode']:.0f} / {st['validation']:.0f} / {st['report_preview']:.0f} | "
             f"**{p['peak_rss_mb'] / 1024:.2f} GiB** | {100 * k1['keep']:g} %: {k1['items']:,}, "
@@ -279,7 +292,15 @@ def main() -> int:
     ap.add_argument("--logits-ram-mb", type=int, default=512, help="RunConfig.logits_ram_bytes (MiB)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (rows are appended to an existing file)")
     ap.add_argument("--seed", type=int, default=0, help="of the synthetic pool")
+    ap.add_argument(
+        "--two-tier",
+        action="store_true",
+        help="also write the full-width float16 rows (index 'full'): the linear passes read them",
+    )
     ap.add_argument("--verbose", action="store_true", help="--publish: RSS at every progress message")
+    ap.add_argument(
+        "--reuse", action="store_true", help="publish on a pool this bench generated before (its index read once)"
+    )
     ap.add_argument("--table", type=Path, default=None, help="print the table of a results file and exit")
     ap.add_argument("--generate", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--publish", type=Path, default=None, help=argparse.SUPPRESS)
@@ -294,9 +315,21 @@ def main() -> int:
         return 0
     rows = []
     for n in args.sizes:
-        print(f"# {n:,} items: generating", file=sys.stderr, flush=True)
-        gen = _child("--generate", n, args)
         pdir = pool_dir(args, n)
+        if args.reuse and (pdir / "generate.json").is_file():
+            gen = json.loads((pdir / "generate.json").read_text())
+            # the cached index of the goals; a kept full tier too where it fits in half the RAM (1.28M: 3.3 GB)
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            for tier in ("default", "full"):
+                path = pdir / "features" / tier / "features.npy"
+                if path.is_file() and (tier == "default" or path.stat().st_size < ram / 2):
+                    with open(path, "rb") as f:
+                        while f.read(64 << 20):
+                            pass
+        else:
+            print(f"# {n:,} items: generating", file=sys.stderr, flush=True)
+            gen = _child("--generate", n, args)
+            (pdir / "generate.json").write_text(json.dumps(gen))
         print(f"# {n:,}: {json.dumps(gen)}\n# publishing", file=sys.stderr, flush=True)
         pub = _child("--publish", pdir, args)
         print(f"# {json.dumps(pub)}", file=sys.stderr, flush=True)
@@ -304,7 +337,15 @@ def main() -> int:
         print(f"# {json.dumps(cli)}", file=sys.stderr, flush=True)
         # it measured what it names: the payload has 1 % of the pool, the client decoded all of it
         assert pub["keep_main"]["items"] == cli["items"] == round(args.keep * n), (pub["keep_main"], cli["items"])
-        rows.append({"source_index": args.source_index, "generate": gen, "publish": pub, "client": cli})
+        rows.append(
+            {
+                "source_index": args.source_index,
+                "two_tier": args.two_tier,
+                "generate": gen,
+                "publish": pub,
+                "client": cli,
+            }
+        )
     doc = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "paper_mean_1pct_kb": PAPER_MEAN_1PCT_KB, "rows": []}
     if args.out:
         if args.out.is_file():
