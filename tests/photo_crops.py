@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,18 @@ def crops(img: np.ndarray, n: int, size: int, seed: int, smallest: float = 0.6) 
         y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         out.append(np.asarray(Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((size, size))))
     return np.stack(out)
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
+
+
+def crop_folder(root: Path, per: int, size: int, *, seed: int = 1, smallest: float = 0.5) -> Path:
+    """``root/src/<photo>/<i>.png``: ``per`` crops of each of the six ``PHOTOS`` at ``size`` px, a pool's
+    folder tree of real pictures (one synset-like folder per photo). Returns ``root/src``."""
+    from PIL import Image
+
+    for name in PHOTOS:
+        (root / "src" / name).mkdir(parents=True)
+        for i, crop in enumerate(crops(photo(name), per, size, seed=seed, smallest=smallest)):
+            Image.fromarray(crop).save(root / "src" / name / f"{i}.png")
+    return root / "src"

@@ -52,7 +52,7 @@ def release(arr: np.ndarray) -> None:
     mm = _mapping(arr)
     if mm is None or arr.size == 0 or mm.closed:
         return
-    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data if not mm.closed else 0
+    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
     lo = arr.__array_interface__["data"][0] - start
     hi = lo + arr.nbytes if arr.flags.c_contiguous else len(mm)
     lo = max(0, lo - lo % mmap.PAGESIZE)

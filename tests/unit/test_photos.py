@@ -28,10 +28,9 @@ from plada.shared.pool import Pool, index_image_folder, open_pool
 from plada.shared.schemas import TaskSpec
 
 pytest.importorskip("skimage.data")
-from photo_crops import crops, photo
+from photo_crops import crop_folder, crops, photo
 
 CPU = torch.device("cpu")
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
 
 
 def _photo(name: str) -> np.ndarray:
@@ -45,14 +44,8 @@ def _crops(img: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def photo_pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
     """60 crops (10 of each of six photos) at their native 40 px, with a pretrained index at 64 px."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("photos")
-    for name in PHOTOS:
-        (root / "src" / name).mkdir(parents=True)
-        for i, crop in enumerate(_crops(_photo(name), 10, 40, seed=1)):
-            Image.fromarray(crop).save(root / "src" / name / f"{i}.png")
-    pool = index_image_folder(root / "src", root / "pool", "photos")
+    pool = index_image_folder(crop_folder(root, 10, 40), root / "pool", "photos")
     build_pretrained_index(pool, image_size=64)
     return pool
 

@@ -27,24 +27,17 @@ from plada.shared.pool import Pool, index_image_folder, open_pool
 from plada.shared.schemas import TaskSpec
 
 pytest.importorskip("skimage.data")
-from photo_crops import crops, photo
+from photo_crops import crop_folder, crops, photo
 
 ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def photo_pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
     """120 crops (20 of each of six photos) at 40 px, with a pretrained 1,280-d index at 64 px."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("scale")
-    for name in PHOTOS:
-        (root / "src" / name).mkdir(parents=True)
-        for i, crop in enumerate(crops(photo(name), 20, 40, seed=1, smallest=0.5)):
-            Image.fromarray(crop).save(root / "src" / name / f"{i}.png")
-    pool = index_image_folder(root / "src", root / "pool", "photos")
+    pool = index_image_folder(crop_folder(root, 20, 40), root / "pool", "photos")
     build_pretrained_index(pool, image_size=64)
     return pool
 
