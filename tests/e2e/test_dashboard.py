@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium: live job progress, then versions, reports and the plot.
 
 A real server + worker on loopback publish `animals`; the page is loaded while the job runs, the test waits
-until the progress bar moves without reloading, then until the version shows up with its plot; an agent-style
-report is posted and appears. Screenshots are written to ``test-artifacts/`` (path printed).
+until the progress bar moves without reloading, then until the page reloads itself when the job ends; an
+agent-style report is posted, the test reloads, and the version, its plot and the report appear. Screenshots
+are written to ``test-artifacts/`` (path printed).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def test_dashboard_shows_live_progress_versions_reports_and_plot(stack: LocalSta
         live = ARTIFACTS / "dashboard-live.png"
         page.screenshot(path=str(live), full_page=True)
         client.wait_job(resp.job.id, timeout=600)
+        # the page reloads itself once the job has ended (its poll sees the job leave the active list); a
+        # reload by the test while that one is under way is cancelled ("not attached to an active page"), so
+        # wait for the page's own reload to land first: it is also behaviour the dashboard promises
+        page.locator(f"#job-{resp.job.id}.job-done").wait_for(timeout=60_000)
+        page.wait_for_load_state("load")
         client.report(
             "animals",
             resp.version,
