@@ -91,10 +91,16 @@ def _fit(
 ) -> torch.Tensor:
     """(D+1, k) weights and bias of the weighted, L2-penalised softmax regression on standardised ``x``;
     ``init`` warm-starts from a neighbouring L2 strength's solution (a regularisation path converges in a
-    fraction of the iterations of cold starts)."""
-    wb = (init.clone() if init is not None else torch.zeros(x.shape[1] + 1, k)).requires_grad_(True)
+    fraction of the iterations of cold starts).
+
+    The gradient is written out rather than taken by autograd, and the weights are held class-major (k, D):
+    autograd's ``xᵀ · dz`` over a tall ``x`` is a reduction BLAS runs 4–6× slower than ``dzᵀ · x``, and every
+    probe (teacher, proxies, the client's) spends nearly all its time in these two products."""
+    w0 = init[:-1].T.contiguous() if init is not None else torch.zeros(k, x.shape[1])
+    b0 = init[-1].clone() if init is not None else torch.zeros(k)
+    w, b = w0.requires_grad_(True), b0.requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [wb],
+        [w, b],
         lr=1.0,
         max_iter=iters,
         history_size=20,
@@ -102,18 +108,22 @@ def _fit(
         tolerance_grad=1e-5,
         tolerance_change=1e-7,
     )
-    sw = cw[y]
-    norm = float(sw.sum())
+    rows = torch.arange(len(y))
+    sw = cw[y] / cw[y].sum()  # each row's share of the weighted mean
 
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        z = x @ wb[:-1] + wb[-1]
-        loss = (F.cross_entropy(z, y, reduction="none") * sw).sum() / norm + l2 * wb[:-1].pow(2).sum()
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        with torch.no_grad():
+            logp = torch.log_softmax(torch.addmm(b, x, w.T), dim=1)
+            loss = -(logp[rows, y] * sw).sum() + l2 * w.pow(2).sum()
+            dz = logp.exp_()  # softmax − one-hot, weighted: d loss / d logits
+            dz[rows, y] -= 1.0
+            dz *= sw[:, None]
+            w.grad = dz.T @ x + (2.0 * l2) * w
+            b.grad = dz.sum(0)
         return loss
 
     opt.step(closure)  # type: ignore[no-untyped-call]  # torch's LBFGS.step is unannotated
-    return wb.detach()
+    return torch.cat([w.detach().T, b.detach()[None]])
 
 
 def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:

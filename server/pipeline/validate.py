@@ -80,9 +80,10 @@ FEATURE_SELECTORS = frozenset({"domain", "knn"})
 
 
 # Multiply-adds of one L-BFGS evaluation of a probe proxy (fitted rows × feature columns × classes) above which
-# the field is screened: 1e8 is ~2.5 ms an evaluation on 2 cores, ~3 s a client-identical proxy (more when the
-# labels are hard to separate), ~20 s for six. 10-class tasks on the photo world stay under it (2,000 × 1,280 ×
-# 10); 1 % of ImageNet-1K with full-width rows (12,812 × 1,280 × 10) and 100 classes × 5,000 items are over.
+# the field is screened. At 1 % of ImageNet-1K on full-width rows (12,812 × 1,280 × 10 = 1.6e8) one screen fit
+# takes 1–2 s on 2 cores and the client-identical cross-validated probe ~6 s: six of those would be ~35 s, the
+# screen and one confirmation ~15 s. 10-class tasks on the photo world stay under it (2,000 × 1,280 × 10);
+# 100 classes × 5,000 items are over.
 SCREEN_ABOVE = 1e8
 TOLERANCE = 0.005  # accuracies this close are a tie: the smaller payload wins
 

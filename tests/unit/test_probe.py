@@ -68,3 +68,26 @@ def test_tiny_or_single_class_input_still_fits_without_cross_validation() -> Non
     assert probe.info["cv_balanced_accuracy"] == {} and probe.predict(x).tolist() == [0, 1, 0]
     one = fit_linear_probe(x, np.zeros(3, np.int64), 2)
     assert (one.predict(x) == 0).all()
+
+
+def test_fit_reaches_the_optimum_autograd_agrees_on() -> None:
+    """The fit's gradient is written out by hand (for speed): at its solution, autograd's gradient of the same
+    objective (class-balanced cross-entropy on standardised rows + L2 on the weights) must vanish. A wrong
+    hand-written gradient would stop L-BFGS somewhere else."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = _blobs(900, 5, 24, 0.3, 3, weights=[0.4, 0.3, 0.15, 0.1, 0.05])
+    lam = 0.05
+    probe = fit_linear_probe(x, y, 5, l2=lam, calibrate=False, iters=500)
+    xs = torch.from_numpy((x - probe.mu) / probe.sd)
+    counts = np.bincount(y, minlength=5)
+    sw = torch.from_numpy((len(y) / (5 * counts))[y].astype(np.float32))
+    w = torch.from_numpy(probe.weight.copy()).requires_grad_(True)
+    b = torch.from_numpy(probe.bias.copy()).requires_grad_(True)
+    z = xs @ w + b
+    loss = (F.cross_entropy(z, torch.from_numpy(y), reduction="none") * sw).sum() / sw.sum() + lam * w.pow(2).sum()
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert w.grad is not None and b.grad is not None
+    assert float(w.grad.abs().max()) < 1e-3 and float(b.grad.abs().max()) < 1e-3
+    assert float(w.detach().abs().max()) > 0.05  # a real solution, not the zero start
