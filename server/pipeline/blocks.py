@@ -109,6 +109,17 @@ def take(arr: np.ndarray, idx: np.ndarray, dtype: Any = np.float32) -> np.ndarra
     return out
 
 
+def iter_take(
+    arr: np.ndarray, idx: np.ndarray, block_bytes: int = BLOCK_BYTES, dtype: Any = np.float32
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows ``idx[start:start + step]``) a block at a time (see ``take``): a gather of any size holds one
+    block, as a pass does. Give ``idx`` sorted to read the file in order."""
+    idx = np.asarray(idx, dtype=np.int64)
+    step = block_rows(arr, block_bytes)
+    for s in range(0, len(idx), step):
+        yield s, take(arr, idx[s : s + step], dtype)
+
+
 def spill(shape: tuple[int, ...], dtype: Any, scratch_dir: str | os.PathLike[str] | None = None) -> np.ndarray:
     """A writable array on disk, unlinked at once: the mapping lives as long as the array, and a crash leaves no
     file behind. In ``scratch_dir`` (None: the system temp folder)."""

@@ -60,10 +60,20 @@ def feature_strata(
 ) -> np.ndarray:
     """k-means cluster id per row of ``features`` (cosine geometry), fitted on a sample: the strata that the
     diversity option spreads picks over. Plain numpy so it runs wherever the pool features do."""
+    centers = strata_centers(features, k=k, sample=sample, iters=iters, seed=seed)
+    out = np.empty(len(features), dtype=np.int32)
+    for s, a in stream.map(features, blocks.block_fn(_assign, centers)):
+        out[s : s + len(a)] = a
+    return out
+
+
+def strata_centers(
+    features: np.ndarray, *, k: int = 64, sample: int = 20_000, iters: int = 15, seed: int = 0
+) -> np.ndarray:
+    """The (k, D) unit centres ``feature_strata`` assigns rows to, fitted on a sample of ``sample`` rows."""
     n = len(features)
     k = max(1, min(k, n))
     rng = np.random.default_rng(seed)
-
     z = _unit(blocks.take(features, np.sort(rng.choice(n, size=min(sample, n), replace=False))))
     centers = z[rng.choice(len(z), size=k, replace=False)]
     for _ in range(iters):
@@ -72,9 +82,19 @@ def feature_strata(
             members = z[assign == j]
             centers[j] = members.mean(0) if len(members) else z[rng.integers(len(z))]
         centers = _unit(centers)
-    out = np.empty(n, dtype=np.int32)
-    for s, a in stream.map(features, blocks.block_fn(_assign, centers)):
-        out[s : s + len(a)] = a
+    return centers
+
+
+def assign_strata(
+    features: np.ndarray, rows: np.ndarray, centers: np.ndarray, *, block_bytes: int = blocks.BLOCK_BYTES
+) -> np.ndarray:
+    """The strata of ``rows`` only, gathered a block at a time: a diverse selection reads the strata of its
+    best few × B items, not of the whole pool (at ImageNet-21K a gather of ~400,000 rows instead of a pass)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    out = np.empty(len(rows), dtype=np.int32)
+    for s, block in blocks.iter_take(features, rows[order], block_bytes):
+        out[order[s : s + len(block)]] = _assign(block, centers)
     return out
 
 

@@ -7,13 +7,16 @@ survive, the mean direction included); one global scale maps the projected rows 
 no cosine and no standardised probe, so every consumer reads the int8 rows as they are).
 
 What the compression costs is measured, not assumed (``bench/photo.py --index``, docs/benchmarks.md). The
-passes that compare items (the survey's kNN scores and leakage search, the domain check, the strata) read the
+pool-wide passes that compare items (the survey's kNN scores and leakage search, the domain check) read the
 projected rows, the upload projected the same way. The *linear* passes (teacher logits, the domain classifier,
 the probe proxies) read the full-width source while it is kept on disk (``FeatureIndex.full``: streamed once or
 twice a publish, gathered for the proxies): a probe standardises its inputs, so the low-variance directions a
 projection drops weigh as much as the rest, and on the projected rows alone the photo world's students lose
-1–3 points (with the source kept: 0.2). Without the source the teacher, fitted on the upload's full features,
-is lifted onto the stored rows (``FeatureIndex.lift``) and everything else reads them.
+1–3 points. With the source kept, what a selection decides on is read from it too, by gathers of a few × the
+keep: the kNN items a keep could reach are scored again on their full rows, and the diversity strata are the
+full rows' (``records.Prepared``), so every candidate selects what it selects on the full index. Without the
+source the teacher, fitted on the upload's full features, is lifted onto the stored rows
+(``FeatureIndex.lift``) and everything else reads them.
 """
 
 from __future__ import annotations

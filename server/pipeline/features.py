@@ -66,8 +66,9 @@ class FeatureIndex:
     def linear(self) -> np.ndarray:
         """The rows the *linear* passes read (teacher logits, the domain classifier, the probe proxies): the
         full-width source's when it is kept (a probe standardises its inputs, so the low-variance directions a
-        projection drops weigh as much as the rest), else the stored rows. Those passes stream; only the
-        survey (cosines) and the strata read the compressed rows, which stay in the page cache."""
+        projection drops weigh as much as the rest), else the stored rows. Those passes stream; the survey's
+        cosines read the compressed rows, which stay in the page cache, and the rows a selection decides on
+        (its kNN shortlist, its diversity strata) are gathered from these."""
         return self.full.features if self.full is not None else self.features
 
     @property

@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from plada.server.pipeline.clusters import feature_strata
+from plada.server.pipeline import scoring
+from plada.server.pipeline.clusters import assign_strata, strata_centers
 from plada.server.pipeline.leakage import LeakageReport
-from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order
+from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, reachable, rescored
 from plada.server.pipeline.teacher import TeacherOutput
 from plada.server.pipeline.validate import Candidate, ProxyConfig
 from plada.shared.payload import Payload
 from plada.shared.pool import Pool
+
+RESCORE_REACH = 3.0  # the kNN items rescored on full-width rows: this many times the keep (see Prepared.scores_at)
 
 
 @dataclass(frozen=True)
@@ -47,28 +50,62 @@ class Prepared:
     seconds: float
     domain: dict[str, Any] | None = None  # how typical the upload looks to the pool (leakage.domain_typicality)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
-    strata: np.ndarray | None = None
+    fine: dict[str, np.ndarray] = field(default_factory=dict)  # selector key → full-width kNN scores (NaN: not yet)
+    strata: np.ndarray | None = None  # (N,) int32, −1 where not yet assigned
+    centers: np.ndarray | None = None
     proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
 
     def scores_of(self, cand: Candidate) -> np.ndarray:
         """The candidate's relevance scores, computed once per selector *and options* (a kNN with k = 1 is
         not the default kNN)."""
-        key = cand.selector + json.dumps(cand.options, sort_keys=True, default=str) if cand.options else cand.selector
+        key = self._key(cand)
         if key not in self.scores:
             self.scores[key] = np.asarray(create_selector(cand.selector, **cand.options)(self.inputs), np.float64)
         return self.scores[key]
 
-    def order_of(self, cand: Candidate, count: int, eligible: np.ndarray) -> np.ndarray:
+    def scores_at(self, cand: Candidate, count: int, *, refine: bool = True) -> np.ndarray:
+        """The scores a keep of ``count`` ranks by. On a compressed index with its full-width rows kept, the kNN
+        scores come from the survey's projected rows; the items a keep of ``count`` could reach (``reachable``,
+        ``RESCORE_REACH``× over) are scored again on their full-width rows and ranked by those, so the kNN
+        selection is the full index's (a gather of a few × ``count`` rows, not a pass). ``refine=False``: the
+        projected ranking (the byte-budget search's probes at large counts)."""
         sc = self.scores_of(cand)
-        if cand.diversity > 0 and self.teacher.pool_features is not None:
-            if self.strata is None:
-                self.strata = feature_strata(
-                    self.teacher.pool_features, seed=self.inputs.seed, stream=self.inputs.stream
-                )
-            order = diversified_order(sc, self.labels, self.strata, count, breadth=cand.diversity)
+        pool_full, targets = self.inputs.fit_features, self.inputs.fit_targets
+        if cand.selector != "knn" or not refine or pool_full is None or targets is None:
+            return sc
+        key = self._key(cand)
+        fine = self.fine.setdefault(key, np.full(len(sc), np.nan, np.float32))
+        rows = reachable(sc, self.labels, count, factor=RESCORE_REACH)
+        todo = rows[np.isnan(fine[rows])]
+        if len(todo):
+            k = int(cand.options.get("k", 5))
+            fine[todo] = scoring.knn_of_rows(pool_full, todo, targets, k=k, block_bytes=self.inputs.stream.block_bytes)
+        return rescored(sc, rows, -fine[rows].astype(np.float64))
+
+    def order_of(self, cand: Candidate, count: int, eligible: np.ndarray, *, refine: bool = True) -> np.ndarray:
+        sc = self.scores_at(cand, count, refine=refine)
+        if cand.diversity > 0 and self.teacher.linear_pool is not None:
+            order = diversified_order(sc, self.labels, self.strata_of, count, breadth=cand.diversity)
         else:
             order = np.argsort(sc, kind="stable")
         return order if eligible.all() else order[eligible[order]]
+
+    def strata_of(self, rows: np.ndarray) -> np.ndarray:
+        """The diversity strata of ``rows``: k-means centres fitted once on a sample of the full-width rows
+        (a compressed index's source when kept), rows assigned as they are first asked for."""
+        feats = self.teacher.linear_pool
+        assert feats is not None
+        if self.centers is None or self.strata is None:
+            self.centers = strata_centers(feats, seed=self.inputs.seed)
+            self.strata = np.full(len(feats), -1, np.int32)
+        todo = np.unique(rows[self.strata[rows] < 0])
+        if len(todo):
+            self.strata[todo] = assign_strata(feats, todo, self.centers, block_bytes=self.inputs.stream.block_bytes)
+        return self.strata[rows]
+
+    @staticmethod
+    def _key(cand: Candidate) -> str:
+        return cand.selector + json.dumps(cand.options, sort_keys=True, default=str) if cand.options else cand.selector
 
 
 @dataclass

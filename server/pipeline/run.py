@@ -248,9 +248,9 @@ def finish(
         eligible[prep.leak.pool_indices] = False
     n_eligible = int(eligible.sum())
 
-    def build(cand: Candidate, count: int) -> tuple[Payload, bytes]:
-        sc = prep.scores_of(cand)
-        order = prep.order_of(cand, count, eligible)
+    def build(cand: Candidate, count: int, refine: bool = True) -> tuple[Payload, bytes]:
+        sc = prep.scores_at(cand, count, refine=refine)
+        order = prep.order_of(cand, count, eligible, refine=refine)
         kept = select(sc, labels, count, n_classes=k, alpha=cand.alpha, share=cand.share, order=order)
         tiers = None
         if spec.tiers > 1 and len(kept):  # tier 0 = the best-scored share of the kept items
@@ -274,7 +274,11 @@ def finish(
         if spec.max_bytes is None:
             assert spec.keep is not None
             return min(n_eligible, max(1, round(spec.keep * len(pool))))
-        count, _ = largest_fitting(n_eligible, lambda c: len(build(cand, c)[1]), spec.max_bytes)
+        # searched on the scores before any rescoring (a probe at half the pool must not rescore half the
+        # pool), then checked, and if need be searched again below, on the scores it ships with
+        count, _ = largest_fitting(n_eligible, lambda c: len(build(cand, c, refine=False)[1]), spec.max_bytes)
+        if count and len(build(cand, count)[1]) > spec.max_bytes:
+            count, _ = largest_fitting(count, lambda c: len(build(cand, c)[1]), spec.max_bytes)
         if count == 0:
             floor = payload_floor(
                 tuple(spec.classes),

@@ -178,8 +178,6 @@ def _survey_block(
     column's best value, with its row where it is at least ``index_above`` (upload columns; the sampled pool
     rows, the last columns, skip themselves). The product is taken ``product_bytes`` at a time. Column maxima
     are fast in numpy, column argmaxes are not: rows are only looked for where they are needed."""
-    import torch
-
     u = _unit(block)
     step = max(256, product_bytes // (4 * qt.shape[1]))
     knn = np.empty(len(u), np.float32)
@@ -188,7 +186,7 @@ def _survey_block(
     self_cols = n_up + np.arange(len(self_rows))
     for s in range(0, len(u), step):
         prod = u[s : s + step] @ qt  # (rows, queries)
-        knn[s : s + len(prod)] = torch.from_numpy(prod[:, :n_knn]).topk(k, dim=1).values.mean(1).numpy()
+        knn[s : s + len(prod)] = _mean_top(prod[:, :n_knn], k)
         lo, hi = start + s, start + s + len(prod)
         inside = (self_rows >= lo) & (self_rows < hi)
         prod[self_rows[inside] - lo, self_cols[inside]] = -np.inf  # a sampled row is not its own neighbour
@@ -201,6 +199,32 @@ def _survey_block(
             uc, first = np.unique(c, return_index=True)
             where[look[uc]] = start + s + r[first]
     return knn, best, where
+
+
+def _mean_top(prod: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each row's ``k`` largest values: the kNN score, computed alike wherever it is computed."""
+    import torch
+
+    return torch.from_numpy(prod).topk(k, dim=1).values.mean(1).numpy()
+
+
+def knn_of_rows(
+    pool_f: np.ndarray, rows: np.ndarray, target_f: np.ndarray, *, k: int, block_bytes: int = blocks.BLOCK_BYTES
+) -> np.ndarray:
+    """``survey``'s kNN score for the pool ``rows`` only (any order), on rows gathered a block at a time: a
+    compressed index's survey ranks the pool on its projected rows, and the items a selection could reach are
+    scored again on their full-width rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    qt = np.ascontiguousarray(_unit(target_f).T)
+    k = max(1, min(k, qt.shape[1]))
+    order = np.argsort(rows, kind="stable")
+    out = np.empty(len(rows), np.float32)
+    step = max(256, block_bytes // (4 * qt.shape[1]))  # the product is bounded like a block, as in the survey
+    for s, block in blocks.iter_take(pool_f, rows[order], block_bytes):
+        u = _unit(block)
+        for t in range(0, len(u), step):
+            out[order[s + t : s + t + step]] = _mean_top(u[t : t + step] @ qt, k)
+    return out
 
 
 def survey(

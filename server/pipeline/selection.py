@@ -130,24 +130,68 @@ def safety_net_quotas(counts: np.ndarray, budget: int, *, alpha: float, share: f
     return np.minimum(raw, counts.astype(np.int64))
 
 
+def _rank_within(keys: np.ndarray) -> np.ndarray:
+    """Each position's rank among the earlier positions with the same key (0 for the first of its key)."""
+    m = len(keys)
+    by_key = np.argsort(keys, kind="stable")
+    sorted_keys = keys[by_key]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if m else np.zeros(0, np.int64)
+    within = np.empty(m, dtype=np.int64)
+    within[by_key] = np.arange(m) - np.repeat(starts, np.diff(np.r_[starts, m]))
+    return within
+
+
 def diversified_order(
-    scores: np.ndarray, labels: np.ndarray, strata: np.ndarray, budget: int, *, breadth: float
+    scores: np.ndarray,
+    labels: np.ndarray,
+    strata: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    budget: int,
+    *,
+    breadth: float,
 ) -> np.ndarray:
     """A ranking that spreads picks over strata (feature clusters): among the ``breadth``·B best-scored
     items, the best of every (label, stratum) comes first, then every second best, and so on; the rest of
-    the pool follows in score order. Relevance still gates what is eligible; diversity orders within it."""
+    the pool follows in score order. Relevance still gates what is eligible; diversity orders within it.
+    ``strata``: one per pool item, or a function giving those of the rows asked (only the best ``breadth``·B
+    are looked at)."""
     order = np.argsort(scores, kind="stable")
     m = int(min(len(order), max(budget, round(breadth * budget))))
     top = order[:m]
-    cell = labels[top].astype(np.int64) * (int(strata.max()) + 1) + strata[top]
+    st = strata(top) if callable(strata) else strata[top]
+    cell = labels[top].astype(np.int64) * (int(st.max(initial=0)) + 1) + st
     # rank of each item inside its cell (top is already in score order, so a stable sort keeps that order)
-    by_cell = np.argsort(cell, kind="stable")
-    sorted_cells = cell[by_cell]
-    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
-    rank_sorted = np.arange(m) - np.repeat(starts, np.diff(np.r_[starts, m]))
-    within = np.empty(m, dtype=np.int64)
-    within[by_cell] = rank_sorted
+    within = _rank_within(cell)
     return np.concatenate([top[np.lexsort((np.arange(m), within))], order[m:]])
+
+
+def reachable(scores: np.ndarray, labels: np.ndarray, count: int, *, factor: float) -> np.ndarray:
+    """The rows (sorted) a keep of ``count`` could plausibly reach on a ranking close to ``scores``: the best
+    ``factor``·count overall and the best ``factor``·count / (labels present) of every label (class quotas
+    reach down each label's own ranking)."""
+    n = len(scores)
+    if n == 0 or count <= 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(scores, kind="stable")
+    reach = int(np.ceil(factor * count))
+    per_label = int(np.ceil(reach / max(1, len(np.unique(labels)))))
+    pick = np.zeros(n, dtype=bool)
+    pick[order[:reach]] = True
+    pick[order[_rank_within(labels[order].astype(np.int64)) < per_label]] = True
+    return np.flatnonzero(pick)
+
+
+def rescored(scores: np.ndarray, rows: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """``scores`` with ``rows`` scored again (``fine``) and every other row ranked after all of them, in its old
+    order: a shortlist taken on approximate scores and ranked on exact ones, never mixing the two scales."""
+    out = np.asarray(scores, dtype=np.float64).copy()
+    if len(rows) == 0:
+        return out
+    rest = np.ones(len(out), dtype=bool)
+    rest[rows] = False
+    out[rows] = fine
+    if rest.any():
+        out[rest] += float(np.max(fine)) - float(out[rest].min()) + 1.0
+    return out
 
 
 def select(

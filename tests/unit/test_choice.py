@@ -12,7 +12,14 @@ import torch
 from plada.server.pipeline.features import build_feature_index, open_feature_index
 from plada.server.pipeline.leakage import audit_leakage
 from plada.server.pipeline.run import finish, prepare, run_pipeline
-from plada.server.pipeline.selection import ScoreInputs, create_selector, diversified_order, select
+from plada.server.pipeline.selection import (
+    ScoreInputs,
+    create_selector,
+    diversified_order,
+    reachable,
+    rescored,
+    select,
+)
 from plada.server.pipeline.validate import (
     DEFAULT_CANDIDATES,
     Candidate,
@@ -84,6 +91,37 @@ def test_diversified_order_spreads_over_strata_within_the_relevant_items() -> No
     assert (narrow < 200).all() and np.bincount(strata[narrow]).tolist() == [10, 10]  # only the 10·B best
     plain = select(scores, labels, 20, n_classes=1)
     assert len(np.unique(strata[plain])) == 1
+    asked: list[np.ndarray] = []  # strata given as a function: only the breadth·B best are asked for
+
+    def lookup(rows: np.ndarray) -> np.ndarray:
+        asked.append(rows)
+        return strata[rows]
+
+    np.testing.assert_array_equal(
+        diversified_order(scores, labels, lookup, budget=20, breadth=10),
+        order_10 := (diversified_order(scores, labels, strata, budget=20, breadth=10)),
+    )
+    assert len(asked) == 1 and sorted(asked[0].tolist()) == list(range(200)) and len(order_10) == n
+
+
+def test_reachable_rows_reach_down_every_label_and_rescoring_ranks_it_first() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(1_000)
+    labels = (np.arange(1_000) % 10 == 0).astype(np.int64)  # label 1 is rare: 100 items
+    scores[labels == 1] += 1.0  # and ranked after every label-0 item
+    rows = reachable(scores, labels, 20, factor=3.0)
+    order = np.argsort(scores, kind="stable")
+    assert set(order[:60]) <= set(rows.tolist())  # the best 3·B overall
+    rare = order[labels[order] == 1][:30]
+    assert set(rare) <= set(rows.tolist()) and len(rows) == 90  # and the best 3·B / 2 of the rare label
+    assert (np.diff(rows) > 0).all()
+    fine = -np.arange(len(rows), dtype=np.float64)  # the exact scores reverse the shortlist's order
+    out = rescored(scores, rows, fine)
+    np.testing.assert_array_equal(np.argsort(out, kind="stable")[: len(rows)], rows[::-1])
+    rest = np.setdiff1d(np.arange(1_000), rows)
+    np.testing.assert_array_equal(np.argsort(out[rest], kind="stable"), np.argsort(scores[rest], kind="stable"))
+    assert len(reachable(scores, labels, 0, factor=3.0)) == 0
+    np.testing.assert_array_equal(rescored(scores, rows[:0], fine[:0]), scores)
 
 
 def test_select_never_returns_items_left_out_of_the_order() -> None:

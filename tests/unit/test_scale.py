@@ -20,7 +20,8 @@ import torch
 
 from plada.server.pipeline.compress import compress_index, replace_with
 from plada.server.pipeline.features import build_pretrained_index, open_feature_index
-from plada.server.pipeline.run import prepare, run_pipeline
+from plada.server.pipeline.run import finish, prepare, run_pipeline
+from plada.server.pipeline.selection import select
 from plada.server.pipeline.validate import Candidate
 from plada.shared.errors import PoolError
 from plada.shared.pool import Pool, index_image_folder, open_pool
@@ -74,6 +75,36 @@ def test_compressed_index_keeps_the_teacher_and_publishes(photo_pool: Pool) -> N
     np.testing.assert_allclose(on_small.teacher.logits, on_full.teacher.logits, rtol=1e-4, atol=1e-4)
     domain = Candidate("domain")
     np.testing.assert_allclose(on_small.scores_of(domain), on_full.scores_of(domain), rtol=1e-4, atol=1e-4)
+    # the kNN ranking comes from the survey's 32-d rows; the items a keep could reach are scored again on the
+    # full-width rows, and the diversity strata are the full rows' own: both selections are the full index's
+    every = np.ones(len(photo_pool), dtype=bool)
+    for cand in (Candidate("knn", share=1.0, alpha=0.0), Candidate("domain", share=1.0, alpha=0.0, diversity=3.0)):
+        for count in (6, 30):
+            kept = [
+                select(
+                    p.scores_at(cand, count),
+                    p.labels,
+                    count,
+                    n_classes=2,
+                    share=1.0,
+                    alpha=0.0,
+                    order=p.order_of(cand, count, every),
+                )
+                for p in (on_full, on_small)
+            ]
+            np.testing.assert_array_equal(kept[0], kept[1])
+    np.testing.assert_array_equal(
+        on_small.strata_of(np.arange(len(photo_pool))), on_full.strata_of(np.arange(len(photo_pool)))
+    )
+    knn = Candidate("knn")
+    rough = np.argsort(on_small.scores_at(knn, 6, refine=False), kind="stable")[:6]
+    assert set(rough) != set(np.argsort(on_full.scores_at(knn, 6), kind="stable")[:6])  # the rescoring mattered
+    # a byte budget is searched on the projected ranking, then shipped on the rescored one, within the budget
+    by_bytes = spec.model_copy(update={"keep": None, "max_bytes": 345})
+    knn_quota = [Candidate("knn", share=1.0, alpha=0.0)]
+    paid = [finish(p, by_bytes, version=1, candidates=knn_quota) for p in (on_full, on_small)]
+    assert len(paid[1].data) <= 345 and len(paid[1].payload) > 6
+    np.testing.assert_array_equal(paid[1].payload.indices, paid[0].payload.indices)
     survey_rows = on_small.teacher.pool_features
     assert survey_rows is not None and survey_rows.dtype == np.int8 and survey_rows.shape == (len(photo_pool), 32)
     assert "full width" in on_small.teacher.feature_source
