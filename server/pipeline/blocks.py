@@ -134,6 +134,14 @@ def spill(shape: tuple[int, ...], dtype: Any, scratch_dir: str | os.PathLike[str
     return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
 
 
+def logits_array(n: int, k: int, ram_bytes: int, scratch_dir: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """An (n, k) array for pool logits: float32 in RAM up to ``ram_bytes``, past it a float16 ``spill`` (ImageNet-21K
+    × 100 classes would need 5.7 GB as float32). One rule for every path that scores the pool."""
+    if n * k * 4 > ram_bytes:
+        return spill((n, k), np.float16, scratch_dir)
+    return np.empty((n, k), np.float32)
+
+
 def _file_rows(path: str, start: int, stop: int, fn: Callable[[int, np.ndarray], Any]) -> Any:
     """One block on a Ray worker: map the file there, copy the rows out, run ``fn``."""
     arr = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -65,10 +65,8 @@ class _Outputs:
 
     def put(self, ids: np.ndarray, z: np.ndarray, f: np.ndarray | None) -> None:
         if self.logits is None:
-            k = z.shape[1]
-            big = self.n * k * 4 > self.config.logits_ram_bytes
-            scratch = str(self.config.scratch_dir) if self.config.scratch_dir else None
-            self.logits = blocks.spill((self.n, k), np.float16, scratch) if big else np.empty((self.n, k), np.float32)
+            c = self.config
+            self.logits = blocks.logits_array(self.n, z.shape[1], c.logits_ram_bytes, c.scratch_dir)
         self.logits[ids] = z
         if f is not None:
             if self.features is None:

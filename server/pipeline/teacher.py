@@ -222,9 +222,7 @@ def pool_logits(probe: LinearProbe, feats: np.ndarray, config: RunConfig) -> np.
     """The probe's logits over every pool row, a block at a time: in RAM (float32) up to
     ``config.logits_ram_bytes``, beyond it in a float16 spill file (ImageNet-21K × 100 classes: 5.7 GB as
     float32), its pages handed back as each block is written."""
-    n, k = len(feats), probe.n_classes
-    big = n * k * 4 > config.logits_ram_bytes
-    out = blocks.spill((n, k), np.float16, config.scratch_dir) if big else np.empty((n, k), np.float32)
+    out = blocks.logits_array(len(feats), probe.n_classes, config.logits_ram_bytes, config.scratch_dir)
     for s, z in config.streaming().map(feats, blocks.block_fn(probe.logits)):
         out[s : s + len(z)] = z
         blocks.release(out[s : s + len(z)])
