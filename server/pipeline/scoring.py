@@ -223,7 +223,8 @@ def knn_of_rows(
     for s, block in blocks.iter_take(pool_f, rows[order], block_bytes):
         u = _unit(block)
         for t in range(0, len(u), step):
-            out[order[s + t : s + t + step]] = _mean_top(u[t : t + step] @ qt, k)
+            part = u[t : t + step]
+            out[order[s + t : s + t + len(part)]] = _mean_top(part @ qt, k)
     return out
 
 

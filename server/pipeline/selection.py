@@ -180,6 +180,28 @@ def reachable(scores: np.ndarray, labels: np.ndarray, count: int, *, factor: flo
     return np.flatnonzero(pick)
 
 
+def at_risk(scores: np.ndarray, labels: np.ndarray, rows: np.ndarray, fine: np.ndarray, count: int) -> np.ndarray:
+    """Rows outside ``rows`` (sorted) whose exact score could still beat what a keep of ``count`` reads on the
+    exact scores ``fine`` of ``rows``: the ``count``-th best overall and the ``count``/(labels present)-th of each
+    label. "Could" uses the most any rescored row's exact score came out better than its estimate (negative when
+    every estimate flatters: projected cosines run ~0.1 high on the photo world), so an estimate's bias and
+    spread are measured on the pool and task at hand, not assumed."""
+    n = len(scores)
+    if len(rows) == 0 or count <= 0:
+        return np.zeros(0, np.int64)
+    slack = float(np.max(scores[rows] - fine))
+    present = np.unique(labels)
+    per_label = int(np.ceil(count / max(1, len(present))))
+    bound = np.full(int(labels.max(initial=0)) + 1, np.sort(fine)[min(count, len(fine)) - 1], np.float64)
+    lab = labels[rows]
+    for c in present:
+        own = np.sort(fine[lab == c])
+        bound[c] = max(bound[c], own[per_label - 1]) if len(own) >= per_label else np.inf
+    outside = np.ones(n, dtype=bool)
+    outside[rows] = False
+    return np.flatnonzero(outside & (scores - slack < bound[labels]))
+
+
 def rescored(scores: np.ndarray, rows: np.ndarray, fine: np.ndarray) -> np.ndarray:
     """``scores`` with ``rows`` scored again (``fine``) and every other row ranked after all of them, in its old
     order: a shortlist taken on approximate scores and ranked on exact ones, never mixing the two scales."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from plada.server.pipeline import blocks, leakage, scoring
-from plada.server.pipeline.clusters import feature_strata
+from plada.server.pipeline.clusters import assign_strata, feature_strata, strata_centers
 
 SMALL = blocks.Streaming(block_bytes=64 << 10)  # 64 KiB: blocks of 1,024 rows (the floor), many of them
 
@@ -77,6 +77,10 @@ def test_one_survey_pass_gives_what_the_three_searches_give(mapped: np.ndarray) 
     sims, idx = scoring.nearest(mapped, uploads, k=1)
     np.testing.assert_array_equal(sv.near_idx, idx[:, 0])
     np.testing.assert_allclose(sv.near_sims, sims[:, 0], atol=1e-5)
+    # the same kNN score for any rows, gathered (scattered, in any order) a block at a time
+    some = rng.permutation(5_000)[:3_000]
+    knn_some = scoring.knn_of_rows(mapped, some, uploads[tr], k=5, block_bytes=SMALL.block_bytes)
+    np.testing.assert_allclose(knn_some, sv.knn[some], atol=1e-5)
     _, own = leakage.nearest_other(mapped, sample=200, seed=0)
     np.testing.assert_allclose(sv.own, own, atol=1e-5)
     # rows are only looked up where the audit needs them (above its cosine)
@@ -91,4 +95,8 @@ def test_domain_logit_and_strata_do_not_depend_on_the_block_size(mapped: np.ndar
     whole = scoring.domain_logit(mapped, target, negatives=2_000, steps=50)
     small = scoring.domain_logit(mapped, target, negatives=2_000, steps=50, stream=SMALL)
     np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(feature_strata(mapped, k=8, stream=SMALL), feature_strata(mapped, k=8))
+    every = feature_strata(mapped, k=8)
+    np.testing.assert_array_equal(feature_strata(mapped, k=8, stream=SMALL), every)
+    some = np.random.default_rng(3).permutation(5_000)[:2_500]  # only the rows asked for, the same strata
+    some_strata = assign_strata(mapped, some, strata_centers(mapped, k=8), block_bytes=SMALL.block_bytes)
+    np.testing.assert_array_equal(some_strata, every[some])

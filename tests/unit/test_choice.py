@@ -14,6 +14,7 @@ from plada.server.pipeline.leakage import audit_leakage
 from plada.server.pipeline.run import finish, prepare, run_pipeline
 from plada.server.pipeline.selection import (
     ScoreInputs,
+    at_risk,
     create_selector,
     diversified_order,
     reachable,
@@ -122,6 +123,27 @@ def test_reachable_rows_reach_down_every_label_and_rescoring_ranks_it_first() ->
     np.testing.assert_array_equal(np.argsort(out[rest], kind="stable"), np.argsort(scores[rest], kind="stable"))
     assert len(reachable(scores, labels, 0, factor=3.0)) == 0
     np.testing.assert_array_equal(rescored(scores, rows[:0], fine[:0]), scores)
+
+
+def test_rescoring_the_rows_at_risk_gives_the_exact_selection() -> None:
+    rng = np.random.default_rng(4)
+    n, count = 20_000, 400
+    labels = rng.integers(0, 8, n)
+    exact = rng.random(n)
+    estimate = exact - 0.1 + 0.03 * rng.normal(size=n)  # biased to look better, and noisy
+    want = select(exact, labels, count, n_classes=8, share=1.0, alpha=0.0)
+    rows = reachable(estimate, labels, count, factor=1.0)
+    first = select(rescored(estimate, rows, exact[rows]), labels, count, n_classes=8, share=1.0, alpha=0.0)
+    assert len(np.setdiff1d(want, first)) > 0  # the estimate's own shortlist misses some
+    for _ in range(10):
+        more = at_risk(estimate, labels, rows, exact[rows], count)
+        if not len(more):
+            break
+        rows = np.union1d(rows, more)
+    assert not len(at_risk(estimate, labels, rows, exact[rows], count))
+    got = select(rescored(estimate, rows, exact[rows]), labels, count, n_classes=8, share=1.0, alpha=0.0)
+    np.testing.assert_array_equal(got, want)
+    assert len(rows) < n // 4  # a fraction of the pool is rescored, not all of it
 
 
 def test_select_never_returns_items_left_out_of_the_order() -> None:
