@@ -157,6 +157,12 @@ def publish(args: argparse.Namespace) -> dict[str, Any]:
     t_prep = time.perf_counter() - t0
     res = finish(prep, spec, version=1, config=config, progress=progress)
     total = time.perf_counter() - t0
+    # what the selections read from the full-width tier by gathers (not passes): the kNN rows rescored and the
+    # rows given a diversity stratum, at the main keep
+    gathered = {
+        "knn_rescored": int(sum(np.isfinite(f).sum() for f in prep.fine.values())),
+        "strata_assigned": int((prep.strata >= 0).sum()) if prep.strata is not None else 0,
+    }
     t2 = time.perf_counter()
     spec01 = spec.model_copy(update={"keep": args.keep / 10})
     res01 = finish(prep, spec01, version=1, config=config)
@@ -191,6 +197,7 @@ def publish(args: argparse.Namespace) -> dict[str, Any]:
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
         "rss_before_mb": round(rss0, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "gathered_rows": gathered,
         "chosen": m["validation"]["chosen"],
         "predicted": m["validation"]["predicted_client_accuracy"],
         "teacher_val": m["teacher"]["val_accuracy"],

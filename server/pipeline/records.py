@@ -62,6 +62,7 @@ class Prepared:
     domain: dict[str, Any] | None = None  # how typical the upload looks to the pool (leakage.domain_typicality)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     fine: dict[str, np.ndarray] = field(default_factory=dict)  # selector key → full-width kNN scores (NaN: not yet)
+    last_rescored: tuple[str, int, np.ndarray] | None = None
     strata: np.ndarray | None = None  # (N,) int32, −1 where not yet assigned
     centers: np.ndarray | None = None
     proxy_cache: dict[tuple[str, ProxyConfig], float] = field(default_factory=dict)  # (payload sha, cfg) → acc
@@ -87,6 +88,8 @@ class Prepared:
         if cand.selector != "knn" or not refine or pool_full is None or targets is None:
             return sc
         key = self._key(cand)
+        if self.last_rescored is not None and self.last_rescored[:2] == (key, count):
+            return self.last_rescored[2]  # build and order_of both ask, one after the other
         fine = self.fine.setdefault(key, np.full(len(sc), np.nan, np.float32))
         rows = reachable(sc, self.labels, count, factor=RESCORE_REACH)
         cap = max(len(rows), int(RESCORE_MOST * count))
@@ -99,7 +102,9 @@ class Prepared:
             if round_ == RESCORE_ROUNDS or not len(more) or len(rows) >= cap:
                 break
             rows = np.union1d(rows, more[np.argsort(sc[more], kind="stable")[: cap - len(rows)]])
-        return rescored(sc, rows, -fine[rows].astype(np.float64))
+        out = rescored(sc, rows, -fine[rows].astype(np.float64))
+        self.last_rescored = (key, count, out)
+        return out
 
     def order_of(self, cand: Candidate, count: int, eligible: np.ndarray, *, refine: bool = True) -> np.ndarray:
         sc = self.scores_at(cand, count, refine=refine)
