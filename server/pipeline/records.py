@@ -31,7 +31,7 @@ from plada.shared.pool import Pool
 # row whose estimate could still beat the keep's boundary, for at most this many rounds and this many × the keep
 RESCORE_REACH = 2.0
 RESCORE_ROUNDS = 4
-RESCORE_MOST = 10.0
+RESCORE_MOST = 5.0
 
 
 @dataclass(frozen=True)
