@@ -79,9 +79,10 @@ class Prepared:
         """The scores a keep of ``count`` ranks by. On a compressed index with its full-width rows kept, the kNN
         scores come from the survey's projected rows; the items a keep of ``count`` could reach (``reachable``,
         ``RESCORE_REACH``× over, then every row ``at_risk`` of beating the keep's boundary on what the rescored
-        rows show of the projection's error) are scored again on their full-width rows and ranked by those, so
-        the kNN selection is the full index's: a gather of a few × ``count`` rows, not a pass (the photo world:
-        2.7–4.2× the keep, and not one item differs from the full index's selection in 24 cells).
+        rows show of the projection's error; at most ``RESCORE_MOST``× the keep) are scored again on their
+        full-width rows and ranked by those: a gather of a few × ``count`` rows, not a pass. On the photo world
+        that is 2.7–4.2× the keep and the full index's selection exactly (24 cells); where the cap binds (the
+        synthetic scale pool: 0.9 % of a 1 % keep differs) it is close to it.
         ``refine=False``: the projected ranking (the byte-budget search's probes at large counts)."""
         sc = self.scores_of(cand)
         pool_full, targets = self.inputs.fit_features, self.inputs.fit_targets
